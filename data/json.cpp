@@ -202,18 +202,7 @@ JsonValue json_parse(const std::string& text, const std::string& where) {
     return v;
 }
 
-JsonValue json_parse_file(const std::string& path) {
-    FILE* f = fopen(path.c_str(), "rb");
-    if (!f) throw GrpoError(path + ": cannot open: " + strerror(errno) + "; check the path");
-    std::string text;
-    char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
-    bool failed = ferror(f);
-    fclose(f);
-    if (failed) throw GrpoError(path + ": read error");
-    return json_parse(text, path);
-}
+JsonValue json_parse_file(const std::string& path) { return json_parse(read_file(path), path); }
 
 std::string json_quote(const std::string& utf8) {
     std::string out = "\"";
@@ -244,6 +233,17 @@ std::string json_number(double x) {
     if (!std::isfinite(x)) return "null";
     char buf[40];
     snprintf(buf, sizeof(buf), "%.17g", x);
+    return buf;
+}
+
+std::string json_number_f32(float x) {
+    if (!std::isfinite(x)) return "null";
+    // The fewest digits that read back as x: 16 stays "16", 0.1f is "0.1", not 0.100000001.
+    char buf[40];
+    for (int digits = 1; digits <= 9; digits++) {
+        snprintf(buf, sizeof(buf), "%.*g", digits, (double)x);
+        if (strtof(buf, nullptr) == x) break;
+    }
     return buf;
 }
 

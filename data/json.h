@@ -34,6 +34,9 @@ JsonValue json_parse_file(const std::string& path);
 std::string json_quote(const std::string& utf8);
 // A double as JSON with 17 significant digits (round-trips exactly); non-finite values become null.
 std::string json_number(double x);
+// A float as the shortest decimal that reads back as the same float ("16", "0.1", "1e-06"), for JSON that
+// Python writes from fp32 values; non-finite values become null.
+std::string json_number_f32(float x);
 
 // Reads a JSON Lines file one value at a time. Lines holding only whitespace are skipped (an editor's
 // trailing newline is not a record); every other line must be exactly one JSON value, or next() throws

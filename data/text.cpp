@@ -1,5 +1,22 @@
-// text.cpp: UTF-8 decoding and encoding, and Python's isspace/strip/split/count on UTF-8 strings.
+// text.cpp: reading a whole file, UTF-8 decoding and encoding, and Python's isspace/strip/split/count on UTF-8 strings.
 #include "text.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+std::string read_file(const std::string& path) {
+    FILE* f = fopen(path.c_str(), "rb");
+    if (!f) throw GrpoError(path + ": cannot open: " + strerror(errno) + "; check the path");
+    std::string bytes;
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), f)) > 0) bytes.append(buf, n);
+    bool failed = ferror(f);
+    fclose(f);
+    if (failed) throw GrpoError(path + ": read error");
+    return bytes;
+}
 
 int32_t utf8_next(const std::string& s, size_t* pos) {
     size_t i = *pos;

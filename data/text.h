@@ -1,4 +1,4 @@
-// text.h: UTF-8 code points and the Python str semantics (isspace, strip, split) that GSM8K and the rewards rely on.
+// text.h: GrpoError, reading a whole file, UTF-8 code points and the Python str semantics (isspace, strip, split) that GSM8K and the rewards rely on.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
@@ -10,6 +10,9 @@
 struct GrpoError : std::runtime_error {
     explicit GrpoError(const std::string& msg) : std::runtime_error(msg) {}
 };
+
+// A whole file's bytes; throws GrpoError naming the path and the system's reason when it cannot be read.
+std::string read_file(const std::string& path);
 
 // Decodes one code point starting at s[*pos] and advances *pos. Returns -1 on malformed UTF-8
 // (overlong forms, surrogates, values above U+10FFFF and truncated sequences all count as malformed).

@@ -5,10 +5,9 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
+#include "data/atomic_file.h"
 #include "data/json.h"
 #include "data/text.h"
 #include "lora/peft.h"
@@ -113,14 +112,6 @@ std::string qwen2_config_json(const Qwen2Config& cfg, const std::string& source_
 }
 
 // ---- the HF directory ---------------------------------------------------------------------------------
-
-static std::string read_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw GrpoError(path + ": cannot open: " + strerror(errno));
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
 
 static std::string linear_weight_name(int layer, int slot) {
     return "model.layers." + std::to_string(layer) + "." + linear_parent(slot) + "." + LINEAR_NAMES[slot] + ".weight";

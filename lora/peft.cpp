@@ -3,17 +3,16 @@
 
 #include <cerrno>
 #include <cmath>
-#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <set>
 #include <sys/stat.h>
-#include <unistd.h>
 
+#include "data/atomic_file.h"
 #include "data/json.h"
 #include "data/text.h"
+#include "model/loader.h"
 #include "model/safetensors.h"
-#include "quant/bf16.h"
 
 static const char* kConfigFile = "adapter_config.json";
 static const char* kTensorFile = "adapter_model.safetensors";
@@ -161,16 +160,6 @@ PeftAdapterConfig peft_read_config(const std::string& path) {
     return out;
 }
 
-std::string json_number_f32(float x) {
-    // The shortest decimal that reads back as the same float: 16 stays "16", 0.1f is "0.1", not 0.100000001.
-    char buf[40];
-    for (int digits = 1; digits <= 9; digits++) {
-        snprintf(buf, sizeof(buf), "%.*g", digits, (double)x);
-        if (strtof(buf, nullptr) == x) break;
-    }
-    return buf;
-}
-
 std::string peft_config_json(const LoraConfig& lora, const std::string& base_model_name_or_path) {
     std::string targets;
     for (const std::string& name : lora_target_names(lora.targets)) targets += (targets.empty() ? "" : ",") + std::string("\n    ") + json_quote(name);
@@ -200,40 +189,7 @@ std::string peft_config_json(const LoraConfig& lora, const std::string& base_mod
     return j;
 }
 
-// ---- tensors --------------------------------------------------------------------------------------
-
-// IEEE half to float, exact: rebias the exponent; subnormal halves become normal floats.
-static float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF, bits;
-    if (exp == 0x1F) bits = sign | 0x7F800000u | (mant << 13);
-    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (mant << 13);
-    else if (mant == 0) bits = sign;
-    else {
-        int shift = 0;
-        while (!(mant & 0x400)) { mant <<= 1; shift++; }
-        bits = sign | ((uint32_t)(113 - shift) << 23) | ((mant & 0x3FF) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-std::vector<float> tensor_to_f32(const TensorView& t) {
-    size_t n = (size_t)t.numel();
-    std::vector<float> out(n);
-    if (t.dtype == "F32") {
-        memcpy(out.data(), t.data, n * 4);  // memcpy: the mapped data need not be 4-byte aligned
-    } else if (t.dtype == "BF16" || t.dtype == "F16") {
-        for (size_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, t.data + 2 * i, 2);
-            out[i] = t.dtype == "BF16" ? bf16_to_f32(h) : f16_to_f32(h);
-        }
-    } else {
-        throw GrpoError(t.file + ": tensor " + t.name + " is " + t.dtype + ", expected F32, BF16 or F16; re-save the adapter in float32");
-    }
-    return out;
-}
+// ---- loading and saving ---------------------------------------------------------------------------
 
 LoraWeights peft_load(const std::string& dir, const Qwen2Config& model, PeftAdapterConfig* config_out) {
     const std::string config_path = join_path(dir, kConfigFile);
@@ -307,24 +263,4 @@ void peft_save(const std::string& dir, const LoraWeights& w, const std::string& 
     }
     safetensors_write(join_path(dir, kTensorFile), tensors, {{"format", "pt"}});
     write_file_atomic(join_path(dir, kConfigFile), peft_config_json(w.lora, base_model_name_or_path) + "\n");
-}
-
-void write_file_atomic(const std::string& path, const std::string& contents) {
-    const std::string tmp_path = path + ".tmp";
-    FILE* f = fopen(tmp_path.c_str(), "wb");
-    if (!f) throw GrpoError(tmp_path + ": cannot create: " + strerror(errno) + "; check that the directory exists and is writable");
-    auto fail = [&](const char* what) {
-        int err = errno;  // before fclose/remove can change it
-        if (f) fclose(f);
-        remove(tmp_path.c_str());
-        throw GrpoError(tmp_path + ": " + what + ": " + strerror(err) + "; free disk space or choose another output path (" +
-                        path + " was not changed)");
-    };
-    bool ok = fwrite(contents.data(), 1, contents.size(), f) == contents.size();
-    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (!ok) fail("write failed");
-    int close_result = fclose(f);
-    f = nullptr;
-    if (close_result != 0) fail("close failed");
-    if (rename(tmp_path.c_str(), path.c_str()) != 0) fail("cannot rename over the destination");
 }

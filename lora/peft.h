@@ -34,13 +34,3 @@ void peft_save(const std::string& dir, const LoraWeights& w, const std::string& 
 
 // The adapter_config.json text peft_save writes (PEFT's own layout: sorted keys, 2-space indent).
 std::string peft_config_json(const LoraConfig& lora, const std::string& base_model_name_or_path);
-
-// A tensor's values as fp32 (a copy; BF16 and F16 convert exactly). Throws GrpoError for other dtypes.
-std::vector<float> tensor_to_f32(const TensorView& t);
-
-// The shortest decimal that reads back as the same float ("16", "0.1", "1e-06"), for JSON written from fp32 values.
-std::string json_number_f32(float x);
-
-// Writes a whole file atomically: PATH.tmp is written, flushed to disk and renamed over PATH, so PATH holds
-// either the old contents or the new, never a part. Throws GrpoError (and removes PATH.tmp) on any failure.
-void write_file_atomic(const std::string& path, const std::string& contents);

@@ -1,11 +1,10 @@
 // bin_format.cpp: reading (one mmap, fully validated) and atomically writing the project's .bin model file.
 #include "model/bin_format.h"
 
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <unistd.h>
 
+#include "data/atomic_file.h"
 #include "data/text.h"
 #include "model/mmap_file.h"
 #include "model/safetensors.h"
@@ -154,27 +153,8 @@ Qwen2Weights bin_load(const std::string& path) {
 
 void bin_save(const std::string& path, const Qwen2Weights& weights) {
     const std::vector<uint8_t> header = bin_header(weights.plan);
-    const std::string tmp_path = path + ".tmp";
-    FILE* f = fopen(tmp_path.c_str(), "wb");
-    if (!f) {
-        throw GrpoError(tmp_path + ": cannot create: " + strerror(errno) + "; check that the directory exists and is writable");
-    }
-    // One error path for every failed call: the half-written temp file is removed, PATH is untouched.
-    auto fail = [&](const char* what) {
-        int err = errno;  // before fclose/remove can change it
-        if (f) fclose(f);
-        remove(tmp_path.c_str());
-        throw GrpoError(tmp_path + ": " + what + ": " + strerror(err) + "; free disk space or choose another output path (" +
-                        path + " was not changed)");
-    };
-    const size_t payload_bytes = weights.plan.total_bytes;
-    bool ok = fwrite(header.data(), 1, header.size(), f) == header.size() &&
-              (payload_bytes == 0 || fwrite(weights.buffer, 1, payload_bytes, f) == payload_bytes);
-    // A full disk often shows up only at the flush; fsync so the rename never publishes unwritten data.
-    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (!ok) fail("write failed");
-    int close_result = fclose(f);
-    f = nullptr;
-    if (close_result != 0) fail("close failed");
-    if (rename(tmp_path.c_str(), path.c_str()) != 0) fail("cannot rename over the destination");
+    AtomicFile out(path);
+    out.write(header.data(), header.size());
+    out.write(weights.buffer, weights.plan.total_bytes);
+    out.commit();
 }

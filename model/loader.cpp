@@ -6,38 +6,53 @@
 #include "data/text.h"
 #include "model/safetensors.h"
 
+// Element i of a float tensor, widened to fp32 exactly; memcpy because the mapped data need not be aligned.
+typedef float (*FloatElementReader)(const uint8_t* data, size_t i);
+static float read_f32(const uint8_t* data, size_t i) {
+    float f;
+    memcpy(&f, data + 4 * i, 4);
+    return f;
+}
+static float read_bf16(const uint8_t* data, size_t i) {
+    bf16_bits b;
+    memcpy(&b, data + 2 * i, 2);
+    return bf16_to_f32(b);
+}
+static float read_f16(const uint8_t* data, size_t i) {
+    uint16_t h;
+    memcpy(&h, data + 2 * i, 2);
+    return f16_to_f32(h);
+}
+
+// The reader for t's dtype, chosen once per tensor rather than per element.
+static FloatElementReader float_element_reader(const TensorView& t) {
+    if (t.dtype == "F32") return read_f32;
+    if (t.dtype == "BF16") return read_bf16;
+    if (t.dtype == "F16") return read_f16;
+    throw GrpoError(t.file + ": tensor " + t.name + " is " + t.dtype +
+                    ", expected BF16, F16 or F32; re-save it in bfloat16 (model weights) or float32 (a LoRA adapter)");
+}
+
+std::vector<float> tensor_to_f32(const TensorView& t) {
+    const size_t n = (size_t)t.numel();
+    std::vector<float> out(n);
+    if (t.dtype == "F32") {
+        memcpy(out.data(), t.data, n * 4);
+    } else {
+        FloatElementReader read = float_element_reader(t);
+        for (size_t i = 0; i < n; i++) out[i] = read(t.data, i);
+    }
+    return out;
+}
+
 std::vector<bf16_bits> tensor_to_bf16(const TensorView& t) {
-    size_t n = (size_t)t.numel();
+    const size_t n = (size_t)t.numel();
     std::vector<bf16_bits> out(n);
     if (t.dtype == "BF16") {
-        memcpy(out.data(), t.data, n * 2);  // memcpy: the mapped data need not be 2-byte aligned
-    } else if (t.dtype == "F32") {
-        for (size_t i = 0; i < n; i++) {
-            float f;
-            memcpy(&f, t.data + 4 * i, 4);
-            out[i] = f32_to_bf16(f);
-        }
-    } else if (t.dtype == "F16") {
-        for (size_t i = 0; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, t.data + 2 * i, 2);
-            // IEEE half to float: rebias the exponent; subnormal halves become normal floats
-            uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF, bits;
-            if (exp == 0x1F) bits = sign | 0x7F800000u | (mant << 13);
-            else if (exp != 0) bits = sign | ((exp + 112) << 23) | (mant << 13);
-            else if (mant == 0) bits = sign;
-            else {
-                int shift = 0;
-                while (!(mant & 0x400)) { mant <<= 1; shift++; }
-                bits = sign | ((uint32_t)(113 - shift) << 23) | ((mant & 0x3FF) << 13);
-            }
-            float f;
-            memcpy(&f, &bits, 4);
-            out[i] = f32_to_bf16(f);
-        }
+        memcpy(out.data(), t.data, n * 2);
     } else {
-        throw GrpoError(t.file + ": tensor " + t.name + " is " + t.dtype +
-                        ", expected BF16, F16 or F32 weights; re-export the model in bfloat16");
+        FloatElementReader read = float_element_reader(t);
+        for (size_t i = 0; i < n; i++) out[i] = f32_to_bf16(read(t.data, i));
     }
     return out;
 }

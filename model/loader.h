@@ -26,6 +26,8 @@ Qwen2Weights weights_quantize_nf4(const Qwen2Weights& bf16, const LoadProgress& 
 // True for the names bitsandbytes quantizes: the seven linears of a layer ("..._proj.weight").
 bool is_linear_weight(const std::string& name);
 
-// The tensor as bf16 values (a copy; converted from F16/F32 when needed). Throws GrpoError for other dtypes.
+// A BF16, F16 or F32 tensor's values as a copy: as fp32 (exact for every dtype), or as bf16 (F16 and F32
+// rounded to nearest even). Throw GrpoError naming the file and tensor for any other dtype.
 struct TensorView;
+std::vector<float> tensor_to_f32(const TensorView& t);
 std::vector<bf16_bits> tensor_to_bf16(const TensorView& t);

@@ -2,13 +2,10 @@
 #include "model/safetensors.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
-#include <cstdio>
-#include <cstring>
 #include <sys/stat.h>
-#include <unistd.h>
 
+#include "data/atomic_file.h"
 #include "data/json.h"
 #include "data/text.h"
 
@@ -348,36 +345,12 @@ void safetensors_write(const std::string& path, const std::vector<TensorToWrite>
                        const std::map<std::string, std::string>& metadata) {
     std::vector<size_t> data_order;
     const std::string header = safetensors_header(tensors, metadata, &data_order, path);
-    const std::string tmp_path = path + ".tmp";
-
-    FILE* f = fopen(tmp_path.c_str(), "wb");
-    if (!f) {
-        throw GrpoError(tmp_path + ": cannot create: " + strerror(errno) +
-                        "; check that the directory exists and is writable");
-    }
-    // One error path for every failed call: the half-written temp file is removed, PATH is untouched.
-    auto fail = [&](const char* what) {
-        int err = errno;  // before fclose/remove can change it
-        if (f) fclose(f);
-        remove(tmp_path.c_str());
-        throw GrpoError(tmp_path + ": " + what + ": " + strerror(err) + "; free disk space or choose another output path (" +
-                        path + " was not changed)");
-    };
     uint8_t length_bytes[8];
     uint64_t N = header.size();
     for (int i = 0; i < 8; i++) length_bytes[i] = (uint8_t)(N >> (8 * i));
-    // && stops at the first failed call, so errno below is that call's.
-    bool ok = fwrite(length_bytes, 1, 8, f) == 8 && fwrite(header.data(), 1, header.size(), f) == header.size();
-    for (size_t i : data_order) {
-        const TensorToWrite& t = tensors[i];
-        ok = ok && (t.nbytes == 0 || fwrite(t.data, 1, t.nbytes, f) == t.nbytes);
-    }
-    // A full disk often shows up only when the buffer is flushed; fsync so the rename never publishes
-    // a file whose data is still only in the page cache.
-    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    if (!ok) fail("write failed");
-    int close_result = fclose(f);
-    f = nullptr;
-    if (close_result != 0) fail("close failed");
-    if (rename(tmp_path.c_str(), path.c_str()) != 0) fail("cannot rename over the destination");
+    AtomicFile out(path);
+    out.write(length_bytes, 8);
+    out.write(header);
+    for (size_t i : data_order) out.write(tensors[i].data, tensors[i].nbytes);
+    out.commit();
 }

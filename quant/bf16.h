@@ -1,4 +1,4 @@
-// bf16.h: bfloat16 <-> fp32 conversion on the host, rounding to nearest even exactly like PyTorch's .to(torch.bfloat16).
+// bf16.h: bfloat16 <-> fp32 conversion on the host, rounding to nearest even exactly like PyTorch's .to(torch.bfloat16), and IEEE half -> fp32.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -23,3 +23,19 @@ inline bf16_bits f32_to_bf16(float f) {
 
 // fp32 rounded through bf16 and back: what HF gets when it casts an fp32 activation to bf16.
 inline float round_bf16(float f) { return bf16_to_f32(f32_to_bf16(f)); }
+
+// IEEE half to float, exact (for F16 checkpoints and adapters): rebias the exponent; subnormal halves become normal floats.
+inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF, bits;
+    if (exp == 0x1F) bits = sign | 0x7F800000u | (mant << 13);
+    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (mant << 13);
+    else if (mant == 0) bits = sign;
+    else {
+        int shift = 0;
+        while (!(mant & 0x400)) { mant <<= 1; shift++; }
+        bits = sign | ((uint32_t)(113 - shift) << 23) | ((mant & 0x3FF) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof(f));
+    return f;
+}

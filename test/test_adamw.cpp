@@ -16,15 +16,9 @@
 #include "lora/lora.h"
 #include "lora/peft.h"
 #include "model/config.h"
+#include "model/loader.h"
 #include "model/safetensors.h"
-
-// Written by dev/ref/qwen2_grpo_ref.py (torch 2.11 on an H200) and committed.
-static const std::string REF_DIR = "test/ref/qwen2/";
-
-// The dump's name for a LoRA matrix: "layers.0.self_attn.q_proj.lora_A" (PEFT's key without its prefix and suffix).
-static std::string dump_name(int layer, int slot, char matrix) {
-    return "layers." + std::to_string(layer) + "." + linear_parent(slot) + "." + LINEAR_NAMES[slot] + ".lora_" + std::string(1, matrix);
-}
+#include "test/test_util.h"
 
 static double meta_number(const JsonValue& obj, const std::string& key) {
     const JsonValue* v = obj.get(key);
@@ -49,7 +43,7 @@ static void fill_from_dump(LoraWeights* w, const SafetensorsFile& dump, const st
     for (int l = 0; l < w->model.L; l++) {
         for (int s = 0; s < NUM_LINEAR; s++) {
             for (char matrix : {'A', 'B'}) {
-                std::vector<float> values = tensor_to_f32(dump.get(prefix + dump_name(l, s, matrix)));
+                std::vector<float> values = tensor_to_f32(dump.get(prefix + ref_lora_name(l, s, matrix)));
                 const LoraWeights::Slot& slot = w->slots[l][s];
                 REQUIRE(values.size() == (matrix == 'A' ? (size_t)w->lora.R * slot.in : (size_t)slot.out * w->lora.R));
                 memcpy(buffer->data() + (matrix == 'A' ? slot.a_offset : slot.b_offset), values.data(), values.size() * sizeof(float));
@@ -112,7 +106,7 @@ TEST_CASE("adamw: clip + cosine schedule + AdamW replay the reference's three st
                 for (int l = 0; l < cfg.L; l++) {
                     for (int s = 0; s < NUM_LINEAR; s++) {
                         for (char matrix : {'A', 'B'}) {
-                            std::vector<float> ref = tensor_to_f32(dump.get("step" + std::to_string(k) + "." + dump_name(l, s, matrix)));
+                            std::vector<float> ref = tensor_to_f32(dump.get("step" + std::to_string(k) + "." + ref_lora_name(l, s, matrix)));
                             const float* ours = matrix == 'A' ? w.A(l, s) : w.B(l, s);
                             for (size_t i = 0; i < ref.size(); i++) {
                                 worst_abs = std::max(worst_abs, std::fabs((double)ours[i] - ref[i]));

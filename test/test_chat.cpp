@@ -1,6 +1,5 @@
 // test_chat.cpp: the Qwen2.5 chat template, prompt ids and left-truncation, against transformers.js running the official Jinja template.
 #include <catch2/catch.hpp>
-#include <unistd.h>
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -8,25 +7,9 @@
 #include "data/json.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
+#include "test/test_util.h"
 
 namespace {
-
-const std::string ORACLE_DIR = "build/oracle/";
-
-// An oracle file's path, failing the test loudly when the oracles have not been generated.
-std::string oracle_file(const std::string& name) {
-    std::string path = ORACLE_DIR + name;
-    if (access(path.c_str(), R_OK) != 0) FAIL(path << " is missing: run `make test` (it generates build/oracle first)");
-    return path;
-}
-
-// Loaded once: every test that needs ids shares it.
-const Tokenizer& qwen_tokenizer() {
-    if (access(DEFAULT_TOKENIZER_PATH, R_OK) != 0)
-        FAIL(DEFAULT_TOKENIZER_PATH << " is missing: run `make tokenizer` (or `make test`)");
-    static const Tokenizer tokenizer = Tokenizer::load(DEFAULT_TOKENIZER_PATH);
-    return tokenizer;
-}
 
 std::vector<int> ids_of(const JsonValue& record) {
     const JsonValue* ids = record.get("ids");

@@ -1,44 +1,11 @@
 // test_config.cpp: Qwen2 presets, config.json parsing (both RoPE spellings), validation and the checkpoint tensor check.
 #include <catch2/catch.hpp>
 
-#include <fstream>
-#include <functional>
-#include <sstream>
-
 #include "data/text.h"
 #include "model/config.h"
 #include "model/safetensors.h"
 #include "quant/bf16.h"
-
-// From test_safetensors.cpp: the Python fixture folder and its value formula.
-const std::string& safetensors_fixture_dir();
-float fixture_float(const std::string& name, int64_t i);
-
-static std::string fixture(const std::string& rel) { return safetensors_fixture_dir() + "/" + rel; }
-
-static std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const GrpoError& e) {
-        return e.what();
-    }
-    return "(no GrpoError thrown)";
-}
-
-static std::string read_text(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-// Replaces the one occurrence of from; fails the test if it is not there exactly once.
-static std::string replace_once(std::string text, const std::string& from, const std::string& to) {
-    size_t at = text.find(from);
-    REQUIRE(at != std::string::npos);
-    REQUIRE(text.find(from, at + 1) == std::string::npos);
-    return text.replace(at, from.size(), to);
-}
+#include "test/test_util.h"
 
 static void check_same_architecture(const Qwen2Config& a, const Qwen2Config& b) {
     CHECK(a.V == b.V);
@@ -134,7 +101,7 @@ TEST_CASE("config.json in both RoPE spellings reads as the presets", "[config]")
     check_same_architecture(qwen2_config_load(fixture("configs/qwen2.5-7b-instruct")), qwen2_preset("7B"));
 
     // head_dim, when present, wins over C / NH
-    std::string text = read_text(fixture("qwen_tiny/config.json"));
+    std::string text = read_file(fixture("qwen_tiny/config.json"));
     Qwen2Config with_head_dim = qwen2_config_parse(replace_once(text, "\"hidden_size\": 64,", "\"hidden_size\": 64, \"head_dim\": 32,"), "x/config.json");
     CHECK(with_head_dim.HD == 32);
     // Both RoPE spellings at once are fine when they agree
@@ -143,8 +110,8 @@ TEST_CASE("config.json in both RoPE spellings reads as the presets", "[config]")
 }
 
 TEST_CASE("unsupported or broken config.json fields are named", "[config]") {
-    const std::string t5 = read_text(fixture("qwen_tiny/config.json"));
-    const std::string t4 = read_text(fixture("qwen_tiny_untied/config.json"));
+    const std::string t5 = read_file(fixture("qwen_tiny/config.json"));
+    const std::string t4 = read_file(fixture("qwen_tiny_untied/config.json"));
     struct Bad {
         std::string text;
         std::vector<std::string> says;

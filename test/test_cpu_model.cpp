@@ -16,10 +16,7 @@
 #include "model/cpu_model.h"
 #include "model/loader.h"
 #include "model/safetensors.h"
-
-// Written by dev/ref/qwen2_grpo_ref.py on the GPU machine and committed; read relative to the repository root.
-static const std::string REF_DIR = "test/ref/qwen2/";
-static const char* const REF_MODELS[] = {"tiny_tied", "tiny_untied"};
+#include "test/test_util.h"
 
 // One dumped model run: the weights, the batch, the initial LoRA and everything HF computed from them.
 struct RefRun {
@@ -59,8 +56,8 @@ struct RefRun {
         for (int l = 0; l < weights.config.L; l++) {
             for (int s = 0; s < NUM_LINEAR; s++) {
                 const LoraWeights::Slot& slot = lora.slots[l][s];
-                std::vector<float> a = get("step0." + lora_name(l, s, 'A'), (size_t)lc.R * slot.in);
-                std::vector<float> b = get("step0." + lora_name(l, s, 'B'), (size_t)slot.out * lc.R);
+                std::vector<float> a = get("step0." + ref_lora_name(l, s, 'A'), (size_t)lc.R * slot.in);
+                std::vector<float> b = get("step0." + ref_lora_name(l, s, 'B'), (size_t)slot.out * lc.R);
                 std::copy(a.begin(), a.end(), lora.A(l, s));
                 std::copy(b.begin(), b.end(), lora.B(l, s));
             }
@@ -72,12 +69,6 @@ struct RefRun {
         INFO(dump.path() << ": metadata \"meta\" has no number " << key);
         REQUIRE((v && v->is_number()));
         return v->number;
-    }
-
-    // "layers.0.self_attn.q_proj.lora_A": the dump's short PEFT names
-    static std::string lora_name(int layer, int slot, char matrix) {
-        return "layers." + std::to_string(layer) + "." + linear_parent(slot) + "." + LINEAR_NAMES[slot] + ".lora_" +
-               std::string(1, matrix);
     }
 
     // A dumped tensor as fp32, from this run's dump or (from_other) the other precision's.
@@ -217,7 +208,7 @@ static void compare_with_dump(const RefRun& run, CpuPrecision precision, const D
             const LoraWeights::Slot& slot = lora.slots[l][s];
             size_t na = (size_t)lora.lora.R * slot.in, nb = (size_t)slot.out * lora.lora.R;
             std::vector<float> dA(lora.dA(l, s), lora.dA(l, s) + na), dB(lora.dB(l, s), lora.dB(l, s) + nb);
-            std::string a = RefRun::lora_name(l, s, 'A'), b = RefRun::lora_name(l, s, 'B');
+            std::string a = ref_lora_name(l, s, 'A'), b = ref_lora_name(l, s, 'B');
             compare("grad." + a, dA, "grad." + a, 0, na, tol.grad);
             compare("grad." + b, dB, "grad." + b, 0, nb, tol.grad);
         }
@@ -426,8 +417,8 @@ TEST_CASE("cpu model: the backward matches finite differences of the forward (fp
                 double err = std::fabs(fd - analytic) / (1e-3 + std::fabs(analytic));
                 worst = std::max(worst, err);
                 printf("  %-38s backward %+.6e  finite diff %+.6e  rel err %.1e\n",
-                       RefRun::lora_name(l, s, matrix).c_str(), analytic, fd, err);
-                INFO(RefRun::lora_name(l, s, matrix) << " entry " << best - offset);
+                       ref_lora_name(l, s, matrix).c_str(), analytic, fd, err);
+                INFO(ref_lora_name(l, s, matrix) << " entry " << best - offset);
                 CHECK(err < 2e-3);
             }
         }

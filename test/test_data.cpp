@@ -1,6 +1,5 @@
 // test_data.cpp: the JSON/JSONL reader, GSM8K loading and the seeded prompt order, against Python's json and str semantics.
 #include <catch2/catch.hpp>
-#include <unistd.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -12,49 +11,15 @@
 #include "data/gsm8k.h"
 #include "data/json.h"
 #include "data/text.h"
+#include "test/test_util.h"
 
 namespace {
-
-const std::string ORACLE_DIR = "build/oracle/";
-
-// An oracle file's path, failing the test loudly when the oracles have not been generated.
-std::string oracle_file(const std::string& name) {
-    std::string path = ORACLE_DIR + name;
-    if (access(path.c_str(), R_OK) != 0) FAIL(path << " is missing: run `make test` (it generates build/oracle first)");
-    return path;
-}
 
 const std::string& string_of(const JsonValue& record, const char* name) {
     const JsonValue* field = record.get(name);
     REQUIRE(field != nullptr);
     REQUIRE(field->is_string());
     return field->string;
-}
-
-// A file with the given bytes that is deleted when the test ends.
-struct TempFile {
-    std::string path;
-    explicit TempFile(const std::string& bytes) {
-        char name[] = "/tmp/grpo_test_data_XXXXXX";
-        int fd = mkstemp(name);
-        REQUIRE(fd >= 0);
-        path = name;
-        REQUIRE(write(fd, bytes.data(), bytes.size()) == (ssize_t)bytes.size());
-        close(fd);
-    }
-    ~TempFile() { unlink(path.c_str()); }
-};
-
-// The message of the GrpoError that fn throws; fails the test if it throws nothing.
-template <typename Fn>
-std::string error_of(Fn fn) {
-    try {
-        fn();
-    } catch (const GrpoError& e) {
-        return e.what();
-    }
-    FAIL("expected a GrpoError, nothing was thrown");
-    return "";
 }
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }

@@ -12,15 +12,15 @@
 #include "data/text.h"
 #include "model/grpo_loss.h"
 #include "model/safetensors.h"
+#include "test/test_util.h"
 
 namespace {
 
-const char* const DUMP_MODELS[] = {"tiny_tied", "tiny_untied"};
 const char* const DUMP_DTYPES[] = {"bfloat16", "float32"};
 const char* const LOSS_NAMES[] = {"grpo", "bnpo", "dr_grpo", "dapo"};
 
 std::string dump_path(const std::string& model, const std::string& dtype) {
-    return "test/ref/qwen2/" + model + "/dump_" + dtype + ".safetensors";
+    return REF_DIR + model + "/dump_" + dtype + ".safetensors";
 }
 
 std::vector<float> f32_tensor(const SafetensorsFile& file, const std::string& name, size_t expect_numel) {
@@ -100,7 +100,7 @@ TEST_CASE("every loss type and its gradient match TRL's, both models, both dtype
     // differ by an ulp or two: rel 2e-6 (~16 ulp), abs 1e-10 for values that cancel towards 0 (the
     // gradients are ~1e-3..1e-1, and exactly 0 on masked tokens).
     Tolerance grad_tol{1e-10, 2e-6};
-    for (const char* model : DUMP_MODELS) {
+    for (const char* model : REF_MODELS) {
         for (const char* dtype : DUMP_DTYPES) {
             std::string path = dump_path(model, dtype);
             SafetensorsFile file(path);
@@ -138,7 +138,7 @@ TEST_CASE("advantages from rewards match TRL's for scale_rewards group, batch an
     // fp32 (r - mean) / (std + 1e-4) on O(1) rewards: the mean and std may each differ from torch's by an ulp,
     // so a few ulps of the O(1) result: abs 1e-6 + rel 1e-6.
     Tolerance tol{1e-6, 1e-6};
-    for (const char* model : DUMP_MODELS) {
+    for (const char* model : REF_MODELS) {
         for (const char* dtype : DUMP_DTYPES) {
             std::string path = dump_path(model, dtype);
             SafetensorsFile file(path);
@@ -166,7 +166,7 @@ TEST_CASE("kl and clip-ratio metrics on the dumps equal a direct double-precisio
     // definition (TRL's masked_batch_mean), in double. kl: fp32 vs double elementwise, rel 1e-5. The clip
     // ratios are counts / tokens; only a ratio within an ulp of a clip bound could flip, which the margin
     // check below rules out, so they must match to fp32 rounding.
-    for (const char* model : DUMP_MODELS) {
+    for (const char* model : REF_MODELS) {
         for (const char* dtype : DUMP_DTYPES) {
             std::string path = dump_path(model, dtype);
             SafetensorsFile file(path);

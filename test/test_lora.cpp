@@ -6,8 +6,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,49 +19,7 @@
 #include "model/loader.h"
 #include "model/safetensors.h"
 #include "quant/bf16.h"
-
-// Written by dev/ref/qwen2_grpo_ref.py (torch 2.11, transformers 5.17, peft 0.21) and committed.
-static const std::string REF_DIR = "test/ref/qwen2/";
-static const char* const REF_MODELS[] = {"tiny_tied", "tiny_untied"};
-
-// A fresh folder under /tmp, removed when the test case ends.
-struct ScratchDir {
-    std::string path;
-    ScratchDir() {
-        char tmpl[] = "/tmp/grpo_lora_XXXXXX";
-        if (!mkdtemp(tmpl)) throw GrpoError("mkdtemp failed");
-        path = tmpl;
-    }
-    ~ScratchDir() { std::filesystem::remove_all(path); }
-    std::string operator/(const std::string& name) const { return path + "/" + name; }
-};
-
-static std::string read_text(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-static void write_text(const std::string& path, const std::string& text) {
-    std::ofstream out(path, std::ios::binary);
-    out << text;
-}
-
-// The text with its one occurrence of `from` replaced (fails the test when it is not there exactly once).
-static std::string replace_once(const std::string& text, const std::string& from, const std::string& to) {
-    size_t at = text.find(from);
-    REQUIRE(at != std::string::npos);
-    REQUIRE(text.find(from, at + 1) == std::string::npos);
-    return text.substr(0, at) + to + text.substr(at + from.size());
-}
-
-static int run(const std::string& cmd) { return system(cmd.c_str()); }
-
-// The dump's name for a LoRA matrix: "layers.0.self_attn.q_proj.lora_A".
-static std::string dump_name(int layer, int slot, char matrix) {
-    return "layers." + std::to_string(layer) + "." + linear_parent(slot) + "." + LINEAR_NAMES[slot] + ".lora_" + std::string(1, matrix);
-}
+#include "test/test_util.h"
 
 // The features of each linear written out from the Qwen2 architecture (independently of weights.cpp).
 static void expected_features(const Qwen2Config& c, int slot, int64_t* out, int64_t* in) {
@@ -71,6 +27,16 @@ static void expected_features(const Qwen2Config& c, int slot, int64_t* out, int6
     const int64_t table[NUM_LINEAR][2] = {{q, c.C}, {kv, c.C}, {kv, c.C}, {c.C, q}, {c.I, c.C}, {c.I, c.C}, {c.C, c.I}};
     *out = table[slot][0];
     *in = table[slot][1];
+}
+
+// Runs a python3 script with a JSON file we wrote as its argument (python3's json module is the independent
+// reader); the script exits non-zero, printing what is wrong, when a field is not what it should be.
+static void check_json_with_python(const std::string& script, const std::string& json_path) {
+    TempDir tmp;
+    write_file(tmp / "check.py", script);
+    const CommandResult python = run_shell("python3 " + (tmp / "check.py") + " " + json_path + " 2>&1");
+    INFO(python.output);
+    CHECK(python.exit_code == 0);
 }
 
 // ---- layout and initialisation ------------------------------------------------------------------------
@@ -189,7 +155,7 @@ TEST_CASE("lora: the reference PEFT adapters load as the dump's step0 tensors, w
         for (int l = 0; l < cfg.L; l++) {
             for (int s = 0; s < NUM_LINEAR; s++) {
                 for (char matrix : {'A', 'B'}) {
-                    std::vector<float> ref = tensor_to_f32(dump.get("step0." + dump_name(l, s, matrix)));
+                    std::vector<float> ref = tensor_to_f32(dump.get("step0." + ref_lora_name(l, s, matrix)));
                     const float* ours = matrix == 'A' ? w.A(l, s) : w.B(l, s);
                     REQUIRE(memcmp(ours, ref.data(), ref.size() * sizeof(float)) == 0);  // both fp32 copies of one tensor
                     compared += ref.size();
@@ -201,7 +167,7 @@ TEST_CASE("lora: the reference PEFT adapters load as the dump's step0 tensors, w
 }
 
 TEST_CASE("lora: save then load is bit-identical, and Python reads our adapter_config.json", "[lora]") {
-    ScratchDir tmp;
+    TempDir tmp;
     const Qwen2Config cfg = qwen2_config_load(REF_DIR + "tiny_untied/hf");
     LoraConfig lc;
     lc.R = 6;
@@ -238,8 +204,7 @@ TEST_CASE("lora: save then load is bit-identical, and Python reads our adapter_c
         "bad = {k: c.get(k) for k, v in want.items() if c.get(k) != v or type(c.get(k)) != type(v)}\n"
         "bad.update({} if sorted(c['target_modules']) == ['down_proj', 'o_proj', 'q_proj'] else {'target_modules': c['target_modules']})\n"
         "sys.exit(str(bad) if bad else 0)\n";
-    write_text(tmp / "check.py", check);
-    CHECK(run("python3 " + (tmp / "check.py") + " " + dir + "/adapter_config.json") == 0);
+    check_json_with_python(check, dir + "/adapter_config.json");
 
     // the tensors as Python's safetensors would name and shape them
     SafetensorsFile file(dir + "/adapter_model.safetensors");
@@ -251,7 +216,7 @@ TEST_CASE("lora: save then load is bit-identical, and Python reads our adapter_c
 }
 
 TEST_CASE("lora: BF16 and F16 adapter tensors load converted exactly to fp32", "[lora]") {
-    ScratchDir tmp;
+    TempDir tmp;
     const Qwen2Config cfg = qwen2_preset("tiny");
     LoraConfig lc;
     lc.R = 2;
@@ -290,10 +255,10 @@ TEST_CASE("lora: BF16 and F16 adapter tensors load converted exactly to fp32", "
 }
 
 TEST_CASE("lora: malformed adapters are refused naming the file, the field or tensor, and the shapes", "[lora]") {
-    ScratchDir tmp;
+    TempDir tmp;
     const std::string ref = REF_DIR + "tiny_tied/adapter";
     const Qwen2Config cfg = qwen2_config_load(REF_DIR + "tiny_tied/hf");
-    const std::string config_text = read_text(ref + "/adapter_config.json");
+    const std::string config_text = read_file(ref + "/adapter_config.json");
     LoraWeights good = peft_load(ref, cfg);
     const std::string dir = tmp.path, config_path = tmp / "adapter_config.json", tensors_path = tmp / "adapter_model.safetensors";
 
@@ -318,7 +283,7 @@ TEST_CASE("lora: malformed adapters are refused naming the file, the field or te
         safetensors_write(tensors_path, kept);
     };
 
-    write_text(config_path, config_text);
+    write_file(config_path, config_text);
     write_tensors("", "", "");
     CHECK(peft_load(dir, cfg).params == good.params);  // the unmodified copy loads
 
@@ -353,21 +318,21 @@ TEST_CASE("lora: malformed adapters are refused naming the file, the field or te
     };
     for (const Edit& e : edits) {
         INFO(e.to);
-        write_text(config_path, replace_once(config_text, e.from, e.to));
+        write_file(config_path, replace_once(config_text, e.from, e.to));
         CHECK_THROWS_WITH(peft_load(dir, cfg), Catch::Contains(config_path) && Catch::Contains(e.field));
     }
     // a regular expression as target_modules is refused; "all-linear" is understood
     std::string targets = config_text.substr(config_text.find("\"target_modules\""));
     targets = targets.substr(0, targets.find(']') + 1);
-    write_text(config_path, replace_once(config_text, targets, "\"target_modules\": \".*proj\""));
+    write_file(config_path, replace_once(config_text, targets, "\"target_modules\": \".*proj\""));
     CHECK_THROWS_WITH(peft_load(dir, cfg), Catch::Contains(config_path) && Catch::Contains("target_modules") && Catch::Contains("list"));
-    write_text(config_path, replace_once(config_text, targets, "\"target_modules\": \"all-linear\""));
+    write_file(config_path, replace_once(config_text, targets, "\"target_modules\": \"all-linear\""));
     CHECK(peft_load(dir, cfg).params == good.params);
     // fewer targets in the config than tensors in the file: the rest are unexpected
-    write_text(config_path, replace_once(config_text, targets, "\"target_modules\": [\"q_proj\"]"));
+    write_file(config_path, replace_once(config_text, targets, "\"target_modules\": [\"q_proj\"]"));
     CHECK_THROWS_WITH(peft_load(dir, cfg), Catch::Contains("unexpected tensor") && Catch::Contains("[q_proj]"));
     // the wrong model: tiny_untied's shapes differ
-    write_text(config_path, config_text);
+    write_file(config_path, config_text);
     CHECK_THROWS_WITH(peft_load(dir, qwen2_config_load(REF_DIR + "tiny_untied/hf")), Catch::Contains("expected"));
     std::filesystem::remove(tensors_path);
     CHECK_THROWS_WITH(peft_load(dir, cfg), Catch::Contains(tensors_path));
@@ -446,7 +411,7 @@ TEST_CASE("lora: the exported HF directory loads back as exactly the merged weig
     for (const char* name : REF_MODELS) {
         for (LinearFormat format : {LinearFormat::BF16, LinearFormat::NF4}) {
             INFO(name << " " << linear_format_name(format));
-            ScratchDir tmp;
+            TempDir tmp;
             const std::string dir = REF_DIR + name;
             Qwen2Weights base = load_hf_dir(dir + "/hf", format);
             LoraWeights lora = peft_load(dir + "/adapter", base.config);
@@ -490,14 +455,13 @@ TEST_CASE("lora: the exported HF directory loads back as exactly the merged weig
                 "ok = ok and c['rope_theta'] == c['rope_parameters']['rope_theta'] == 1e6 and c['rope_parameters']['rope_type'] == 'default'\n"
                 "ok = ok and c['torch_dtype'] == c['dtype'] == 'bfloat16' and c['use_sliding_window'] is False\n"
                 "sys.exit(0 if ok else str(c))\n";
-            write_text(tmp / "check.py", check);
-            CHECK(run("python3 " + (tmp / "check.py") + " " + out + "/config.json") == 0);
+            check_json_with_python(check, out + "/config.json");
         }
     }
 }
 
 TEST_CASE("lora: export refuses an adapter made for another model shape", "[lora]") {
-    ScratchDir tmp;
+    TempDir tmp;
     Qwen2Weights base = load_hf_dir(REF_DIR + "tiny_tied/hf", LinearFormat::BF16);
     LoraWeights other = lora_create(qwen2_config_load(REF_DIR + "tiny_untied/hf"), LoraConfig());
     CHECK_THROWS_WITH(export_merged_hf_dir(tmp / "out", base, &other), Catch::Contains("merge it into the model it was trained on"));

@@ -4,15 +4,11 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <filesystem>
-#include <fstream>
 #include <functional>
-#include <sstream>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "data/rng.h"
@@ -22,78 +18,19 @@
 #include "model/loader.h"
 #include "model/model_file.h"
 #include "model/safetensors.h"
+#include "test/test_util.h"
 
 namespace {
 
-const char* const MODELS[] = {"tiny_tied", "tiny_untied"};
-
-std::string ref(const std::string& model, const std::string& rel) { return "test/ref/qwen2/" + model + "/" + rel; }
-
-// A scratch folder for one test case, removed with everything in it at the end.
-struct TempDir {
-    std::string path;
-    TempDir() {
-        char tmpl[] = "/tmp/grpo_model_files_XXXXXX";
-        if (!mkdtemp(tmpl)) FAIL("mkdtemp failed");
-        path = tmpl;
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-    std::string operator/(const std::string& name) const { return path + "/" + name; }
-};
-
-std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const GrpoError& e) {
-        return e.what();
-    }
-    return "(no GrpoError thrown)";
-}
-
-std::string read_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-    std::ofstream out(path, std::ios::binary);
-    out.write(bytes.data(), (std::streamsize)bytes.size());
-    REQUIRE(out.good());
-}
-
-std::string replace_once(std::string text, const std::string& from, const std::string& to) {
-    size_t at = text.find(from);
-    REQUIRE(at != std::string::npos);
-    return text.replace(at, from.size(), to);
-}
-
-bool exists(const std::string& path) { return std::filesystem::exists(path); }
+std::string ref(const std::string& model, const std::string& rel) { return REF_DIR + model + "/" + rel; }
 
 // "identical", or where two files first differ (a readable failure instead of two dumps of binary).
 std::string compare_files(const std::string& a, const std::string& b) {
-    const std::string x = read_bytes(a), y = read_bytes(b);
+    const std::string x = read_file(a), y = read_file(b);
     if (x == y) return "identical";
     size_t i = 0;
     while (i < x.size() && i < y.size() && x[i] == y[i]) i++;
     return "sizes " + std::to_string(x.size()) + " and " + std::to_string(y.size()) + ", first difference at byte " + std::to_string(i);
-}
-
-// Runs a shell command; returns its exit status and fills *output with stdout and stderr.
-int run_shell(const std::string& command, std::string* output) {
-    FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-    REQUIRE(pipe);
-    char buf[4096];
-    size_t n;
-    output->clear();
-    while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) output->append(buf, n);
-    int status = pclose(pipe);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-void require_quantize_program() {
-    if (access("./quantize", X_OK) != 0) FAIL("./quantize is missing: run `make quantize` (or `make test`) from the repository root");
 }
 
 // A linear's weights as bf16, dequantized when NF4.
@@ -161,7 +98,7 @@ bool same_buffer(const Qwen2Weights& a, const Qwen2Weights& b) {
 // A copy of a reference directory's config.json next to a new model.safetensors built from `tensors`.
 void write_model_dir(const std::string& dir, const std::string& config_json, const std::vector<TensorToWrite>& tensors) {
     std::filesystem::create_directories(dir);
-    write_bytes(dir + "/config.json", config_json);
+    write_file(dir + "/config.json", config_json);
     safetensors_write(dir + "/model.safetensors", tensors, {{"format", "pt"}});
 }
 
@@ -184,7 +121,7 @@ std::string with_header_int(std::string bin, int slot, int32_t value) {
 
 TEST_CASE(".bin round trip: bf16 and NF4 weights come back byte for byte, mapped in place", "[model_files]") {
     TempDir tmp;
-    for (const char* model : MODELS) {
+    for (const char* model : REF_MODELS) {
         INFO(model);
         for (LinearFormat format : {LinearFormat::BF16, LinearFormat::NF4}) {
             INFO(linear_format_name(format));
@@ -242,10 +179,10 @@ TEST_CASE(".bin reading refuses damaged files with one clear message each", "[mo
     Qwen2Weights w = load_hf_dir(ref("tiny_tied", "hf"), LinearFormat::NF4);
     const std::string good_path = tmp / "good.bin";
     bin_save(good_path, w);
-    const std::string good = read_bytes(good_path);
+    const std::string good = read_file(good_path);
     const std::string path = tmp / "bad.bin";
     auto error_for = [&](const std::string& bytes) {
-        write_bytes(path, bytes);
+        write_file(path, bytes);
         return error_of([&] { load_model(path); });
     };
 
@@ -281,7 +218,7 @@ TEST_CASE(".bin writing is atomic: a full disk leaves the old file and no temp f
     Qwen2Weights big = load_hf_dir(ref("tiny_untied", "hf"), LinearFormat::BF16);
     const std::string path = tmp / "model.bin";
     bin_save(path, small);
-    const std::string before = read_bytes(path);
+    const std::string before = read_file(path);
 
     struct rlimit old_limit;
     REQUIRE(getrlimit(RLIMIT_FSIZE, &old_limit) == 0);
@@ -295,7 +232,7 @@ TEST_CASE(".bin writing is atomic: a full disk leaves the old file and no temp f
     INFO(full_disk);
     CHECK_THAT(full_disk, Catch::Contains(path + ".tmp") && Catch::Contains("write failed") && Catch::Contains("was not changed"));
     CHECK_FALSE(exists(path + ".tmp"));
-    CHECK((read_bytes(path) == before));  // parenthesized: a failure should not print the binary
+    CHECK((read_file(path) == before));  // parenthesized: a failure should not print the binary
 
     const std::string nowhere = tmp / "no/such/folder/model.bin";
     CHECK_THAT(error_of([&] { bin_save(nowhere, small); }), Catch::Contains(nowhere) && Catch::Contains("directory exists"));
@@ -304,7 +241,7 @@ TEST_CASE(".bin writing is atomic: a full disk leaves the old file and no temp f
 // ---- bitsandbytes directories --------------------------------------------------------------------------
 
 TEST_CASE("bitsandbytes NF4 directories load bit-identical to the reference's dequantized weights", "[model_files]") {
-    for (const char* model : MODELS) {
+    for (const char* model : REF_MODELS) {
         INFO(model);
         CHECK(model_file_kind(ref(model, "bnb")) == ModelFileKind::BNB_DIR);
         CHECK(model_file_kind(ref(model, "hf")) == ModelFileKind::HF_DIR);
@@ -321,7 +258,7 @@ TEST_CASE("bitsandbytes NF4 directories load bit-identical to the reference's de
 
 TEST_CASE("bitsandbytes checkpoints we cannot represent are refused with a clear message", "[model_files]") {
     TempDir tmp;
-    const std::string config = read_bytes(ref("tiny_tied", "bnb/config.json"));
+    const std::string config = read_file(ref("tiny_tied", "bnb/config.json"));
     SafetensorsFile bnb(ref("tiny_tied", "bnb/model.safetensors"));
     const std::string linear = "model.layers.1.mlp.up_proj.weight";
     const std::string state_name = linear + ".quant_state.bitsandbytes__nf4";
@@ -399,15 +336,15 @@ TEST_CASE("bitsandbytes checkpoints we cannot represent are refused with a clear
 // ---- quantize ---------------------------------------------------------------------------------------
 
 TEST_CASE("quantize --format bnb reproduces the bitsandbytes checkpoint byte for byte", "[model_files]") {
-    require_quantize_program();
+    require_program("./quantize", "quantize");
     TempDir tmp;
-    for (const char* model : MODELS) {
+    for (const char* model : REF_MODELS) {
         INFO(model);
         const std::string out = tmp / (std::string(model) + ".safetensors");
-        std::string log;
-        REQUIRE(run_shell("./quantize --format bnb " + ref(model, "hf_orig") + " " + out, &log) == 0);
-        INFO(log);
-        CHECK_THAT(log, Catch::Contains("tensor 1 of ") && Catch::Contains("wrote " + out));
+        const CommandResult quantize = run_shell("./quantize --format bnb " + ref(model, "hf_orig") + " " + out + " 2>&1");
+        REQUIRE(quantize.exit_code == 0);
+        INFO(quantize.output);
+        CHECK_THAT(quantize.output, Catch::Contains("tensor 1 of ") && Catch::Contains("wrote " + out));
         CHECK_FALSE(exists(out + ".tmp"));
 
         SafetensorsFile ours(out), theirs(ref(model, "bnb/model.safetensors"));
@@ -441,13 +378,12 @@ TEST_CASE("quantize --format bnb reproduces the bitsandbytes checkpoint byte for
 }
 
 TEST_CASE("quantize IN OUT.bin: NF4 linears bit-identical to bitsandbytes, from an HF directory or a bf16 .bin", "[model_files]") {
-    require_quantize_program();
+    require_program("./quantize", "quantize");
     TempDir tmp;
-    for (const char* model : MODELS) {
+    for (const char* model : REF_MODELS) {
         INFO(model);
         const std::string from_dir = tmp / (std::string(model) + "_nf4.bin");
-        std::string log;
-        REQUIRE(run_shell("./quantize " + ref(model, "hf_orig") + " " + from_dir, &log) == 0);
+        REQUIRE(run_shell("./quantize " + ref(model, "hf_orig") + " " + from_dir + " 2>&1").exit_code == 0);
         Qwen2Weights loaded = load_model(from_dir);
         CHECK(loaded.plan.format == LinearFormat::NF4);
         CHECK_SAME_WEIGHTS(loaded, load_hf_dir(ref(model, "hf"), LinearFormat::BF16));
@@ -457,14 +393,15 @@ TEST_CASE("quantize IN OUT.bin: NF4 linears bit-identical to bitsandbytes, from 
         const std::string bf16_bin = tmp / (std::string(model) + "_bf16.bin");
         const std::string from_bin = tmp / (std::string(model) + "_nf4_from_bin.bin");
         bin_save(bf16_bin, load_hf_dir(ref(model, "hf_orig"), LinearFormat::BF16));
-        REQUIRE(run_shell("./quantize " + bf16_bin + " " + from_bin, &log) == 0);
+        REQUIRE(run_shell("./quantize " + bf16_bin + " " + from_bin + " 2>&1").exit_code == 0);
         CHECK(compare_files(from_bin, from_dir) == "identical");
     }
-    std::string log;
-    CHECK(run_shell("./quantize " + (tmp / "missing_dir") + " " + (tmp / "x.bin"), &log) == 1);
-    CHECK_THAT(log, Catch::Contains("quantize: error:") && Catch::Contains(tmp / "missing_dir"));
-    CHECK(run_shell("./quantize --format gguf a b", &log) == 1);
-    CHECK_THAT(log, Catch::Contains("--format must be bin or bnb"));
+    const CommandResult missing = run_shell("./quantize " + (tmp / "missing_dir") + " " + (tmp / "x.bin") + " 2>&1");
+    CHECK(missing.exit_code == 1);
+    CHECK_THAT(missing.output, Catch::Contains("quantize: error:") && Catch::Contains(tmp / "missing_dir"));
+    const CommandResult gguf = run_shell("./quantize --format gguf a b 2>&1");
+    CHECK(gguf.exit_code == 1);
+    CHECK_THAT(gguf.output, Catch::Contains("--format must be bin or bnb"));
     CHECK_FALSE(exists(tmp / "x.bin"));
 }
 
@@ -472,11 +409,10 @@ TEST_CASE("quantize IN OUT.bin: NF4 linears bit-identical to bitsandbytes, from 
 
 TEST_CASE("dev/export_hf.py writes the same .bin as the C++ writer", "[model_files]") {
     TempDir tmp;
-    for (const char* model : MODELS) {
+    for (const char* model : REF_MODELS) {
         INFO(model);
         const std::string py_bin = tmp / (std::string(model) + "_py.bin"), cpp_bin = tmp / (std::string(model) + "_cpp.bin");
-        std::string log;
-        REQUIRE(run_shell("python3 dev/export_hf.py " + ref(model, "hf") + " " + py_bin, &log) == 0);
+        REQUIRE(run_shell("python3 dev/export_hf.py " + ref(model, "hf") + " " + py_bin + " 2>&1").exit_code == 0);
         Qwen2Weights hf = load_hf_dir(ref(model, "hf"), LinearFormat::BF16);
         CHECK_SAME_WEIGHTS(load_model(py_bin), hf);
         bin_save(cpp_bin, hf);
@@ -514,10 +450,9 @@ TEST_CASE("dev/export_hf.py writes the same .bin as the C++ writer", "[model_fil
         }
     }
     const std::string mixed_dir = tmp / "mixed";
-    write_model_dir(mixed_dir, read_bytes(ref(model, "hf_orig/config.json")), tensors);
+    write_model_dir(mixed_dir, read_file(ref(model, "hf_orig/config.json")), tensors);
     const std::string py_bin = tmp / "mixed_py.bin", cpp_bin = tmp / "mixed_cpp.bin";
-    std::string log;
-    REQUIRE(run_shell("python3 dev/export_hf.py " + mixed_dir + " " + py_bin, &log) == 0);
+    REQUIRE(run_shell("python3 dev/export_hf.py " + mixed_dir + " " + py_bin + " 2>&1").exit_code == 0);
     Qwen2Weights mixed = load_hf_dir(mixed_dir, LinearFormat::BF16);
     bin_save(cpp_bin, mixed);
     CHECK(compare_files(py_bin, cpp_bin) == "identical");
@@ -551,10 +486,11 @@ TEST_CASE("python_float_repr matches Python's repr()", "[model_files]") {
         hex_lines += buf;
         ours += python_float_repr(f) + "\n";
     }
-    write_bytes(tmp / "values.txt", hex_lines);
-    std::string python;
-    REQUIRE(run_shell("python3 -c \"import sys; [print(repr(float.fromhex(l))) for l in open(sys.argv[1])]\" " + (tmp / "values.txt"), &python) == 0);
-    CHECK(python == ours);
+    write_file(tmp / "values.txt", hex_lines);
+    const CommandResult python =
+        run_shell("python3 -c \"import sys; [print(repr(float.fromhex(l))) for l in open(sys.argv[1])]\" " + (tmp / "values.txt") + " 2>&1");
+    REQUIRE(python.exit_code == 0);
+    CHECK(python.output == ours);
 }
 
 // ---- load_model errors ----------------------------------------------------------------------------------
@@ -572,13 +508,13 @@ TEST_CASE("load_model: each bad path gets one message naming the file, what is w
     CHECK_THAT(error_of([&] { load_model(ref("tiny_tied", "hf/model.safetensors")); }),
                Catch::Contains("model.safetensors") && Catch::Contains("pass that directory"));
 
-    const std::string config = read_bytes(ref("tiny_tied", "hf/config.json"));
-    const std::string model_bytes = read_bytes(ref("tiny_tied", "hf/model.safetensors"));
+    const std::string config = read_file(ref("tiny_tied", "hf/config.json"));
+    const std::string model_bytes = read_file(ref("tiny_tied", "hf/model.safetensors"));
     auto make_dir = [&](const std::string& name, const std::string& config_json, const std::string& safetensors) {
         const std::string dir = tmp / name;
         std::filesystem::create_directories(dir);
-        write_bytes(dir + "/config.json", config_json);
-        write_bytes(dir + "/model.safetensors", safetensors);
+        write_file(dir + "/config.json", config_json);
+        write_file(dir + "/model.safetensors", safetensors);
         return dir;
     };
 
@@ -588,9 +524,9 @@ TEST_CASE("load_model: each bad path gets one message naming the file, what is w
     CHECK_THAT(mismatch_error, Catch::Contains(mismatch + "/model.safetensors") && Catch::Contains("model.layers.0.mlp.gate_proj.weight") &&
                                    Catch::Contains("[160, 64]") && Catch::Contains("[96, 64]"));
     // the same mismatch in a bnb directory
-    std::string bnb_config = read_bytes(ref("tiny_tied", "bnb/config.json"));
+    std::string bnb_config = read_file(ref("tiny_tied", "bnb/config.json"));
     const std::string bnb_mismatch = make_dir("bnb_mismatch", replace_once(bnb_config, "\"intermediate_size\": 160", "\"intermediate_size\": 96"),
-                                              read_bytes(ref("tiny_tied", "bnb/model.safetensors")));
+                                              read_file(ref("tiny_tied", "bnb/model.safetensors")));
     CHECK_THAT(error_of([&] { load_model(bnb_mismatch); }),
                Catch::Contains("model.layers.0.mlp.gate_proj.weight") && Catch::Contains("expected [96, 64]"));
 
@@ -602,6 +538,7 @@ TEST_CASE("load_model: each bad path gets one message naming the file, what is w
                                     Catch::Contains("truncated") && Catch::Contains("file has " + std::to_string(cut)) &&
                                     Catch::Contains("re-download"));
 
-    const std::string gptq = make_dir("gptq", replace_once(config, "{", "{\"quantization_config\": {\"quant_method\": \"gptq\"},"), model_bytes);
+    REQUIRE(config[0] == '{');  // the key goes first in the top-level object
+    const std::string gptq = make_dir("gptq", "{\"quantization_config\": {\"quant_method\": \"gptq\"}," + config.substr(1), model_bytes);
     CHECK_THAT(error_of([&] { load_model(gptq); }), Catch::Contains("\"gptq\"") && Catch::Contains("bitsandbytes"));
 }

@@ -4,8 +4,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -79,19 +77,11 @@ static std::vector<T> ref_array(const JsonValue& c, const std::string& blob, con
     return out;
 }
 
-static std::string read_whole_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw GrpoError("cannot open " + path + " (run the tests from the repository root)");
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
 static const Nf4Ref& nf4_reference() {
     static const Nf4Ref ref = [] {
         Nf4Ref r;
         JsonValue index = json_parse_file(NF4_REF_DIR + "index.json");
-        std::string blob = read_whole_file(NF4_REF_DIR + index.get("blob")->string);
+        std::string blob = read_file(NF4_REF_DIR + index.get("blob")->string);
         r.code_bits = json_u32_array(index, "nf4_code_bits");
         r.threshold_bits = json_u32_array(index, "nf4_threshold_bits");
         r.map_bits = json_u32_array(index, "dynamic_map_bits");

@@ -1,6 +1,5 @@
 // test_rewards.cpp: the C++ rewards equal python3's bit for bit on the oracle corpus, the corpus reaches every branch, and the `rewards` program and the external reward command work end to end.
 #include <catch2/catch.hpp>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <cstdint>
 #include <cstdio>
@@ -14,11 +13,12 @@
 #include "data/rewards.h"
 #include "data/text.h"
 #include "data/unicode_digits.h"
+#include "test/test_util.h"
 
 namespace {
 
-const char* kOracleRewards = "build/oracle/rewards.jsonl";
-const char* kOracleUnicode = "build/oracle/rewards_unicode.json";
+const char* kOracleRewards = "rewards.jsonl";        // oracle_file() names, written by dev/oracle/rewards_oracle.py
+const char* kOracleUnicode = "rewards_unicode.json";
 // The notebook's reward_funcs, in its order; the registry must start with exactly these.
 const std::vector<std::string> kNotebookRewards = {"xmlcount", "soft_format", "strict_format", "int", "correctness"};
 
@@ -29,11 +29,6 @@ struct OracleItem {
     std::vector<uint32_t> strip_edge_spaces, soft_gap_spaces;
     size_t line = 0;
 };
-
-void require_file(const char* path) {
-    if (access(path, R_OK) != 0)
-        FAIL(std::string(path) + " is missing: run `make test` (or `make build/oracle/rewards.stamp`) from the repository root first");
-}
 
 const JsonValue& member(const JsonValue& v, const char* key, const std::string& where) {
     const JsonValue* m = v.get(key);
@@ -50,8 +45,7 @@ std::vector<uint32_t> codepoint_list(const JsonValue& array) {
 const std::vector<OracleItem>& oracle_items() {
     static std::vector<OracleItem> items;
     if (!items.empty()) return items;
-    require_file(kOracleRewards);
-    JsonlReader reader(kOracleRewards);
+    JsonlReader reader(oracle_file(kOracleRewards));
     JsonValue v;
     while (reader.next(&v)) {
         OracleItem item;
@@ -80,44 +74,6 @@ bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof(double)) 
 
 std::string show(const std::string& s) { return json_quote(s.size() > 300 ? s.substr(0, 300) + "..." : s); }
 
-// A file under TMPDIR (or /tmp) holding `text`, removed when the test ends.
-struct TempFile {
-    std::string path;
-    explicit TempFile(const std::string& text, const char* suffix = "") {
-        const char* dir = getenv("TMPDIR");
-        std::string pattern = std::string(dir && *dir ? dir : "/tmp") + "/test_rewards_XXXXXX" + suffix;
-        std::vector<char> buf(pattern.begin(), pattern.end());
-        buf.push_back('\0');
-        int fd = mkstemps(buf.data(), (int)strlen(suffix));
-        REQUIRE(fd >= 0);
-        path = buf.data();
-        REQUIRE(write(fd, text.data(), text.size()) == (ssize_t)text.size());
-        close(fd);
-    }
-    ~TempFile() { unlink(path.c_str()); }
-};
-
-struct CommandResult {
-    int exit_code;
-    std::string output;
-};
-
-CommandResult run_shell(const std::string& command) {
-    FILE* pipe = popen(command.c_str(), "r");
-    REQUIRE(pipe != nullptr);
-    CommandResult result;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) result.output.append(buf, n);
-    int status = pclose(pipe);
-    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return result;
-}
-
-void require_rewards_program() {
-    if (access("./rewards", X_OK) != 0) FAIL("./rewards is missing: run `make rewards` (or `make test`) from the repository root");
-}
-
 }  // namespace
 
 TEST_CASE("the registry is the notebook's five rewards, in its order, weight 1", "[rewards]") {
@@ -137,7 +93,7 @@ TEST_CASE("every reward and the total equal python3's bit for bit on the oracle 
     std::string first_mismatches;
     auto report = [&](const OracleItem& item, const std::string& what, const std::string& want, const std::string& got) {
         if (++mismatches <= 10)
-            first_mismatches += std::string(kOracleRewards) + ":" + std::to_string(item.line) + ": " + what + ": python " + want +
+            first_mismatches += oracle_file(kOracleRewards) + ":" + std::to_string(item.line) + ": " + what + ": python " + want +
                                 ", C++ " + got + "\n  completion " + show(item.completion) + "\n  answer " + show(item.answer) + "\n";
     };
     for (const OracleItem& item : items) {
@@ -193,8 +149,7 @@ TEST_CASE("the oracle corpus reaches every branch of every reward", "[rewards]")
     }
 
     SECTION("every isspace character is stripped from answer edges and fills the gap between the tags") {
-        require_file(kOracleUnicode);
-        JsonValue unicode = json_parse_file(kOracleUnicode);
+        JsonValue unicode = json_parse_file(oracle_file(kOracleUnicode));
         std::map<uint32_t, size_t> at_edges, in_gap;
         for (const OracleItem& item : items) {
             for (uint32_t cp : item.strip_edge_spaces) at_edges[cp]++;
@@ -238,8 +193,7 @@ TEST_CASE("the oracle corpus reaches every branch of every reward", "[rewards]")
 }
 
 TEST_CASE("the Unicode tables agree with the oracle's python3 on every code point", "[rewards]") {
-    require_file(kOracleUnicode);
-    JsonValue unicode = json_parse_file(kOracleUnicode);
+    JsonValue unicode = json_parse_file(oracle_file(kOracleUnicode));
     std::string python_version = unicode.get("unidata_version")->string;
     INFO("data/unicode_digits.cpp is Unicode " << kUnicodeDigitsVersion << ", the oracle's python3 has " << python_version
                                                << "; regenerate: python3 dev/unicode/gen_isdigit_table.py > data/unicode_digits.cpp");
@@ -263,7 +217,7 @@ TEST_CASE("invalid UTF-8 is a GrpoError, not a guess", "[rewards]") {
 }
 
 TEST_CASE("the rewards program prints the oracle's numbers", "[rewards]") {
-    require_rewards_program();
+    require_program("./rewards", "rewards");
     const std::vector<OracleItem>& items = oracle_items();
     // every 500th item, plus the first where each reward is non-zero and the first with astral text
     std::set<size_t> picked;
@@ -301,7 +255,7 @@ TEST_CASE("the rewards program prints the oracle's numbers", "[rewards]") {
 }
 
 TEST_CASE("the rewards program names the bad line and exits 1", "[rewards]") {
-    require_rewards_program();
+    require_program("./rewards", "rewards");
     const std::string good = "{\"completion\": \"<answer>1</answer>\", \"answer\": \"1\"}\n";
     struct Bad { const char* line; const char* says; };
     const Bad cases[] = {

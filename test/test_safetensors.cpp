@@ -4,52 +4,20 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <functional>
-#include <sstream>
 #include <sys/resource.h>
 
 #include "data/text.h"
 #include "model/mmap_file.h"
 #include "model/safetensors.h"
 #include "quant/bf16.h"
-
-// ---- shared with test_config.cpp --------------------------------------------------------------------
-
-// The folder dev/ref/make_safetensors_fixtures.py wrote (once per process, removed at exit).
-const std::string& safetensors_fixture_dir() {
-    struct FixtureDir {
-        std::string path;
-        FixtureDir() {
-            char tmpl[] = "/tmp/grpo_safetensors_XXXXXX";
-            if (!mkdtemp(tmpl)) FAIL("mkdtemp failed");
-            path = tmpl;
-            std::string cmd = "python3 dev/ref/make_safetensors_fixtures.py " + path;
-            if (system(cmd.c_str()) != 0) FAIL("fixture writer failed (run the tests from the repository root): " + cmd);
-        }
-        ~FixtureDir() { std::filesystem::remove_all(path); }
-    };
-    static FixtureDir dir;
-    return dir.path;
-}
-
-// The fixture formula (see the script's header): code = (i * 31 + seed) % 251, seed = byte sum of name % 251.
-int fixture_value_code(const std::string& name, int64_t i) {
-    int seed = 0;
-    for (unsigned char c : name) seed += c;
-    return (int)((i * 31 + seed % 251) % 251);
-}
-float fixture_float(const std::string& name, int64_t i) { return (fixture_value_code(name, i) - 125) / 128.0f; }
+#include "test/test_util.h"
 
 // ---- helpers ------------------------------------------------------------------------------------------
 
-static std::string fixture(const std::string& rel) { return safetensors_fixture_dir() + "/" + rel; }
-
-// IEEE half to float, for checking F16 tensors.
-static float f16_to_f32(uint16_t h) {
+// IEEE half to float, for checking F16 tensors: written with ldexp, independently of quant/bf16.h's bit twiddling.
+static float f16_value(uint16_t h) {
     int sign = h >> 15, exponent = (h >> 10) & 31, mantissa = h & 1023;
     float magnitude = exponent == 0 ? std::ldexp((float)mantissa, -24)
                                     : std::ldexp((float)(mantissa | 1024), exponent - 25);
@@ -67,7 +35,7 @@ static T load(const uint8_t* p) {
 static double element(const TensorView& t, int64_t i) {
     const uint8_t* p = t.data + i * safetensors_dtype_size(t.dtype);
     if (t.dtype == "BF16") return bf16_to_f32(load<uint16_t>(p));
-    if (t.dtype == "F16") return f16_to_f32(load<uint16_t>(p));
+    if (t.dtype == "F16") return f16_value(load<uint16_t>(p));
     if (t.dtype == "F32") return load<float>(p);
     if (t.dtype == "F64") return load<double>(p);
     if (t.dtype == "I32") return load<int32_t>(p);
@@ -89,24 +57,10 @@ static void check_formula(const TensorView& t) {
     }
 }
 
-static std::string error_of(const std::function<void()>& f) {
-    try {
-        f();
-    } catch (const GrpoError& e) {
-        return e.what();
-    }
-    return "(no GrpoError thrown)";
-}
-
 static std::string run_capture(const std::string& cmd) {
-    FILE* p = popen(cmd.c_str(), "r");
-    REQUIRE(p);
-    std::string out;
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-    REQUIRE(pclose(p) == 0);
-    return out;
+    CommandResult result = run_shell(cmd);
+    REQUIRE(result.exit_code == 0);
+    return result.output;
 }
 
 static std::string python_describe(const std::string& path) {
@@ -118,15 +72,6 @@ static uint64_t fnv1a64(const uint8_t* p, size_t n) {
     for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001B3ull;
     return h;
 }
-
-static std::string read_bytes(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
-
-static bool exists(const std::string& path) { return std::filesystem::exists(path); }
 
 // A scratch folder inside the fixture folder.
 static std::string scratch(const std::string& name) {
@@ -154,7 +99,7 @@ TEST_CASE("MappedFile maps a file and names the path when it cannot", "[safetens
     std::string path = fixture("valid.safetensors");
     MappedFile map(path);
     CHECK(map.size() == std::filesystem::file_size(path));
-    CHECK(std::string((const char*)map.data(), map.size()) == read_bytes(path));
+    CHECK(std::string((const char*)map.data(), map.size()) == read_file(path));
     MappedFile moved = std::move(map);
     CHECK(moved.size() == std::filesystem::file_size(path));
     CHECK(map.data() == nullptr);
@@ -274,7 +219,7 @@ TEST_CASE("the header matches the safetensors library byte for byte", "[safetens
         58,  91,  49,  44,  50,  44,  51,  93,  44,  34,  100, 97,  116, 97,  95,  111, 102, 102, 115, 101,
         116, 115, 34,  58,  91,  48,  44,  50,  52,  93,  125, 125, 0,   0,   0,   0,   0,  0,   128, 63,
         0,   0,   0,   64,  0,   0,   64,  64,  0,   0,   128, 64,  0,   0,   160, 64};
-    CHECK(read_bytes(path) == std::string((const char*)expected, sizeof(expected)));
+    CHECK(read_file(path) == std::string((const char*)expected, sizeof(expected)));
 
     // Data order: descending dtype rank (F64 > F32 > BF16 > U8), then name.
     uint8_t buf[64] = {};
@@ -367,7 +312,7 @@ TEST_CASE("the writer is atomic and refuses bad input", "[safetensors]") {
     OwnedTensors first;
     first.add("w", "F32", {2});
     safetensors_write(path, first.tensors);
-    std::string first_bytes = read_bytes(path);
+    std::string first_bytes = read_file(path);
 
     // Overwriting replaces the file in one step.
     OwnedTensors second;
@@ -375,7 +320,7 @@ TEST_CASE("the writer is atomic and refuses bad input", "[safetensors]") {
     safetensors_write(path, second.tensors);
     CHECK(SafetensorsFile(path).get("w").dtype == "BF16");
     safetensors_write(path, first.tensors);
-    CHECK(read_bytes(path) == first_bytes);
+    CHECK(read_file(path) == first_bytes);
 
     // Invalid tensors: nothing is written, the message names the tensor.
     uint8_t buf[16] = {};
@@ -385,7 +330,7 @@ TEST_CASE("the writer is atomic and refuses bad input", "[safetensors]") {
                Catch::Contains("x.weight") && Catch::Contains("unknown dtype"));
     CHECK_THAT(error_of([&] { safetensors_write(path, {{"x", "U8", {1}, buf, 1}, {"x", "U8", {1}, buf, 1}}); }),
                Catch::Contains("given twice"));
-    CHECK(read_bytes(path) == first_bytes);
+    CHECK(read_file(path) == first_bytes);
     CHECK_FALSE(exists(path + ".tmp"));
 
     // A folder that does not exist.
@@ -407,5 +352,5 @@ TEST_CASE("the writer is atomic and refuses bad input", "[safetensors]") {
     INFO(full_disk);
     CHECK_THAT(full_disk, Catch::Contains(path + ".tmp") && Catch::Contains("write failed") && Catch::Contains("was not changed"));
     CHECK_FALSE(exists(path + ".tmp"));
-    CHECK(read_bytes(path) == first_bytes);
+    CHECK(read_file(path) == first_bytes);
 }

@@ -3,31 +3,16 @@
 
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
-#include <unistd.h>
 #include "data/json.h"
 #include "data/text.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 #include "tokenizer/unicode_tables.h"
+#include "test/test_util.h"
 
 namespace {
-
-const char kOracleDir[] = "build/oracle/";
-
-void require_file(const std::string& path, const std::string& made_by) {
-    if (!std::ifstream(path).good()) FAIL(path << " is missing (" << made_by << "); run `make test`, which builds it before the tests");
-}
-
-const Tokenizer& qwen() {
-    static const Tokenizer tokenizer = [] {
-        require_file(DEFAULT_TOKENIZER_PATH, "fetched by `make tokenizer`");
-        return Tokenizer::load(DEFAULT_TOKENIZER_PATH);
-    }();
-    return tokenizer;
-}
 
 struct OracleText {
     std::string where, text, nfc;
@@ -41,8 +26,7 @@ std::vector<int> ids_of(const JsonValue& array) {
 }
 
 std::vector<OracleText> read_oracle_texts(const std::string& name) {
-    std::string path = kOracleDir + name;
-    require_file(path, "written by dev/oracle/tokenizer_oracle.js");
+    std::string path = oracle_file(name);
     std::vector<OracleText> texts;
     for (const JsonValue& r : jsonl_read_all(path)) {
         const JsonValue *where = r.get("where"), *text = r.get("text"), *nfc = r.get("nfc"), *ids = r.get("ids");
@@ -81,7 +65,7 @@ void require_round_trip(const std::vector<OracleText>& texts, const std::string&
         std::string ours = nfc_normalize_utf8(t.text);
         if (ours != t.nfc && nfc_mismatches++ == 0)
             first_nfc = t.where + "\n  text:   " + json_quote(t.text) + "\n  ours:   " + json_quote(ours) + "\n  oracle: " + json_quote(t.nfc);
-        std::string decoded = qwen().decode(qwen().encode(t.text), false);
+        std::string decoded = qwen_tokenizer().decode(qwen_tokenizer().encode(t.text), false);
         if (decoded != t.nfc && decode_mismatches++ == 0)
             first_decode = t.where + "\n  text:    " + json_quote(t.text) + "\n  decoded: " + json_quote(decoded) + "\n  NFC:     " + json_quote(t.nfc);
     }
@@ -114,16 +98,6 @@ std::string to_json(const JsonValue& v) {
     return "null";
 }
 
-// A file under the system's temporary folder, removed when the test ends.
-struct TempFile {
-    std::string path;
-    TempFile(const std::string& name, const std::string& contents)
-        : path((std::filesystem::temp_directory_path() / ("grpo_test_" + std::to_string(::getpid()) + "_" + name)).string()) {
-        std::ofstream(path, std::ios::binary) << contents;
-    }
-    ~TempFile() { std::remove(path.c_str()); }
-};
-
 // The smallest tokenizer.json this loader accepts: the 256 byte symbols, "a"+"b" -> "ab", and one added token.
 std::string tiny_tokenizer_json(const std::string& merges = R"(["a b"])",
                                 const std::string& added = R"([{"id":257,"content":"<|x|>","special":true}])",
@@ -154,7 +128,7 @@ TEST_CASE("tokenizer: every GSM8K question and answer encodes like the oracle", 
         INFO("the oracle file should hold a question and an answer per GSM8K record; run `make -B build/oracle/tokenizer.stamp`");
         REQUIRE(texts.size() == 2 * records);
     }
-    require_same_ids(qwen(), texts, "GSM8K");
+    require_same_ids(qwen_tokenizer(), texts, "GSM8K");
 }
 
 TEST_CASE("tokenizer: every adversarial text encodes like the oracle", "[tokenizer]") {
@@ -163,7 +137,7 @@ TEST_CASE("tokenizer: every adversarial text encodes like the oracle", "[tokeniz
         INFO("the oracle file should hold every line of test/corpus/tokenizer_adversarial.jsonl; run `make -B build/oracle/tokenizer.stamp`");
         REQUIRE(texts.size() == jsonl_read_all("test/corpus/tokenizer_adversarial.jsonl").size());
     }
-    require_same_ids(qwen(), texts, "adversarial");
+    require_same_ids(qwen_tokenizer(), texts, "adversarial");
 }
 
 TEST_CASE("tokenizer: NFC equals the oracle's and decode(encode(x)) == NFC(x)", "[tokenizer]") {
@@ -180,17 +154,16 @@ TEST_CASE("tokenizer: the README example matches the oracle", "[tokenizer]") {
     INFO("the adversarial corpus should contain the README example; run `python3 dev/oracle/gen_tokenizer_corpus.py`");
     REQUIRE(found != nullptr);
     INFO("oracle: " << ids_json(found->ids));
-    REQUIRE(qwen().encode(example) == found->ids);
+    REQUIRE(qwen_tokenizer().encode(example) == found->ids);
 }
 
 TEST_CASE("tokenizer: decode matches the oracle, U+FFFD and skipped special tokens included", "[tokenizer]") {
-    std::string path = std::string(kOracleDir) + "tokenizer_decode.jsonl";
-    require_file(path, "written by dev/oracle/tokenizer_oracle.js");
+    std::string path = oracle_file("tokenizer_decode.jsonl");
     size_t compared = 0, mismatches = 0;
     std::string first;
     for (const JsonValue& r : jsonl_read_all(path)) {
         std::vector<int> ids = ids_of(*r.get("ids"));
-        std::string plain = qwen().decode(ids, false), skipped = qwen().decode(ids, true);
+        std::string plain = qwen_tokenizer().decode(ids, false), skipped = qwen_tokenizer().decode(ids, true);
         compared++;
         if ((plain != r.get("text")->string || skipped != r.get("text_skip_special")->string) && mismatches++ == 0)
             first = ids_json(ids) + "\n  ours:   " + json_quote(plain) + " / skip " + json_quote(skipped) + "\n  oracle: " +
@@ -203,7 +176,7 @@ TEST_CASE("tokenizer: decode matches the oracle, U+FFFD and skipped special toke
 
 TEST_CASE("tokenizer: skip_special drops exactly the special added tokens 151643..151656", "[tokenizer]") {
     // REFERENCE.md §2: only <|endoftext|> .. <|video_pad|> are special; <tool_call> and the fim tokens are not.
-    const Tokenizer& t = qwen();
+    const Tokenizer& t = qwen_tokenizer();
     std::vector<int> dropped;
     for (int id = 0; id < t.vocab_size(); id++)
         if (t.decode({id}, true).empty()) dropped.push_back(id);
@@ -217,8 +190,7 @@ TEST_CASE("tokenizer: skip_special drops exactly the special added tokens 151643
 }
 
 TEST_CASE("tokenizer: the Unicode tables come from the oracle's Unicode version", "[tokenizer]") {
-    std::string path = std::string(kOracleDir) + "tokenizer_meta.json";
-    require_file(path, "written by dev/oracle/tokenizer_oracle.js");
+    std::string path = oracle_file("tokenizer_meta.json");
     std::string oracle_unicode = json_parse_file(path).get("unicode")->string;
     INFO("tokenizer/unicode_tables.cpp is Unicode " << kUnicodeTablesVersion << ", the oracle's node is Unicode " << oracle_unicode
          << "; regenerate with `node dev/unicode/gen_tokenizer_tables.js`");
@@ -244,19 +216,19 @@ TEST_CASE("tokenizer: merges as [a, b] pairs load like \"a b\" strings", "[token
         pair.array[1].string = m.string.substr(space + 1);
         m = pair;
     }
-    TempFile pairs("tokenizer_pairs.json", to_json(root));
+    TempFile pairs(to_json(root), "_tokenizer_pairs.json");
     Tokenizer from_pairs = Tokenizer::load(pairs.path);
-    REQUIRE(from_pairs.vocab_size() == qwen().vocab_size());
+    REQUIRE(from_pairs.vocab_size() == qwen_tokenizer().vocab_size());
     std::vector<OracleText> texts = read_oracle_texts("tokenizer_adversarial.jsonl");
     for (const OracleText& t : texts) {
         INFO(t.where);
-        REQUIRE(from_pairs.encode(t.text) == qwen().encode(t.text));
+        REQUIRE(from_pairs.encode(t.text) == qwen_tokenizer().encode(t.text));
     }
 }
 
 TEST_CASE("tokenizer: a malformed tokenizer.json is a GrpoError naming the problem", "[tokenizer]") {
     {
-        TempFile ok("tiny.json", tiny_tokenizer_json());
+        TempFile ok(tiny_tokenizer_json(), "_tiny.json");
         Tokenizer tiny = Tokenizer::load(ok.path);
         REQUIRE(tiny.encode("ab<|x|>a") == std::vector<int>{256, 257, 'a'});
         REQUIRE(tiny.vocab_size() == 258);
@@ -275,7 +247,7 @@ TEST_CASE("tokenizer: a malformed tokenizer.json is a GrpoError naming the probl
         {"added_reuses_id", tiny_tokenizer_json(R"(["a b"])", R"([{"id":97,"content":"<|x|>"}])"), "reuses id 97"},
     };
     for (const Case& c : cases) {
-        TempFile file(std::string(c.name) + ".json", c.json);
+        TempFile file(c.json, "_" + std::string(c.name) + ".json");
         INFO("case " << c.name);
         try {
             Tokenizer::load(file.path);
@@ -291,7 +263,7 @@ TEST_CASE("tokenizer: a malformed tokenizer.json is a GrpoError naming the probl
 }
 
 TEST_CASE("tokenizer: unknown ids and invalid UTF-8 are GrpoErrors", "[tokenizer]") {
-    const Tokenizer& t = qwen();
+    const Tokenizer& t = qwen_tokenizer();
     REQUIRE_THROWS_AS(t.decode({-1}, false), GrpoError);
     REQUIRE_THROWS_AS(t.decode({9707, t.vocab_size()}, false), GrpoError);
     REQUIRE_THROWS_WITH(t.decode({9707, t.vocab_size()}, true), Catch::Contains("position 1"));
