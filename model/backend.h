@@ -1,0 +1,50 @@
+// backend.h: what the GRPO loop asks of a compute backend (rollouts, log-probs, the LoRA backward, the optimizer step), so the loop in train_grpo.cu is written once for the CPU reference and the CUDA engine.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/rng.h"
+#include "lora/adamw.h"
+#include "lora/lora.h"
+#include "model/sampler.h"
+#include "model/weights.h"
+
+// One prompt followed by one sampled completion.
+struct Rollout {
+    const std::vector<int32_t>* prompt = nullptr;  // shared by the G completions of a group
+    std::vector<int32_t> completion;               // sampled ids, the stop token included when one was drawn
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual const char* name() const = 0;
+
+    // Samples G completions for every prompt, each until a stop id or max_new_tokens. The order of the
+    // random draws is fixed (prompt by prompt, step by step, completion by completion), so a seed
+    // reproduces the same rollouts on the same backend. Returns prompts.size() * G rollouts, grouped by prompt.
+    virtual std::vector<Rollout> generate(const std::vector<std::vector<int32_t>>& prompts, int G, int max_new_tokens,
+                                          const SamplerConfig& sampler, const std::vector<int>& stop_ids, Rng& rng) = 0;
+
+    // logp[n * Tc + t] = log softmax(logits / temperature)[completion[t]] for t < completion length, 0 beyond,
+    // for every rollout n. with_lora false gives the reference model (the frozen base). With keep_for_backward the
+    // backend keeps what backward() needs (only meaningful with LoRA).
+    virtual void completion_logprobs(const std::vector<Rollout>& rollouts, int Tc, float temperature, bool with_lora,
+                                     bool keep_for_backward, std::vector<float>* logp) = 0;
+
+    // Adds d(sum dlogp * logp)/d(LoRA) to the LoRA gradients, for the rollouts of the last completion_logprobs
+    // call made with keep_for_backward. dlogp has the same [N, Tc] layout as logp.
+    virtual void backward(const std::vector<float>& dlogp) = 0;
+
+    // Clips the global gradient norm to max_grad_norm, applies one AdamW step at lr, zeroes the gradients.
+    // Returns the norm before clipping (what TRL logs as grad_norm).
+    virtual float optimizer_step(double lr, double max_grad_norm, const AdamWConfig& adamw) = 0;
+
+    // The adapters with their AdamW state, up to date on the host (for checkpoints).
+    virtual const LoraWeights& lora() = 0;
+};
+
+// The CPU reference backend: plain C++, BF16 rounding where HF rounds (see model/cpu_model.h).
+std::unique_ptr<Backend> make_cpu_backend(Qwen2Weights weights, LoraWeights lora);

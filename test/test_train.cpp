@@ -1,0 +1,152 @@
+// test_train.cpp: train_grpo end to end on the CPU backend: a tiny model learns a synthetic reward, writes a PEFT adapter, resumes exactly, and saves on Ctrl-C.
+#include <catch2/catch.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <vector>
+
+#include "data/json.h"
+#include "lora/peft.h"
+#include "model/config.h"
+#include "test/test_util.h"
+
+namespace {
+
+const char* kTrainer = "./build/train_grpo_cpu";
+const std::string kModel = REF_DIR + "tiny_tied/hf";
+
+// A learnable task for a random 384-token model: the reward is the share of completion ids below 64, which
+// starts near 64/384 = 0.17. The learning rate is high because the model is tiny and the steps few.
+std::string train_args(const std::string& out, int max_steps) {
+    return std::string(kTrainer) + " --device cpu -m " + kModel +
+           " --task token-range:0:64 -g 8 --prompts-per-step 2 --max-completion-length 16 --lora-r 8 --lora-alpha 16"
+           " --lr 1e-2 --warmup-ratio 0 --max-grad-norm 1.0 --beta 0.04 --save-every 10 --seed 7 --max-steps " +
+           std::to_string(max_steps) + " --out " + out;
+}
+
+std::vector<JsonValue> read_log(const std::string& path) {
+    std::vector<JsonValue> lines;
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) lines.push_back(json_parse(line, path));
+    return lines;
+}
+
+double metric(const JsonValue& line, const char* key) {
+    const JsonValue* v = line.get(key);
+    REQUIRE(v != nullptr);
+    return v->number;
+}
+
+int run(const std::string& command) { return run_shell(command + " > /dev/null").exit_code; }
+
+}  // namespace
+
+TEST_CASE("GRPO on the CPU backend raises a tiny model's reward and writes a PEFT adapter", "[train]") {
+    require_program(kTrainer, "build/train_grpo_cpu");
+    TempDir temp("grpo_train");
+    const std::string& out = temp.path;
+    REQUIRE(run(train_args(out, 40)) == 0);
+    std::vector<JsonValue> log = read_log(out + "/log.jsonl");
+    REQUIRE(log.size() == 40);
+
+    double first = 0, last = 0;
+    for (int i = 0; i < 3; i++) first += metric(log[i], "reward") / 3;
+    for (int i = 35; i < 40; i++) last += metric(log[i], "reward") / 5;
+    printf("[train] mean reward: first 3 steps %.3f, last 5 steps %.3f\n", first, last);
+    // With these settings and seeds 1, 2, 3, 7, 11 and 3407 the gain was 0.36 to 0.84 (rewards start near
+    // 0.17); 0.3 asks for real learning without depending on a lucky seed.
+    CHECK(last >= first + 0.3);
+    // TRL's metric names are all there
+    for (const char* key : {"loss", "reward_std", "rewards/token_range/mean", "rewards/token_range/std",
+                            "completions/mean_length", "completions/clipped_ratio", "kl", "grad_norm", "learning_rate",
+                            "frac_reward_zero_std", "clip_ratio/region_mean"})
+        CHECK(log.back().get(key) != nullptr);
+
+    // the final adapter loads as a PEFT adapter for this model
+    Qwen2Config cfg = qwen2_config_load(kModel);
+    PeftAdapterConfig adapter_cfg;
+    LoraWeights lora = peft_load(out + "/checkpoint-40", cfg, &adapter_cfg);
+    CHECK(adapter_cfg.lora.R == 8);
+    CHECK(lora.adam_step == 0);  // peft_load reads the adapter only; the optimizer state is its own file
+    CHECK(exists(out + "/checkpoint-40/optimizer.safetensors"));
+    CHECK(exists(out + "/checkpoint-10/trainer_state.json"));
+
+    SECTION("a run resumed from checkpoint-30 repeats steps 31..40 exactly") {
+        TempDir temp2("grpo_train");
+        const std::string& out2 = temp2.path;
+        REQUIRE(run(train_args(out2, 40) + " --resume " + out + "/checkpoint-30") == 0);
+        std::vector<JsonValue> resumed = read_log(out2 + "/log.jsonl");
+        REQUIRE(resumed.size() == 10);
+        for (int i = 0; i < 10; i++) {
+            INFO("step " << i + 31);
+            CHECK(metric(resumed[i], "step") == i + 31);
+            for (const char* key : {"loss", "reward", "grad_norm", "learning_rate", "kl"})
+                CHECK(metric(resumed[i], key) == metric(log[i + 30], key));
+        }
+    }
+}
+
+TEST_CASE("Ctrl-C saves a checkpoint and exits cleanly", "[train]") {
+    require_program(kTrainer, "build/train_grpo_cpu");
+    TempDir temp("grpo_train");
+    const std::string& out = temp.path;
+    std::string command = train_args(out, 1000000) + " > " + out + "/stdout.txt";
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), (char*)nullptr);
+        _exit(127);
+    }
+    // wait (at most 60 s) until two steps are logged, then interrupt
+    size_t steps = 0;
+    for (int i = 0; i < 600 && steps < 2; i++) {
+        usleep(100000);
+        std::ifstream in(out + "/log.jsonl");
+        steps = 0;
+        std::string line;
+        while (std::getline(in, line)) steps++;
+    }
+    REQUIRE(steps >= 2);
+    kill(pid, SIGINT);
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    std::ifstream stdout_file(out + "/stdout.txt");
+    std::stringstream text;
+    text << stdout_file.rdbuf();
+    INFO(text.str());
+    CHECK(text.str().find("interrupted: saved") != std::string::npos);
+    size_t logged = read_log(out + "/log.jsonl").size();
+    CHECK(exists(out + "/checkpoint-" + std::to_string(logged) + "/adapter_model.safetensors"));
+}
+
+TEST_CASE("train_grpo refuses bad options with one clear message", "[train]") {
+    struct Bad { std::string args, says; };
+    const Bad bad[] = {
+        {"--device cpu", "no model given"},
+        {"-m " + kModel + " --device tpu", "--device: expected cuda or cpu"},
+        {"-m " + kModel + " --device cpu -g 1", "option -g: expected a number in [2, 1024]"},
+        {"-m " + kModel + " --device cpu --loss-type ppo", "ppo"},
+        {"-m " + kModel + " --device cpu --task token-range:5:2", "expected token-range:LO:HI"},
+        {"-m " + kModel + " --device cpu --bogus 1", "unknown option --bogus"},
+        {"-m test/ref/qwen2/none --device cpu", "test/ref/qwen2/none"},
+        // Qwen2.5's tokenizer has 151665 ids; the tiny model only 384 embedding rows
+        {"-m " + kModel + " --device cpu --task gsm8k", "use the model's own tokenizer"},
+    };
+    for (const Bad& b : bad) {
+        std::string command = std::string(kTrainer) + " " + b.args + " --out /tmp/grpo_never_written 2>&1";
+        CommandResult result = run_shell(command);
+        INFO(command << " -> " << result.output);
+        CHECK(result.exit_code != 0);
+        CHECK(result.output.find(b.says) != std::string::npos);
+    }
+    CHECK(!exists("/tmp/grpo_never_written"));
+}
