@@ -22,15 +22,21 @@ CPU_TEST_SRCS := $(wildcard test/test_*.cpp)
 CPU_TEST_OBJS := $(CPU_TEST_SRCS:%.cpp=$(BUILD)/%.o)
 KERNEL_SRCS := $(wildcard kernels/*.cu)
 KERNEL_OBJS := $(KERNEL_SRCS:%.cu=$(BUILD)/%.o)
-GPU_TEST_SRCS := $(wildcard test/gpu/*.cu)
-GPU_TEST_OBJS := $(GPU_TEST_SRCS:%.cu=$(BUILD)/%.o)
+# GPU tests are host C++ (g++) calling the kernels' launchers, declared in kernels/*.cuh.
+GPU_TEST_SRCS := $(wildcard test/gpu/test_*.cpp)
+GPU_TEST_OBJS := $(GPU_TEST_SRCS:%.cpp=$(BUILD)/%.o)
+CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))
+CUDA_INC := $(if $(CUDA_HOME),-isystem $(CUDA_HOME)/include)
+# dev/cuda/<kernel>.cu: one lab per kernel (CPU reference, versions, validation, benchmark)
+LAB_SRCS := $(wildcard dev/cuda/*.cu)
+LABS := $(LAB_SRCS:dev/cuda/%.cu=$(BUILD)/lab_%)
 TOOLS := tokenize rewards quantize score merge_lora
 
-.PHONY: all tools cuda test test-gpu oracles tokenizer bench clean
+.PHONY: all tools cuda labs test test-gpu oracles tokenizer bench clean
 all: tools $(TOKENIZER_JSON)
 tools: $(TOOLS)
-# What CI can check without a GPU: every CUDA translation unit compiles and the trainer links.
-cuda: train_grpo
+# What CI can check without a GPU: every CUDA translation unit compiles and every GPU program links.
+cuda: train_grpo $(BUILD)/test_gpu labs
 
 $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
@@ -43,6 +49,10 @@ $(BUILD)/test/%.o: test/%.cpp
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/test/gpu/%.o: test/gpu/%.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $(CUDA_INC) $(if $(CATCH_INC),-isystem $(CATCH_INC)) -MMD -MP -c $< -o $@
 
 $(BUILD)/libgrpo.a: $(LIB_OBJS)
 	@rm -f $@
@@ -111,8 +121,14 @@ test: $(BUILD)/test_cpu $(ORACLE_STAMPS) $(TOKENIZER_JSON) $(TOOLS) $(BUILD)/tra
 $(BUILD)/test_gpu: $(GPU_TEST_OBJS) $(KERNEL_OBJS) $(BUILD)/test/test_main.o $(BUILD)/libgrpo.a
 	$(NVCC) $(NVCCFLAGS) $^ -o $@ -lcublasLt -lnccl
 
+# On a GPU machine. Pass Catch2 filters with ARGS, e.g. make test-gpu ARGS='[rmsnorm]'.
 test-gpu: $(BUILD)/test_gpu
-	./$(BUILD)/test_gpu
+	./$(BUILD)/test_gpu $(ARGS)
+
+$(BUILD)/lab_%: dev/cuda/%.cu $(KERNEL_OBJS) $(BUILD)/libgrpo.a
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP $< $(KERNEL_OBJS) $(BUILD)/libgrpo.a -o $@ -lcublasLt
+labs: $(LABS)
 
 # ---- benchmarks (dev/bench_*.cpp, one program each) -------------------------------------------
 BENCH_SRCS := $(wildcard dev/bench_*.cpp)
