@@ -13,7 +13,10 @@
 
 #include "data/json.h"
 #include "lora/peft.h"
+#include "data/rng.h"
+#include "model/bin_format.h"
 #include "model/config.h"
+#include "model/weights.h"
 #include "test/test_util.h"
 
 namespace {
@@ -149,4 +152,38 @@ TEST_CASE("train_grpo refuses bad options with one clear message", "[train]") {
         CHECK(result.output.find(b.says) != std::string::npos);
     }
     CHECK(!exists("/tmp/grpo_never_written"));
+}
+
+TEST_CASE("train_grpo runs the GSM8K task with the Qwen tokenizer, the five rewards and an external reward", "[train]") {
+    require_program(kTrainer, "build/train_grpo_cpu");
+    qwen_tokenizer();  // fails with "run make tokenizer" if the tokenizer file is missing
+    TempDir temp("grpo_train");
+    // a random model with Qwen2.5's vocabulary (so the real tokenizer, chat template and stop ids apply) and
+    // tiny widths, written as a .bin: small weights keep the logits flat, so completions are random text
+    Qwen2Config cfg = qwen2_preset("tiny");
+    cfg.V = 151936;
+    WeightPlan plan = weight_plan(cfg, LinearFormat::BF16);
+    std::shared_ptr<uint8_t> buffer = weights_alloc(plan);
+    Rng rng(11);
+    for (const PlannedTensor& t : plan.tensors) {
+        bf16_bits* values = (bf16_bits*)(buffer.get() + t.offset);
+        bool norm = t.name.find("norm") != std::string::npos;
+        for (size_t i = 0; i < t.bytes / 2; i++) values[i] = f32_to_bf16(norm ? 1.0f : 0.02f * (rng.next_float() - 0.5f));
+    }
+    bin_save(temp / "model.bin", weights_from_buffer(plan, buffer.get(), buffer.get(), buffer));
+
+    CommandResult result = run_shell(std::string(kTrainer) + " --device cpu -m " + (temp / "model.bin") +
+                                     " -g 2 --max-steps 2 --max-completion-length 6 --lora-r 4 --save-every 100"
+                                     " --reward-cmd 'python3 dev/examples/length_reward.py' --out " + temp.path + " 2>&1");
+    INFO(result.output);
+    REQUIRE(result.exit_code == 0);
+    CHECK(result.output.find("data: 7473 prompts") != std::string::npos);
+    std::vector<JsonValue> log = read_log(temp / "log.jsonl");
+    REQUIRE(log.size() == 2);
+    for (const char* reward : {"xmlcount", "soft_format", "strict_format", "int", "correctness", "external"})
+        CHECK(log[0].get("rewards/" + std::string(reward) + "/mean") != nullptr);
+    // random text earns no format or correctness reward, only xmlcount's small penalties and the external
+    // reward's length bonus (0.5 for anything under 400 characters)
+    CHECK(metric(log[0], "rewards/external/mean") == 0.5);
+    CHECK(exists(temp / "checkpoint-2/adapter_model.safetensors"));
 }
