@@ -8,14 +8,9 @@
 // ------------------------------------------------------------------------------------------------------------
 // CUDA kernels
 
-// The update's fp32 scalars, computed once on the host in double exactly as adamw_update does.
-struct AdamWScalars {
-    float decay, lerp_weight, beta2, one_minus_beta2, step_size, bias_correction2_sqrt, eps;
-};
-
 // One element, operation by operation as adamw_update: explicit _rn intrinsics so nvcc fuses nothing except
 // the three fmas that adamw_update (and torch's CUDA kernels) fuse.
-__device__ inline void adamw_element(float& p, float g, float& m, float& v, const AdamWScalars& s) {
+__device__ inline void adamw_element(float& p, float g, float& m, float& v, const AdamWStepConstants& s) {
     const float decayed = __fmul_rn(p, s.decay);
     const float mi = __fmaf_rn(s.lerp_weight, __fsub_rn(g, m), m);                  // fused: lerp
     const float vi = __fmaf_rn(s.one_minus_beta2, __fmul_rn(g, g), __fmul_rn(v, s.beta2));  // fused: addcmul
@@ -27,7 +22,7 @@ __device__ inline void adamw_element(float& p, float g, float& m, float& v, cons
 
 // Four elements per thread with 16-byte loads (7 floats move per parameter: the kernel is memory-bound).
 __global__ void adamw_vec4_kernel(float4* params, const float4* grads, float4* m, float4* v, size_t n4,
-                                  AdamWScalars s, const float* grad_scale) {
+                                  AdamWStepConstants s, const float* grad_scale) {
     const float scale = grad_scale ? *grad_scale : 1.0f;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
         float4 p = params[i], g = grads[i], mi = m[i], vi = v[i];
@@ -49,7 +44,7 @@ __global__ void adamw_vec4_kernel(float4* params, const float4* grads, float4* m
 
 // Elements [first, n) one per thread: the tail after the float4s, or everything when a buffer is unaligned.
 __global__ void adamw_scalar_kernel(float* params, const float* grads, float* m, float* v, size_t first, size_t n,
-                                    AdamWScalars s, const float* grad_scale) {
+                                    AdamWStepConstants s, const float* grad_scale) {
     for (size_t i = first + blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float g = grad_scale ? __fmul_rn(grads[i], *grad_scale) : grads[i];
         adamw_element(params[i], g, m[i], v[i], s);
@@ -129,17 +124,7 @@ static int grid_for(size_t work, int threads) {
 void adamw_cuda(float* params, const float* grads, float* m, float* v, size_t n, const AdamWConfig& cfg, double lr,
                 int64_t step, const float* grad_scale, cudaStream_t stream) {
     if (n == 0) return;
-    // adamw_update's scalars, in double (Python floats) then rounded once to fp32
-    const double bias_correction1 = 1.0 - std::pow(cfg.beta1, (double)step);
-    const double bias_correction2 = 1.0 - std::pow(cfg.beta2, (double)step);
-    AdamWScalars s;
-    s.decay = (float)(1.0 - lr * cfg.weight_decay);
-    s.lerp_weight = (float)(1.0 - cfg.beta1);
-    s.beta2 = (float)cfg.beta2;
-    s.one_minus_beta2 = (float)(1.0 - cfg.beta2);
-    s.step_size = (float)(-(lr / bias_correction1));
-    s.bias_correction2_sqrt = (float)std::sqrt(bias_correction2);
-    s.eps = (float)cfg.eps;
+    const AdamWStepConstants s = adamw_step_constants(cfg, lr, step);  // adamw_update's scalars, the same bits
     const int threads = 256;
     bool aligned = true;
     for (const void* p : {(const void*)params, (const void*)grads, (const void*)m, (const void*)v})

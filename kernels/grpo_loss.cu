@@ -1,9 +1,6 @@
 // grpo_loss.cu: TRL's GRPO loss (clipped ratio, k3 KL, four aggregations), its gradient with respect to the per-token log-probs and the metrics, in one deterministic block.
 #include "kernels/grpo_loss.cuh"
 
-#include <string>
-
-#include "data/text.h"
 #include "kernels/cuda_common.cuh"
 
 // Precision: the elementwise steps are model/grpo_loss.cpp's fp32 operations in its order, written with
@@ -165,21 +162,7 @@ void grpo_loss_cuda(GrpoLossGpuResult* result, float* per_token_loss, float* dlo
                     const GrpoLossConfig& config, int B, int Tc, const float* logp, const float* old_logp,
                     const float* ref_logp, const float* mask, const float* advantages, float num_items_in_batch,
                     void* scratch, cudaStream_t stream) {
-    // the argument checks of grpo_loss (model/grpo_loss.cpp), which keeps them private
-    if (B < 1 || Tc < 1)
-        throw GrpoError("grpo_loss_cuda: need B >= 1 and Tc >= 1, got B = " + std::to_string(B) + ", Tc = " +
-                        std::to_string(Tc));
-    if (config.beta != 0.0 && ref_logp == nullptr)
-        throw GrpoError("grpo_loss_cuda: beta = " + std::to_string(config.beta) +
-                        " needs the reference log-probs (ref_logp is null); compute them with LoRA off, or set beta = 0");
-    if (config.grad_accum_steps < 1)
-        throw GrpoError("grpo_loss_cuda: grad_accum_steps must be >= 1, got " + std::to_string(config.grad_accum_steps));
-    if (config.loss_type == LossType::DR_GRPO && config.max_completion_length < 1)
-        throw GrpoError("grpo_loss_cuda: dr_grpo divides by B * max_completion_length, which must be >= 1; got " +
-                        std::to_string(config.max_completion_length));
-    if (config.loss_type == LossType::DAPO && !(num_items_in_batch > 0.0f))
-        throw GrpoError("grpo_loss_cuda: dapo divides by num_items_in_batch (the completion tokens of the whole "
-                        "accumulated batch), which must be > 0, got " + std::to_string(num_items_in_batch));
+    check_loss_arguments("grpo_loss_cuda", config, B, Tc, ref_logp, num_items_in_batch);
     GrpoLossParams P;
     P.loss_type = (int)config.loss_type;
     P.use_kl = config.beta != 0.0;

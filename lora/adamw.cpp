@@ -8,31 +8,36 @@
 #include "data/text.h"
 #include "model/safetensors.h"
 
-void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, const AdamWConfig& cfg, double lr,
-                  int64_t step) {
-    // The scalars are computed in double (Python floats) and rounded once to fp32, as they reach the kernels.
-    const float decay = (float)(1.0 - lr * cfg.weight_decay);  // decoupled weight decay, applied first
-    const float lerp_weight = (float)(1.0 - cfg.beta1);
-    const float beta2 = (float)cfg.beta2;
-    const float one_minus_beta2 = (float)(1.0 - cfg.beta2);
+AdamWStepConstants adamw_step_constants(const AdamWConfig& cfg, double lr, int64_t step) {
     const double bias_correction1 = 1.0 - std::pow(cfg.beta1, (double)step);
     const double bias_correction2 = 1.0 - std::pow(cfg.beta2, (double)step);
-    const float step_size = (float)(-(lr / bias_correction1));
-    const float bias_correction2_sqrt = (float)std::sqrt(bias_correction2);
-    const float eps = (float)cfg.eps;
+    AdamWStepConstants s;
+    s.decay = (float)(1.0 - lr * cfg.weight_decay);
+    s.lerp_weight = (float)(1.0 - cfg.beta1);
+    s.beta2 = (float)cfg.beta2;
+    s.one_minus_beta2 = (float)(1.0 - cfg.beta2);
+    s.step_size = (float)(-(lr / bias_correction1));
+    s.bias_correction2_sqrt = (float)std::sqrt(bias_correction2);
+    s.eps = (float)cfg.eps;
+    return s;
+}
+
+void adamw_update(float* params, const float* grads, float* m, float* v, size_t n, const AdamWConfig& cfg, double lr,
+                  int64_t step) {
+    const AdamWStepConstants s = adamw_step_constants(cfg, lr, step);
     // torch's CUDA kernels compute a + s*b as one fused multiply-add (nvcc contracts them), so the three
     // marked lines use std::fma, which rounds once on every machine; with separate roundings the result
     // drifts from torch's by an ulp of the parameter on about one element in six.
     for (size_t i = 0; i < n; i++) {
         float g = grads[i];
-        float p = params[i] * decay;
+        float p = params[i] * s.decay;
         // torch.lerp with a weight below 0.5 computes start + weight * (end - start)
-        float mi = std::fma(lerp_weight, g - m[i], m[i]);                  // fused: lerp
-        float vi = v[i] * beta2;
-        vi = std::fma(one_minus_beta2, g * g, vi);                         // fused: addcmul
+        float mi = std::fma(s.lerp_weight, g - m[i], m[i]);                // fused: lerp
+        float vi = v[i] * s.beta2;
+        vi = std::fma(s.one_minus_beta2, g * g, vi);                       // fused: addcmul
         // the bias corrections divide the denominator (not v) and scale the step, as torch does
-        float denom = std::sqrt(vi) / bias_correction2_sqrt + eps;
-        params[i] = std::fma(step_size, mi / denom, p);                    // fused: addcdiv
+        float denom = std::sqrt(vi) / s.bias_correction2_sqrt + s.eps;
+        params[i] = std::fma(s.step_size, mi / denom, p);                  // fused: addcdiv
         m[i] = mi;
         v[i] = vi;
     }

@@ -17,6 +17,19 @@ struct AdamWConfig {
     double weight_decay = 1e-2;
 };
 
+// The scalars of AdamW update number `step` at lr. torch computes them in double (Python floats) and each reaches
+// the fp32 kernels rounded once; adamw_update and the GPU's adamw_cuda both take them from here, which keeps the
+// two bit-identical.
+struct AdamWStepConstants {
+    float decay;                  // 1 - lr * weight_decay: decoupled weight decay, applied first
+    float lerp_weight;            // 1 - beta1
+    float beta2, one_minus_beta2;
+    float step_size;              // -lr / (1 - beta1^step)
+    float bias_correction2_sqrt;  // sqrt(1 - beta2^step)
+    float eps;
+};
+AdamWStepConstants adamw_step_constants(const AdamWConfig& cfg, double lr, int64_t step);
+
 // One AdamW update of n fp32 parameters in place, following torch's multi-tensor (foreach) path operation
 // by operation: p *= 1 - lr*wd; m = lerp(m, g, 1 - beta1); v = v*beta2 + (1 - beta2)*g*g;
 // p += -(lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps). `step` is t, the 1-based count of

@@ -149,28 +149,29 @@ const char* loss_type_name(LossType type) {
     return "?";
 }
 
-static void check_loss_arguments(const GrpoLossConfig& config, int B, int Tc, const float* ref_logp,
-                                 float num_items_in_batch) {
+void check_loss_arguments(const char* caller, const GrpoLossConfig& config, int B, int Tc, const float* ref_logp,
+                          float num_items_in_batch) {
+    const std::string where = std::string(caller) + ": ";
     if (B < 1 || Tc < 1)
-        throw GrpoError("grpo_loss: need B >= 1 and Tc >= 1, got B = " + std::to_string(B) + ", Tc = " +
+        throw GrpoError(where + "need B >= 1 and Tc >= 1, got B = " + std::to_string(B) + ", Tc = " +
                         std::to_string(Tc));
     if (config.beta != 0.0 && ref_logp == nullptr)
-        throw GrpoError("grpo_loss: beta = " + std::to_string(config.beta) + " needs the reference log-probs "
+        throw GrpoError(where + "beta = " + std::to_string(config.beta) + " needs the reference log-probs "
                         "(ref_logp is null); compute them with LoRA off, or set beta = 0");
     if (config.grad_accum_steps < 1)
-        throw GrpoError("grpo_loss: grad_accum_steps must be >= 1, got " + std::to_string(config.grad_accum_steps));
+        throw GrpoError(where + "grad_accum_steps must be >= 1, got " + std::to_string(config.grad_accum_steps));
     if (config.loss_type == LossType::DR_GRPO && config.max_completion_length < 1)
-        throw GrpoError("grpo_loss: dr_grpo divides by B * max_completion_length; max_completion_length must be "
+        throw GrpoError(where + "dr_grpo divides by B * max_completion_length; max_completion_length must be "
                         ">= 1, got " + std::to_string(config.max_completion_length));
     if (config.loss_type == LossType::DAPO && !(num_items_in_batch > 0.0f))
-        throw GrpoError("grpo_loss: dapo divides by num_items_in_batch (the completion tokens of the whole "
+        throw GrpoError(where + "dapo divides by num_items_in_batch (the completion tokens of the whole "
                         "accumulated batch), which must be > 0, got " + std::to_string(num_items_in_batch));
 }
 
 GrpoLossResult grpo_loss(const GrpoLossConfig& config, int B, int Tc, const float* logp, const float* old_logp,
                          const float* ref_logp, const float* mask, const float* advantages,
                          float num_items_in_batch, float* dloss_dlogp) {
-    check_loss_arguments(config, B, Tc, ref_logp, num_items_in_batch);
+    check_loss_arguments("grpo_loss", config, B, Tc, ref_logp, num_items_in_batch);
     const bool use_kl = config.beta != 0.0;
     const float beta = (float)config.beta;
     const float clip_low = (float)(1.0 - config.epsilon_low);    // Python computes 1 - eps in double,

@@ -110,3 +110,9 @@ struct GrpoLossResult {
 GrpoLossResult grpo_loss(const GrpoLossConfig& config, int B, int Tc, const float* logp, const float* old_logp,
                          const float* ref_logp, const float* mask, const float* advantages,
                          float num_items_in_batch, float* dloss_dlogp);
+
+// The arguments grpo_loss rejects, checked by every implementation of it (the GPU's grpo_loss_cuda too): throws
+// GrpoError, its message starting with `caller`, when B or Tc < 1, beta != 0 without ref_logp,
+// grad_accum_steps < 1, dr_grpo with max_completion_length < 1, or dapo with num_items_in_batch <= 0.
+void check_loss_arguments(const char* caller, const GrpoLossConfig& config, int B, int Tc, const float* ref_logp,
+                          float num_items_in_batch);

@@ -46,12 +46,6 @@ __global__ void rows_forward_v1(float* logp, float* lse, const __nv_bfloat16* lo
 
 // ---- helpers -------------------------------------------------------------------------------------------------
 
-static float bf16_ulp(float x) {
-    int exponent = 0;
-    std::frexp(std::max(std::fabs(x), 1e-30f), &exponent);
-    return std::ldexp(1.0f, exponent - 1 - 7);
-}
-
 static std::vector<bf16_bits> random_bf16_bits(size_t n, Rng& rng, float lo, float hi) {
     std::vector<bf16_bits> bits(n);
     for (size_t i = 0; i < n; i++) bits[i] = f32_to_bf16(lo + (hi - lo) * rng.next_float());

@@ -46,13 +46,21 @@ inline std::vector<float> bf16_to_floats(const std::vector<bf16_bits>& v) {
     return out;
 }
 
-// |got - ref| <= abs_tol + rel_tol * |ref| everywhere (NaN never passes); prints the worst element.
+// The spacing of bf16 values at |x|: one rounding step of a logit.
+inline float bf16_ulp(float x) {
+    int exponent = 0;
+    std::frexp(std::max(std::fabs(x), 1e-30f), &exponent);  // |x| in [2^(e-1), 2^e)
+    return std::ldexp(1.0f, exponent - 1 - 7);              // 8 significant bits
+}
+
+// |got - ref| <= abs_tol + rel_tol * |ref| everywhere (NaN never passes; with both tolerances 0, got must equal ref);
+// prints the worst element.
 inline bool validate(const char* name, const float* got, const float* ref, size_t n, float abs_tol, float rel_tol) {
     size_t bad = 0, worst_i = 0;
     double worst = -1;
     for (size_t i = 0; i < n; i++) {
         double err = std::fabs((double)got[i] - ref[i]);
-        double ratio = err / (abs_tol + rel_tol * std::fabs(ref[i]));
+        double ratio = err == 0.0 ? 0.0 : err / (abs_tol + rel_tol * std::fabs(ref[i]));
         if (!(ratio <= 1.0)) bad++;
         if (!(ratio <= worst)) { worst = std::isnan(ratio) ? INFINITY : ratio; worst_i = i; }
     }

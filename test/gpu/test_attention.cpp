@@ -14,6 +14,7 @@
 #include "kernels/cuda_common.cuh"
 #include "model/cpu_model.h"
 #include "quant/bf16.h"
+#include "test/gpu/gpu_test_util.h"
 
 namespace {
 
@@ -95,38 +96,12 @@ std::vector<bf16_bits> download(const __nv_bfloat16* d, size_t n) {
     return bits;
 }
 
-std::vector<float> download_floats(const __nv_bfloat16* d, size_t n) {
-    std::vector<bf16_bits> bits = download(d, n);
-    std::vector<float> out(n);
-    for (size_t i = 0; i < n; i++) out[i] = bf16_to_f32(bits[i]);
-    return out;
-}
+std::vector<float> download_floats(const __nv_bfloat16* d, size_t n) { return bf16_to_floats(download(d, n)); }
 
 // The gradients' absolute tolerance, 2^-7 of the tensor's largest element, with a floor of 1e-4 for tensors
 // the reference has at exactly 0: with a single key the softmax has nothing to trade, so dq = dk = 0 there,
 // while the GPU's dp and D (the same dot product summed in two orders, fp32) leave ~1e-7.
-float grad_abs_tol(const std::vector<float>& ref) {
-    float m = 0.0f;
-    for (float x : ref) m = std::fmax(m, std::fabs(x));
-    return std::fmax(m / 128, 1e-4f);
-}
-
-// |got - ref| <= abs_tol + rel_tol |ref| for every element; reports the worst element's share of its tolerance.
-void check_close(const char* name, const std::vector<float>& got, const std::vector<float>& ref, float abs_tol,
-                 float rel_tol) {
-    REQUIRE(got.size() == ref.size());
-    double worst = 0.0;
-    size_t worst_i = 0, outside = 0;
-    for (size_t i = 0; i < got.size(); i++) {
-        double ratio = std::fabs((double)got[i] - ref[i]) / (abs_tol + rel_tol * std::fabs(ref[i]));
-        if (std::isnan(ratio)) ratio = INFINITY;  // NaN (an unwritten element) never passes
-        if (ratio > 1.0) outside++;
-        if (ratio > worst) worst = ratio, worst_i = i;
-    }
-    INFO(name << ": worst at [" << worst_i << "] got " << got[worst_i] << " ref " << ref[worst_i] << " ("
-              << worst << " of tolerance), " << outside << " of " << got.size() << " outside");
-    CHECK(outside == 0);
-}
+float grad_abs_tol(const std::vector<float>& ref) { return std::fmax(max_abs(ref) / 128, 1e-4f); }
 
 // The GPU's out, dq, dk, dv against the CPU reference in FP32, sequence by sequence (each its own causal
 // problem at positions 0..len-1). The flash kernels round each probability to bf16 once (for p v, and ds for

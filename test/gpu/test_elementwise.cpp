@@ -2,16 +2,10 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <vector>
 
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-
 #include "data/rng.h"
-#include "kernels/cuda_common.cuh"
 #include "kernels/embedding.cuh"
 #include "kernels/residual.cuh"
 #include "kernels/rmsnorm.cuh"
@@ -20,84 +14,9 @@
 #include "model/config.h"
 #include "model/cpu_model.h"
 #include "quant/bf16.h"
+#include "test/gpu/gpu_test_util.h"
 
-// The helpers live in an anonymous namespace: other GPU test files define structs of the same names (RandomBf16),
-// and two different definitions of one name in one program would silently share inline member functions.
 namespace {
-
-// ---- host <-> device ------------------------------------------------------------------------------------------
-
-// A device array that frees itself; bf16 arrays travel as their bits (bf16_bits and __nv_bfloat16 are both 2 bytes).
-template <typename T>
-struct DeviceArray {
-    T* ptr = nullptr;
-    size_t n = 0;
-    explicit DeviceArray(size_t count) : n(count) { cudaCheck(cudaMalloc(&ptr, n * sizeof(T) + 16)); }
-    template <typename H>
-    explicit DeviceArray(const std::vector<H>& host) : DeviceArray(host.size()) {
-        static_assert(sizeof(H) == sizeof(T), "host and device element sizes differ");
-        cudaCheck(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-    }
-    ~DeviceArray() { cudaFree(ptr); }
-    DeviceArray(const DeviceArray&) = delete;
-    DeviceArray& operator=(const DeviceArray&) = delete;
-};
-typedef DeviceArray<__nv_bfloat16> DeviceBf16;
-
-std::vector<float> download_bf16(const DeviceBf16& d) {
-    std::vector<bf16_bits> bits(d.n);
-    cudaCheck(cudaDeviceSynchronize());
-    cudaCheck(cudaMemcpy(bits.data(), d.ptr, d.n * sizeof(bf16_bits), cudaMemcpyDeviceToHost));
-    std::vector<float> out(d.n);
-    for (size_t i = 0; i < d.n; i++) out[i] = bf16_to_f32(bits[i]);
-    return out;
-}
-std::vector<float> download_f32(const DeviceArray<float>& d) {
-    std::vector<float> out(d.n);
-    cudaCheck(cudaDeviceSynchronize());
-    cudaCheck(cudaMemcpy(out.data(), d.ptr, d.n * sizeof(float), cudaMemcpyDeviceToHost));
-    return out;
-}
-
-// n uniform values in [lo, hi) rounded to bf16: the bits for the GPU, and the same values as floats for the CPU.
-struct RandomBf16 {
-    std::vector<bf16_bits> bits;
-    std::vector<float> values;
-};
-RandomBf16 random_bf16(size_t n, Rng& rng, float lo, float hi) {
-    RandomBf16 r;
-    r.bits.resize(n);
-    r.values.resize(n);
-    for (size_t i = 0; i < n; i++) {
-        r.bits[i] = f32_to_bf16(lo + (hi - lo) * rng.next_float());
-        r.values[i] = bf16_to_f32(r.bits[i]);
-    }
-    return r;
-}
-
-// ---- comparison -------------------------------------------------------------------------------------------------
-
-// got vs ref with |got - ref| <= abs_tol + rel_tol * |ref| everywhere, and at most max_inexact elements whose bits
-// differ from ref rounded to bf16. The second bound is what catches a missing or extra bf16 rounding: those move
-// results by at most an ulp, inside the first bound, but on a large share of the elements.
-void check_close(const char* name, const std::vector<float>& got, const std::vector<float>& ref, float abs_tol,
-                 float rel_tol, double max_inexact_share) {
-    REQUIRE(got.size() == ref.size());
-    size_t outside = 0, inexact = 0, worst_i = 0;
-    double worst = 0.0;
-    for (size_t i = 0; i < got.size(); i++) {
-        double err = std::fabs((double)got[i] - ref[i]);
-        double ratio = err == 0.0 ? 0.0 : err / (abs_tol + rel_tol * std::fabs(ref[i]));
-        if (!(ratio <= 1.0)) outside++;
-        if (!(ratio <= worst)) { worst = std::isnan(ratio) ? INFINITY : ratio; worst_i = i; }
-        if (f32_to_bf16(got[i]) != f32_to_bf16(ref[i])) inexact++;
-    }
-    printf("  %-34s n %8zu  worst %.3g of tol (got %.6g ref %.6g)  not bit-equal %zu\n", name, got.size(), worst,
-           got[worst_i], ref[worst_i], inexact);
-    INFO(name << ": worst element " << worst_i << " got " << got[worst_i] << " ref " << ref[worst_i]);
-    CHECK(outside == 0);
-    CHECK(inexact <= (size_t)(max_inexact_share * got.size()));
-}
 
 // The two widths every test runs at: the tiny reference model (C 64, I 160, HD 16, NH 4, KVH 2) and Qwen2.5-7B.
 std::vector<Qwen2Config> test_configs() {
@@ -112,7 +31,7 @@ TEST_CASE("embedding gather copies the token rows exactly", "[gpu][ew][embedding
     Rng rng(11);
     for (const Qwen2Config& cfg : test_configs()) {
         const int V = std::min(cfg.V, 4096), C = cfg.C, N = 96;  // a slice of the 7B table is enough to gather from
-        RandomBf16 embed = random_bf16((size_t)V * C, rng, -1.0f, 1.0f);
+        RandomBf16 embed((size_t)V * C, rng, -1.0f, 1.0f);
         std::vector<int32_t> tokens(N);
         for (int n = 0; n < N; n++) tokens[n] = (int32_t)rng.next_below(V);
         tokens[0] = V - 1;  // the last row, and a repeated token
@@ -124,7 +43,7 @@ TEST_CASE("embedding gather copies the token rows exactly", "[gpu][ew][embedding
         DeviceArray<int32_t> d_tokens(tokens);
         embedding_forward(d_out.ptr, d_tokens.ptr, d_embed.ptr, N, C, 0);
         // a copy: exact
-        check_close("embedding_forward", download_bf16(d_out), ref, 0.0f, 0.0f, 0.0);
+        check_close("embedding_forward", download_floats(d_out), ref, 0.0f, 0.0f, 0.0);
     }
 }
 
@@ -134,16 +53,16 @@ TEST_CASE("residual add rounds x + y once, also in place", "[gpu][ew][residual]"
     Rng rng(12);
     for (const Qwen2Config& cfg : test_configs()) {
         const size_t n = (size_t)40 * cfg.C;
-        RandomBf16 x = random_bf16(n, rng, -4.0f, 4.0f), y = random_bf16(n, rng, -1.0f, 1.0f);
+        RandomBf16 x(n, rng, -4.0f, 4.0f), y(n, rng, -1.0f, 1.0f);
         std::vector<float> ref(n);
         cpu_residual_forward(ref.data(), x.values.data(), y.values.data(), (int)n, CpuPrecision::BF16);
 
         DeviceBf16 d_x(x.bits), d_y(y.bits), d_out(n);
         residual_forward(d_out.ptr, d_x.ptr, d_y.ptr, n, 0);
         // one fp32 add of two bf16 values then one rounding, the same operations as the CPU: exact
-        check_close("residual_forward", download_bf16(d_out), ref, 0.0f, 0.0f, 0.0);
+        check_close("residual_forward", download_floats(d_out), ref, 0.0f, 0.0f, 0.0);
         residual_forward(d_x.ptr, d_x.ptr, d_y.ptr, n, 0);
-        check_close("residual_forward in place", download_bf16(d_x), ref, 0.0f, 0.0f, 0.0);
+        check_close("residual_forward in place", download_floats(d_x), ref, 0.0f, 0.0f, 0.0);
     }
 }
 
@@ -160,8 +79,8 @@ TEST_CASE("rmsnorm forward, alone and fused with the residual add, matches the b
     for (const Qwen2Config& cfg : test_configs()) {
         const int N = 64, C = cfg.C;
         const float eps = cfg.rms_norm_eps;
-        RandomBf16 x = random_bf16((size_t)N * C, rng, -2.0f, 2.0f), y = random_bf16((size_t)N * C, rng, -1.0f, 1.0f);
-        RandomBf16 w = random_bf16(C, rng, 0.5f, 1.5f);
+        RandomBf16 x((size_t)N * C, rng, -2.0f, 2.0f), y((size_t)N * C, rng, -1.0f, 1.0f);
+        RandomBf16 w(C, rng, 0.5f, 1.5f);
         std::vector<float> ref_out((size_t)N * C), ref_rstd(N);
         cpu_rmsnorm_forward(ref_out.data(), ref_rstd.data(), x.values.data(), w.bits.data(), N, C, eps,
                             CpuPrecision::BF16);
@@ -169,8 +88,8 @@ TEST_CASE("rmsnorm forward, alone and fused with the residual add, matches the b
         DeviceBf16 d_x(x.bits), d_y(y.bits), d_w(w.bits), d_out((size_t)N * C), d_resid((size_t)N * C);
         DeviceArray<float> d_rstd(N);
         rmsnorm_forward(d_out.ptr, d_rstd.ptr, d_x.ptr, d_w.ptr, N, C, eps, 0);
-        check_close("rmsnorm_forward out", download_bf16(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
-        check_close("rmsnorm_forward rstd", download_f32(d_rstd), ref_rstd, 0.0f, 1e-5f, 1.0);
+        check_close("rmsnorm_forward out", download_floats(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
+        check_close("rmsnorm_forward rstd", d_rstd.download(), ref_rstd, 0.0f, 1e-5f, 1.0);
 
         // fused: h = round(x + y) then the norm of h
         std::vector<float> ref_h((size_t)N * C);
@@ -178,13 +97,13 @@ TEST_CASE("rmsnorm forward, alone and fused with the residual add, matches the b
         cpu_rmsnorm_forward(ref_out.data(), ref_rstd.data(), ref_h.data(), w.bits.data(), N, C, eps,
                             CpuPrecision::BF16);
         residual_rmsnorm_forward(d_resid.ptr, d_out.ptr, d_rstd.ptr, d_x.ptr, d_y.ptr, d_w.ptr, N, C, eps, 0);
-        check_close("residual_rmsnorm_forward resid", download_bf16(d_resid), ref_h, 0.0f, 0.0f, 0.0);
-        check_close("residual_rmsnorm_forward out", download_bf16(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
-        check_close("residual_rmsnorm_forward rstd", download_f32(d_rstd), ref_rstd, 0.0f, 1e-5f, 1.0);
+        check_close("residual_rmsnorm_forward resid", download_floats(d_resid), ref_h, 0.0f, 0.0f, 0.0);
+        check_close("residual_rmsnorm_forward out", download_floats(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
+        check_close("residual_rmsnorm_forward rstd", d_rstd.download(), ref_rstd, 0.0f, 1e-5f, 1.0);
         // the residual stream updated in place, no rstd (generation)
         residual_rmsnorm_forward(d_x.ptr, d_out.ptr, nullptr, d_x.ptr, d_y.ptr, d_w.ptr, N, C, eps, 0);
-        check_close("residual_rmsnorm_forward in place", download_bf16(d_x), ref_h, 0.0f, 0.0f, 0.0);
-        check_close("residual_rmsnorm_forward in place out", download_bf16(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
+        check_close("residual_rmsnorm_forward in place", download_floats(d_x), ref_h, 0.0f, 0.0f, 0.0);
+        check_close("residual_rmsnorm_forward in place out", download_floats(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
     }
 }
 
@@ -195,8 +114,8 @@ TEST_CASE("rmsnorm backward to the input matches the CPU reference, accumulating
     Rng rng(14);
     for (const Qwen2Config& cfg : test_configs()) {
         const int N = 64, C = cfg.C;
-        RandomBf16 x = random_bf16((size_t)N * C, rng, -2.0f, 2.0f), dout = random_bf16((size_t)N * C, rng, -1.0f, 1.0f);
-        RandomBf16 w = random_bf16(C, rng, 0.5f, 1.5f), dx0 = random_bf16((size_t)N * C, rng, -0.5f, 0.5f);
+        RandomBf16 x((size_t)N * C, rng, -2.0f, 2.0f), dout((size_t)N * C, rng, -1.0f, 1.0f);
+        RandomBf16 w(C, rng, 0.5f, 1.5f), dx0((size_t)N * C, rng, -0.5f, 0.5f);
         std::vector<float> normed((size_t)N * C), rstd(N);
         cpu_rmsnorm_forward(normed.data(), rstd.data(), x.values.data(), w.bits.data(), N, C, cfg.rms_norm_eps,
                             CpuPrecision::BF16);
@@ -207,12 +126,12 @@ TEST_CASE("rmsnorm backward to the input matches the CPU reference, accumulating
         std::vector<float> ref = dx0.values;
         cpu_rmsnorm_backward(ref.data(), dout.values.data(), x.values.data(), rstd.data(), w.bits.data(), N, C);
         rmsnorm_backward(d_dx.ptr, d_dout.ptr, d_x.ptr, d_rstd.ptr, d_w.ptr, N, C, true, 0);
-        check_close("rmsnorm_backward accumulate", download_bf16(d_dx), ref, 1e-5f, 1.0f / 128, 1e-2);
+        check_close("rmsnorm_backward accumulate", download_floats(d_dx), ref, 1e-5f, 1.0f / 128, 1e-2);
 
         std::vector<float> ref_fresh((size_t)N * C, 0.0f);
         cpu_rmsnorm_backward(ref_fresh.data(), dout.values.data(), x.values.data(), rstd.data(), w.bits.data(), N, C);
         rmsnorm_backward(d_dx.ptr, d_dout.ptr, d_x.ptr, d_rstd.ptr, d_w.ptr, N, C, false, 0);
-        check_close("rmsnorm_backward overwrite", download_bf16(d_dx), ref_fresh, 1e-5f, 1.0f / 128, 1e-2);
+        check_close("rmsnorm_backward overwrite", download_floats(d_dx), ref_fresh, 1e-5f, 1.0f / 128, 1e-2);
     }
 }
 
@@ -228,8 +147,8 @@ TEST_CASE("rope tables match HF's bf16 cos and sin", "[gpu][ew][rope]") {
         rope_tables(d_cos.ptr, d_sin.ptr, d_inv_freq.ptr, T, cfg.HD, 0);
         // the angle is the same fp32 product on both sides; CUDA's cosf/sinf are within 2 ulp of the CPU's correctly
         // rounded values, which flips the bf16 rounding for ~1 element in 10^4: one bf16 ulp (rel 2^-7), rarely
-        check_close("rope_tables cos", download_bf16(d_cos), ref_cos, 1e-6f, 1.0f / 128, 1e-3);
-        check_close("rope_tables sin", download_bf16(d_sin), ref_sin, 1e-6f, 1.0f / 128, 1e-3);
+        check_close("rope_tables cos", download_floats(d_cos), ref_cos, 1e-6f, 1.0f / 128, 1e-3);
+        check_close("rope_tables sin", download_floats(d_sin), ref_sin, 1e-6f, 1.0f / 128, 1e-3);
     }
 }
 
@@ -251,26 +170,26 @@ TEST_CASE("rope forward and backward match the CPU reference bit for bit", "[gpu
 
         for (int H : {cfg.NH, cfg.KVH}) {  // q, then k
             const size_t n = (size_t)N * H * HD;
-            RandomBf16 x = random_bf16(n, rng, -3.0f, 3.0f);
+            RandomBf16 x(n, rng, -3.0f, 3.0f);
             std::vector<float> ref = x.values;
             cpu_rope_forward(ref.data(), pos.data(), cos_table.data(), sin_table.data(), N, H, HD, CpuPrecision::BF16);
             DeviceBf16 d_x(x.bits), d_out(n);
             // bf16 x bf16 products are exact in fp32 and every rounding is HF's: exact, in and out of place
             rope_forward(d_out.ptr, d_x.ptr, d_pos.ptr, d_cos.ptr, d_sin.ptr, N, H, HD, 0);
-            check_close("rope_forward", download_bf16(d_out), ref, 0.0f, 0.0f, 0.0);
+            check_close("rope_forward", download_floats(d_out), ref, 0.0f, 0.0f, 0.0);
             rope_forward(d_x.ptr, d_x.ptr, d_pos.ptr, d_cos.ptr, d_sin.ptr, N, H, HD, 0);
-            check_close("rope_forward in place", download_bf16(d_x), ref, 0.0f, 0.0f, 0.0);
+            check_close("rope_forward in place", download_floats(d_x), ref, 0.0f, 0.0f, 0.0);
 
-            RandomBf16 dy = random_bf16(n, rng, -1.0f, 1.0f);
+            RandomBf16 dy(n, rng, -1.0f, 1.0f);
             std::vector<float> ref_dx = dy.values;
             cpu_rope_backward(ref_dx.data(), pos.data(), cos_table.data(), sin_table.data(), N, H, HD);
             DeviceBf16 d_dy(dy.bits), d_dx(n);
             // exact products, one fp32 sum (fused or not, the same value), one bf16 rounding: bit-equal to the
             // CPU's fp32 result rounded to bf16, so only bf16's rounding error (unit roundoff 2^-8) of tolerance
             rope_backward(d_dx.ptr, d_dy.ptr, d_pos.ptr, d_cos.ptr, d_sin.ptr, N, H, HD, 0);
-            check_close("rope_backward", download_bf16(d_dx), ref_dx, 0.0f, 1.0f / 256, 0.0);
+            check_close("rope_backward", download_floats(d_dx), ref_dx, 0.0f, 1.0f / 256, 0.0);
             rope_backward(d_dy.ptr, d_dy.ptr, d_pos.ptr, d_cos.ptr, d_sin.ptr, N, H, HD, 0);
-            check_close("rope_backward in place", download_bf16(d_dy), ref_dx, 0.0f, 1.0f / 256, 0.0);
+            check_close("rope_backward in place", download_floats(d_dy), ref_dx, 0.0f, 1.0f / 256, 0.0);
         }
     }
 }
@@ -283,8 +202,8 @@ TEST_CASE("swiglu forward and backward match the CPU reference", "[gpu][ew][swig
         const int N = 16, I = cfg.I;
         const size_t n = (size_t)N * I;
         // gates from deep in silu's negative tail to its linear part
-        RandomBf16 g = random_bf16(n, rng, -8.0f, 8.0f), u = random_bf16(n, rng, -2.0f, 2.0f);
-        RandomBf16 dout = random_bf16(n, rng, -1.0f, 1.0f);
+        RandomBf16 g(n, rng, -8.0f, 8.0f), u(n, rng, -2.0f, 2.0f);
+        RandomBf16 dout(n, rng, -1.0f, 1.0f);
         std::vector<float> ref_out(n), ref_a(n);
         cpu_swiglu_forward(ref_out.data(), ref_a.data(), g.values.data(), u.values.data(), N, I, CpuPrecision::BF16);
 
@@ -292,7 +211,7 @@ TEST_CASE("swiglu forward and backward match the CPU reference", "[gpu][ew][swig
         swiglu_forward(d_out.ptr, d_g.ptr, d_u.ptr, n, 0);
         // CUDA's expf is within 2 ulp of the CPU's: silu(g) lands on the other side of a bf16 rounding boundary for
         // ~1 element in 10^4, one ulp of a, and a * u's rounding can add one more: rel 2^-6 there, exact elsewhere
-        check_close("swiglu_forward", download_bf16(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
+        check_close("swiglu_forward", download_floats(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
 
         std::vector<float> ref_dg(n, 0.0f), ref_du(n, 0.0f);
         cpu_swiglu_backward(ref_dg.data(), ref_du.data(), dout.values.data(), g.values.data(), u.values.data(),
@@ -301,11 +220,11 @@ TEST_CASE("swiglu forward and backward match the CPU reference", "[gpu][ew][swig
         // g = -1.28 cancels terms of size ~1 (abs 1e-6); du = dout * a inherits a's rare one-ulp flips (2^-7) on top
         // of its own rounding (rel 2^-6)
         swiglu_backward(d_dg.ptr, d_du.ptr, d_dout.ptr, d_g.ptr, d_u.ptr, n, 0);
-        check_close("swiglu_backward dg", download_bf16(d_dg), ref_dg, 1e-6f, 1.0f / 128, 1e-3);
-        check_close("swiglu_backward du", download_bf16(d_du), ref_du, 1e-6f, 1.0f / 64, 1e-3);
+        check_close("swiglu_backward dg", download_floats(d_dg), ref_dg, 1e-6f, 1.0f / 128, 1e-3);
+        check_close("swiglu_backward du", download_floats(d_du), ref_du, 1e-6f, 1.0f / 64, 1e-3);
         // in place over the saved gate and up
         swiglu_backward(d_g.ptr, d_u.ptr, d_dout.ptr, d_g.ptr, d_u.ptr, n, 0);
-        check_close("swiglu_backward dg in place", download_bf16(d_g), ref_dg, 1e-6f, 1.0f / 128, 1e-3);
-        check_close("swiglu_backward du in place", download_bf16(d_u), ref_du, 1e-6f, 1.0f / 64, 1e-3);
+        check_close("swiglu_backward dg in place", download_floats(d_g), ref_dg, 1e-6f, 1.0f / 128, 1e-3);
+        check_close("swiglu_backward du in place", download_floats(d_u), ref_du, 1e-6f, 1.0f / 64, 1e-3);
     }
 }

@@ -25,51 +25,10 @@
 #include "model/loader.h"
 #include "model/safetensors.h"
 #include "quant/bf16.h"
+#include "test/gpu/gpu_test_util.h"
 #include "test/test_util.h"
 
 namespace {
-
-// A device array that frees itself (bf16 travels as its bits: bf16_bits and __nv_bfloat16 are both 2 bytes).
-template <typename T>
-struct GpuBuffer {
-    T* ptr = nullptr;
-    size_t n = 0;
-    explicit GpuBuffer(size_t count) : n(count) { cudaCheck(cudaMalloc(&ptr, std::max<size_t>(n, 1) * sizeof(T))); }
-    template <typename H>
-    explicit GpuBuffer(const std::vector<H>& host) : GpuBuffer(host.size()) {
-        static_assert(sizeof(H) == sizeof(T), "host and device element sizes differ");
-        cudaCheck(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
-    }
-    ~GpuBuffer() { cudaFree(ptr); }
-    GpuBuffer(const GpuBuffer&) = delete;
-    GpuBuffer& operator=(const GpuBuffer&) = delete;
-    template <typename H = T>
-    std::vector<H> download() const {
-        static_assert(sizeof(H) == sizeof(T), "host and device element sizes differ");
-        std::vector<H> out(n);
-        cudaCheck(cudaDeviceSynchronize());
-        cudaCheck(cudaMemcpy(out.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost));
-        return out;
-    }
-};
-
-std::vector<float> bf16_bits_to_floats(const std::vector<bf16_bits>& bits) {
-    std::vector<float> out(bits.size());
-    for (size_t i = 0; i < bits.size(); i++) out[i] = bf16_to_f32(bits[i]);
-    return out;
-}
-
-// n uniform values in [lo, hi) rounded to bf16: the bits for the GPU, the same values as floats for the CPU.
-struct RandomBf16 {
-    std::vector<bf16_bits> bits;
-    std::vector<float> values;
-    RandomBf16(size_t n, Rng& rng, float lo, float hi) : bits(n), values(n) {
-        for (size_t i = 0; i < n; i++) {
-            bits[i] = f32_to_bf16(lo + (hi - lo) * rng.next_float());
-            values[i] = bf16_to_f32(bits[i]);
-        }
-    }
-};
 
 // |ours - ref| <= abs + rel * |ref|, remembering the worst use of the allowance for the summary line.
 struct Tolerance {
@@ -97,13 +56,6 @@ size_t check_all(Tolerance& tol, const std::vector<float>& ours, const std::vect
     for (size_t i = 0; i < ours.size(); i++)
         if (!tol.ok(ours[i], ref[i]) && ++bad <= 5) UNSCOPED_INFO(what << "[" << i << "] = " << ours[i] << " vs " << ref[i]);
     return bad;
-}
-
-// The spacing of bf16 values at |x|: one rounding step of a logit.
-float bf16_ulp(float x) {
-    int exponent = 0;
-    std::frexp(std::max(std::fabs(x), 1e-30f), &exponent);  // |x| in [2^(e-1), 2^e)
-    return std::ldexp(1.0f, exponent - 1 - 7);              // 8 significant bits
 }
 
 struct CublasLt {
@@ -160,14 +112,14 @@ TEST_CASE("logprob row kernels equal the CPU log-softmax and its backward on the
         for (bool listed : {false, true}) {
             INFO((listed ? "rows listed" : "rows row0.."));
             const int row0 = listed ? 0 : 3;
-            GpuBuffer<__nv_bfloat16> d_logits(logits.bits);
-            GpuBuffer<int> d_rows(rows), d_targets(targets);
-            GpuBuffer<float> d_dlogp(dlogp), d_logp(std::vector<float>(N, NAN)), d_lse(std::vector<float>(N, NAN));
+            DeviceBf16 d_logits(logits.bits);
+            DeviceArray<int> d_rows(rows), d_targets(targets);
+            DeviceArray<float> d_dlogp(dlogp), d_logp(std::vector<float>(N, NAN)), d_lse(std::vector<float>(N, NAN));
             logprob_rows_forward_cuda(d_logp.ptr, d_lse.ptr, d_logits.ptr, d_targets.ptr, listed ? d_rows.ptr : nullptr,
                                       row0, Mc, V, temperature, 0);
             logprob_rows_backward_cuda(d_logits.ptr, d_dlogp.ptr, d_lse.ptr, d_targets.ptr,
                                        listed ? d_rows.ptr : nullptr, row0, Mc, V, temperature, 0);
-            std::vector<float> logp = d_logp.download(), dlogits = bf16_bits_to_floats(d_logits.download<bf16_bits>());
+            std::vector<float> logp = d_logp.download(), dlogits = download_floats(d_logits);
             size_t bad = 0;
             std::vector<float> probs(V), ref_dlogits(V);
             for (int j = 0; j < Mc; j++) {
@@ -227,25 +179,23 @@ TEST_CASE("chunked lm_head log-probs and their backward match the CPU chain", "[
         ref_logp[n] = r.logp;
         target_logit[n] = r.logits[targets[n]];
     }
-    float max_dh = 0.0f;
-    for (float x : ref_dh) max_dh = std::max(max_dh, std::fabs(x));
-    Tolerance dh_tol{1e-2 * max_dh, 1e-2};
+    Tolerance dh_tol{1e-2 * max_abs(ref_dh), 1e-2};
 
-    GpuBuffer<__nv_bfloat16> d_h(h.bits), d_W(W.bits), d_dh((size_t)N * C);
-    GpuBuffer<int> d_targets(targets), d_listed(listed_rows);
-    GpuBuffer<float> d_dlogp(dlogp);
-    GpuBuffer<char> scratch(logprob_scratch_bytes(chunk_rows, V, C));
+    DeviceBf16 d_h(h.bits), d_W(W.bits), d_dh((size_t)N * C);
+    DeviceArray<int> d_targets(targets), d_listed(listed_rows);
+    DeviceArray<float> d_dlogp(dlogp);
+    DeviceArray<char> scratch(logprob_scratch_bytes(chunk_rows, V, C));
     for (bool listed : {false, true}) {
         INFO((listed ? "27 rows listed" : "all rows"));
         const int M = listed ? (int)listed_rows.size() : N;
         const int* rows = listed ? d_listed.ptr : nullptr;
-        GpuBuffer<float> d_logp(std::vector<float>(N, NAN)), d_lse(std::vector<float>(N, NAN));
+        DeviceArray<float> d_logp(std::vector<float>(N, NAN)), d_lse(std::vector<float>(N, NAN));
         logprob_forward_cuda(d_logp.ptr, d_lse.ptr, d_h.ptr, d_W.ptr, d_targets.ptr, rows, M, V, C, temperature,
                              chunk_rows, scratch.ptr, lt.handle, 0);
         cudaCheck(cudaMemset(d_dh.ptr, 0xff, d_dh.n * sizeof(__nv_bfloat16)));  // poison: NaN bf16
         logprob_backward_cuda(d_dh.ptr, d_dlogp.ptr, d_lse.ptr, d_h.ptr, d_W.ptr, d_targets.ptr, rows, M, N, V, C,
                               temperature, chunk_rows, scratch.ptr, lt.handle, 0);
-        std::vector<float> logp = d_logp.download(), dh = bf16_bits_to_floats(d_dh.download<bf16_bits>());
+        std::vector<float> logp = d_logp.download(), dh = download_floats(d_dh);
         size_t bad = 0;
         for (int n = 0; n < N; n++) {
             bool in_list = !listed || std::find(listed_rows.begin(), listed_rows.end(), n) != listed_rows.end();
@@ -298,9 +248,9 @@ TEST_CASE("lm_head log-probs from the dumped final hidden states match HF's, bot
         for (int n = 0; n < N; n++) targets[n] = n % T < T - 1 ? ids[n + 1] : 0;
         std::vector<bf16_bits> lm_head(weights.lm_head, weights.lm_head + (size_t)V * C);
 
-        GpuBuffer<__nv_bfloat16> d_h(h), d_W(lm_head);
-        GpuBuffer<int> d_targets(targets);
-        GpuBuffer<char> scratch(logprob_scratch_bytes(32, V, C));
+        DeviceBf16 d_h(h), d_W(lm_head);
+        DeviceArray<int> d_targets(targets);
+        DeviceArray<char> scratch(logprob_scratch_bytes(32, V, C));
         struct Case {
             const char* tensor;
             float temperature;
@@ -311,8 +261,8 @@ TEST_CASE("lm_head log-probs from the dumped final hidden states match HF's, bot
             std::vector<int> rows;
             for (int b = 0; b < B; b++)
                 for (int t = c.first; t < c.first + c.count; t++) rows.push_back(b * T + t);
-            GpuBuffer<int> d_rows(rows);
-            GpuBuffer<float> d_logp((size_t)N), d_lse((size_t)N);
+            DeviceArray<int> d_rows(rows);
+            DeviceArray<float> d_logp((size_t)N), d_lse((size_t)N);
             logprob_forward_cuda(d_logp.ptr, d_lse.ptr, d_h.ptr, d_W.ptr, d_targets.ptr, d_rows.ptr, (int)rows.size(),
                                  V, C, c.temperature, 32, scratch.ptr, lt.handle, 0);  // 32-row chunks: several
             std::vector<float> logp = d_logp.download();
@@ -346,10 +296,10 @@ struct GpuLossOutput {
 };
 
 GpuLossOutput gpu_loss(const GrpoLossConfig& config, const LossInputs& in, bool with_old, float num_items) {
-    GpuBuffer<float> logp(in.logp), old_logp(in.old_logp), ref_logp(in.ref_logp), mask(in.mask), adv(in.advantages);
-    GpuBuffer<float> per_token((size_t)in.B * in.Tc), grad((size_t)in.B * in.Tc);
-    GpuBuffer<GrpoLossGpuResult> result(1);
-    GpuBuffer<char> scratch(grpo_loss_scratch_bytes(in.B));
+    DeviceArray<float> logp(in.logp), old_logp(in.old_logp), ref_logp(in.ref_logp), mask(in.mask), adv(in.advantages);
+    DeviceArray<float> per_token((size_t)in.B * in.Tc), grad((size_t)in.B * in.Tc);
+    DeviceArray<GrpoLossGpuResult> result(1);
+    DeviceArray<char> scratch(grpo_loss_scratch_bytes(in.B));
     grpo_loss_cuda(result.ptr, per_token.ptr, grad.ptr, config, in.B, in.Tc, logp.ptr, with_old ? old_logp.ptr : nullptr,
                    config.beta != 0.0 ? ref_logp.ptr : nullptr, mask.ptr, adv.ptr, num_items, scratch.ptr, 0);
     GpuLossOutput out;
@@ -548,7 +498,7 @@ TEST_CASE("GPU AdamW is bit-identical to adamw_update", "[gpu][head][adamw_gpu]"
         const size_t n = 1000003;
         INFO("offset " << offset);
         OptimizerState cpu(n + offset, rng);
-        GpuBuffer<float> p(cpu.params), g(cpu.grads), m(cpu.m), v(cpu.v);
+        DeviceArray<float> p(cpu.params), g(cpu.grads), m(cpu.m), v(cpu.v);
         int64_t step = 0;
         for (double lr : {0.0, 5e-3, 2.5e-3, 1e-4}) {
             step++;
@@ -574,16 +524,16 @@ TEST_CASE("GPU gradient norm, clipping and the fused clip + AdamW equal clip_gra
     std::vector<int64_t> offsets = {0};
     for (size_t s : sizes) offsets.push_back(offsets.back() + (int64_t)s);
     int64_t max_size = (int64_t)*std::max_element(sizes.begin(), sizes.end());
-    GpuBuffer<int64_t> d_offsets(offsets);
-    GpuBuffer<char> scratch(grad_norm_scratch_bytes((int)sizes.size(), max_size));
-    GpuBuffer<float> norm_and_coef(2);
+    DeviceArray<int64_t> d_offsets(offsets);
+    DeviceArray<char> scratch(grad_norm_scratch_bytes((int)sizes.size(), max_size));
+    DeviceArray<float> norm_and_coef(2);
     AdamWConfig cfg;
     for (double max_norm : {0.1, 1e9}) {  // clipping, and a coefficient clamped to 1
         INFO("max_norm " << max_norm);
         OptimizerState cpu(n, rng);
-        GpuBuffer<float> p(cpu.params), g(cpu.grads), m(cpu.m), v(cpu.v), g2(cpu.grads);
+        DeviceArray<float> p(cpu.params), g(cpu.grads), m(cpu.m), v(cpu.v), g2(cpu.grads);
         grad_norm_cuda(norm_and_coef.ptr, g.ptr, d_offsets.ptr, (int)sizes.size(), max_size, max_norm, scratch.ptr, 0);
-        GpuBuffer<float> norm_again(2);
+        DeviceArray<float> norm_again(2);
         grad_norm_cuda(norm_again.ptr, g.ptr, d_offsets.ptr, (int)sizes.size(), max_size, max_norm, scratch.ptr, 0);
         // fused: AdamW reads g * coef; separate: scale the gradients, then AdamW
         adamw_cuda(p.ptr, g.ptr, m.ptr, v.ptr, n, cfg, 1e-3, 1, norm_and_coef.ptr + 1, 0);

@@ -10,7 +10,6 @@
 #include "data/json.h"
 #include "data/rng.h"
 #include "data/text.h"
-#include "dev/cuda/lab_common.cuh"
 #include "kernels/matmul.cuh"
 #include "kernels/nf4_dequant.cuh"
 #include "lora/lora.h"
@@ -18,32 +17,16 @@
 #include "model/weights.h"
 #include "quant/bf16.h"
 #include "quant/nf4.h"
+#include "test/gpu/gpu_test_util.h"
 
-// A device copy of a host array, freed when the test case ends (even when a REQUIRE fails).
-template <typename T>
-struct GpuArray {
-    T* ptr = nullptr;
-    size_t n = 0;
-    GpuArray() = default;
-    explicit GpuArray(const std::vector<T>& host) : ptr(host.empty() ? nullptr : to_device(host)), n(host.size()) {}
-    explicit GpuArray(size_t count) : n(count) { cudaCheck(cudaMalloc(&ptr, std::max<size_t>(count, 1) * sizeof(T))); }
-    ~GpuArray() { cudaFree(ptr); }
-    void assign(const std::vector<T>& host) {
-        cudaFree(ptr);
-        ptr = host.empty() ? nullptr : to_device(host);
-        n = host.size();
-    }
-    GpuArray(const GpuArray&) = delete;
-    GpuArray& operator=(const GpuArray&) = delete;
-    std::vector<T> download() const { return to_host(ptr, n); }
-};
+namespace {
 
 // ---- NF4 dequantization ------------------------------------------------------------------------------------
 
 // An NF4 tensor's arrays in GPU memory and the view of them the launcher takes.
 struct GpuNF4 {
-    GpuArray<uint8_t> packed, absmax_q;
-    GpuArray<float> nested_absmax, absmax_f32, code, nested_code;
+    DeviceArray<uint8_t> packed, absmax_q;
+    DeviceArray<float> nested_absmax, absmax_f32, code, nested_code;
     NF4View view;
     explicit GpuNF4(const NF4View& host)
         : packed(std::vector<uint8_t>(host.packed, host.packed + (host.numel() + 1) / 2)),
@@ -69,9 +52,9 @@ struct GpuNF4 {
 
 // The GPU's dequantization of a view with device pointers, into a buffer at `out_offset` elements (an offset
 // that breaks 16-byte alignment sends the launcher down its fallback path).
-static std::vector<uint16_t> gpu_dequantize(const NF4View& device_view, int64_t out_offset = 0) {
+std::vector<uint16_t> gpu_dequantize(const NF4View& device_view, int64_t out_offset = 0) {
     int64_t n = device_view.numel();
-    GpuArray<__nv_bfloat16> out((size_t)(n + out_offset));
+    DeviceBf16 out((size_t)(n + out_offset));
     cudaCheck(cudaMemset(out.ptr, 0xFF, (n + out_offset) * sizeof(__nv_bfloat16)));  // NaN: unwritten shows
     nf4_dequantize_gpu(out.ptr + out_offset, device_view, 0);
     cudaCheck(cudaDeviceSynchronize());
@@ -80,14 +63,14 @@ static std::vector<uint16_t> gpu_dequantize(const NF4View& device_view, int64_t 
     return host;
 }
 
-static std::vector<uint16_t> cpu_dequantize(const NF4View& host_view) {
+std::vector<uint16_t> cpu_dequantize(const NF4View& host_view) {
     std::vector<uint16_t> out(host_view.numel());
     nf4_view_dequantize(host_view, out.data());
     return out;
 }
 
-static void require_identical_bf16(const std::string& what, const std::vector<uint16_t>& got,
-                                   const std::vector<uint16_t>& expected) {
+void require_identical_bf16(const std::string& what, const std::vector<uint16_t>& got,
+                            const std::vector<uint16_t>& expected) {
     REQUIRE(got.size() == expected.size());
     size_t mismatches = 0, first = 0;
     for (size_t i = 0; i < got.size(); i++)
@@ -101,21 +84,21 @@ static void require_identical_bf16(const std::string& what, const std::vector<ui
 
 // The GPU result, on the fast path and on the fallback (packed one byte off, output one element off), must be
 // bit-identical to nf4_view_dequantize.
-static void check_dequantize(const std::string& what, const NF4View& host_view, const std::vector<uint16_t>& expected) {
+void check_dequantize(const std::string& what, const NF4View& host_view, const std::vector<uint16_t>& expected) {
     GpuNF4 gpu(host_view);
     require_identical_bf16(what + " (fast path)", gpu_dequantize(gpu.view), expected);
     require_identical_bf16(what + " (unaligned output)", gpu_dequantize(gpu.view, 1), expected);
     std::vector<uint8_t> shifted(host_view.packed, host_view.packed + (host_view.numel() + 1) / 2);
     shifted.insert(shifted.begin(), 0xA5);
-    GpuArray<uint8_t> packed_off(shifted);
+    DeviceArray<uint8_t> packed_off(shifted);
     NF4View off = gpu.view;
     off.packed = packed_off.ptr + 1;
     require_identical_bf16(what + " (unaligned codes)", gpu_dequantize(off), expected);
 }
 
-static const std::string NF4_REF_DIR = "test/ref/nf4/";
+const std::string NF4_REF_DIR = "test/ref/nf4/";
 
-static std::vector<uint32_t> json_u32s(const JsonValue& v) {
+std::vector<uint32_t> json_u32s(const JsonValue& v) {
     std::vector<uint32_t> out;
     for (const JsonValue& x : v.array) out.push_back((uint32_t)x.number);
     return out;
@@ -123,7 +106,7 @@ static std::vector<uint32_t> json_u32s(const JsonValue& v) {
 
 // One array of a dumped case, out of the blob (layout: dev/ref/nf4_ref.py; test/test_nf4.cpp reads the same).
 template <typename T>
-static std::vector<T> dump_array(const JsonValue& c, const std::string& blob, const char* key) {
+std::vector<T> dump_array(const JsonValue& c, const std::string& blob, const char* key) {
     const JsonValue* a = c.get("arrays")->get(key);
     REQUIRE(a != nullptr);
     size_t offset = (size_t)a->get("offset")->number, count = (size_t)a->get("count")->number;
@@ -132,6 +115,8 @@ static std::vector<T> dump_array(const JsonValue& c, const std::string& blob, co
     memcpy(out.data(), blob.data() + offset, count * sizeof(T));
     return out;
 }
+
+}  // namespace
 
 TEST_CASE("nf4 gpu: dequantizing the bitsandbytes dumps is bit-identical to the CPU and to torch", "[gpu][linear][nf4_gpu]") {
     JsonValue index = json_parse_file(NF4_REF_DIR + "index.json");
@@ -183,9 +168,11 @@ TEST_CASE("nf4 gpu: dequantizing the bitsandbytes dumps is bit-identical to the 
     REQUIRE(cases >= 7);
 }
 
+namespace {
+
 // Random codes and scales: every byte pattern is a valid NF4 tensor. The nested scales span 2^-140 .. 2^10, so
 // some block scales and products are subnormal (the GPU must not flush them) and some blocks scale to <= 0.
-static NF4Tensor random_nf4(int64_t rows, int64_t cols, bool double_quant, Rng& rng) {
+NF4Tensor random_nf4(int64_t rows, int64_t cols, bool double_quant, Rng& rng) {
     NF4Tensor t;
     t.rows = rows;
     t.cols = cols;
@@ -207,6 +194,8 @@ static NF4Tensor random_nf4(int64_t rows, int64_t cols, bool double_quant, Rng& 
     }
     return t;
 }
+
+}  // namespace
 
 TEST_CASE("nf4 gpu: random NF4 tensors of many shapes dequantize bit-identically to the CPU", "[gpu][linear][nf4_gpu]") {
     Rng rng(20240611);
@@ -233,7 +222,9 @@ TEST_CASE("nf4 gpu: random NF4 tensors of many shapes dequantize bit-identically
 
 // ---- a tiny NF4 model's weight buffer on the GPU -------------------------------------------------------------
 
-static std::string linear_weight_name(int layer, int slot) {
+namespace {
+
+std::string linear_weight_name(int layer, int slot) {
     return "model.layers." + std::to_string(layer) + "." + linear_parent(slot) + "." + LINEAR_NAMES[slot];
 }
 
@@ -243,7 +234,7 @@ struct TinyNF4Model {
     Qwen2Config cfg = qwen2_preset("tiny");
     WeightPlan plan = weight_plan(cfg, LinearFormat::NF4);
     std::shared_ptr<uint8_t> host = weights_alloc(plan);
-    GpuArray<uint8_t> device;
+    DeviceArray<uint8_t> device;
     Qwen2Weights host_weights, gpu_weights;
     explicit TinyNF4Model(Rng& rng) {
         for (int l = 0; l < cfg.L; l++)
@@ -268,6 +259,8 @@ struct TinyNF4Model {
     }
 };
 
+}  // namespace
+
 TEST_CASE("nf4 gpu: views of the planned weight buffer in GPU memory dequantize like the CPU", "[gpu][linear][nf4_gpu]") {
     Rng rng(7);
     TinyNF4Model model(rng);
@@ -283,30 +276,14 @@ TEST_CASE("nf4 gpu: views of the planned weight buffer in GPU memory dequantize 
 
 // ---- the LoRA linear layer -------------------------------------------------------------------------------------
 
-static float max_abs(const std::vector<float>& v) {
-    float m = 0.0f;
-    for (float x : v) m = std::max(m, std::fabs(x));
-    return m;
-}
-
-static std::vector<float> gpu_floats(const GpuArray<__nv_bfloat16>& a) {
-    std::vector<bf16_bits> bits(a.n);
-    cudaCheck(cudaMemcpy(bits.data(), a.ptr, a.n * sizeof(bf16_bits), cudaMemcpyDeviceToHost));
-    return bf16_to_floats(bits);
-}
-
-static GpuArray<__nv_bfloat16>* upload_bf16(const std::vector<bf16_bits>& bits) {
-    GpuArray<__nv_bfloat16>* a = new GpuArray<__nv_bfloat16>(bits.size());
-    cudaCheck(cudaMemcpy(a->ptr, bits.data(), bits.size() * sizeof(bf16_bits), cudaMemcpyHostToDevice));
-    return a;
-}
+namespace {
 
 // One group of linears sharing an input, run forward and backward on the GPU and on the CPU reference (BF16
 // mode) from the same bf16 x and dy and the same fp32 LoRA masters. `consecutive` lays the bf16 A copies and
 // the dA gradients of the group out back to back (one GEMM for the group); otherwise each linear has its own.
-static void check_lora_group(const std::string& what, const LinearWeight* const* host_bases,
-                             const LinearWeight* const* gpu_bases, int G, int N, int R, float scale,
-                             bool consecutive, bool with_adapter_on_first, bool accumulate, Rng& rng) {
+void check_lora_group(const std::string& what, const LinearWeight* const* host_bases,
+                      const LinearWeight* const* gpu_bases, int G, int N, int R, float scale, bool consecutive,
+                      bool with_adapter_on_first, bool accumulate, Rng& rng) {
     INFO(what << ": G " << G << ", N " << N << ", R " << R << ", consecutive " << consecutive << ", accumulate "
               << accumulate << ", adapter on the first linear " << with_adapter_on_first);
     int in = (int)host_bases[0]->in;
@@ -343,36 +320,33 @@ static void check_lora_group(const std::string& what, const LinearWeight* const*
     std::vector<bf16_bits> dx0_bf16 = to_bf16(dx0);
 
     // ---- the GPU: bf16 copies of A and B made by lora_to_bf16, fp32 gradients pre-filled
-    GpuArray<__nv_bfloat16> x_gpu(x.size()), A_all(a_total), ax((size_t)N * G * R), dax((size_t)N * G * R),
-        dx_gpu(x.size());
-    cudaCheck(cudaMemcpy(x_gpu.ptr, x_bf16.data(), x_bf16.size() * 2, cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(dx_gpu.ptr, dx0_bf16.data(), dx0_bf16.size() * 2, cudaMemcpyHostToDevice));
-    GpuArray<float> dA_all(a_total);
-    std::vector<std::unique_ptr<GpuArray<float>>> A_f32(G), B_f32(G), dB_gpu(G), dA_own(G);
-    std::vector<std::unique_ptr<GpuArray<__nv_bfloat16>>> B_bf16(G), A_own(G), y_gpu(G), dy_gpu(G);
+    DeviceBf16 x_gpu(x_bf16), dx_gpu(dx0_bf16), A_all(a_total), ax((size_t)N * G * R), dax((size_t)N * G * R);
+    DeviceArray<float> dA_all(a_total);
+    std::vector<std::unique_ptr<DeviceArray<float>>> A_f32(G), B_f32(G), dB_gpu(G), dA_own(G);
+    std::vector<std::unique_ptr<DeviceBf16>> B_bf16(G), A_own(G), y_gpu(G), dy_gpu(G);
     std::vector<LoraLinearGpu> linears(G);
     std::vector<__nv_bfloat16*> y_ptrs(G);
     std::vector<const __nv_bfloat16*> dy_ptrs(G);
     for (int g = 0; g < G; g++) {
         int out = (int)host_bases[g]->out;
-        A_f32[g].reset(new GpuArray<float>(A[g]));
-        B_f32[g].reset(new GpuArray<float>(B[g]));
-        B_bf16[g].reset(new GpuArray<__nv_bfloat16>(B[g].size()));
+        A_f32[g].reset(new DeviceArray<float>(A[g]));
+        B_f32[g].reset(new DeviceArray<float>(B[g]));
+        B_bf16[g].reset(new DeviceBf16(B[g].size()));
         lora_to_bf16(B_bf16[g]->ptr, B_f32[g]->ptr, B[g].size(), 0);
         __nv_bfloat16* a_copy = A_all.ptr + a_offsets[g];
         float* da = dA_all.ptr + a_offsets[g];
         if (!consecutive) {  // separate allocations: never adjacent
-            A_own[g].reset(new GpuArray<__nv_bfloat16>(A[g].size()));
-            dA_own[g].reset(new GpuArray<float>(A[g].size()));
+            A_own[g].reset(new DeviceBf16(A[g].size()));
+            dA_own[g].reset(new DeviceArray<float>(A[g].size()));
             a_copy = A_own[g]->ptr;
             da = dA_own[g]->ptr;
         }
         lora_to_bf16(a_copy, A_f32[g]->ptr, A[g].size(), 0);
         cudaCheck(cudaMemcpy(da, dA0[g].data(), dA0[g].size() * 4, cudaMemcpyHostToDevice));
-        dB_gpu[g].reset(new GpuArray<float>(dB0[g]));
-        y_gpu[g].reset(new GpuArray<__nv_bfloat16>((size_t)N * out));
+        dB_gpu[g].reset(new DeviceArray<float>(dB0[g]));
+        y_gpu[g].reset(new DeviceBf16((size_t)N * out));
         cudaCheck(cudaMemset(y_gpu[g]->ptr, 0xFF, (size_t)N * out * 2));  // NaN until written
-        dy_gpu[g].reset(upload_bf16(dy_bf16[g]));
+        dy_gpu[g].reset(new DeviceBf16(dy_bf16[g]));
         y_ptrs[g] = y_gpu[g]->ptr;
         dy_ptrs[g] = dy_gpu[g]->ptr;
         linears[g].base = gpu_bases[g];
@@ -384,8 +358,8 @@ static void check_lora_group(const std::string& what, const LinearWeight* const*
         }
     }
     size_t scratch_bytes = lora_linear_weight_scratch_bytes(linears.data(), G);
-    GpuArray<__nv_bfloat16> w_scratch(scratch_bytes / 2);
-    GpuArray<uint8_t> workspace(matmul_workspace_bytes());
+    DeviceBf16 w_scratch(scratch_bytes / 2);
+    DeviceArray<uint8_t> workspace(matmul_workspace_bytes());
     MatmulContext* ctx = matmul_create(workspace.ptr, workspace.n);
     lora_linear_forward(ctx, linears.data(), G, x_gpu.ptr, N, R, scale, y_ptrs.data(), ax.ptr, w_scratch.ptr, 0);
     lora_linear_backward(ctx, linears.data(), G, x_gpu.ptr, N, R, scale, dy_ptrs.data(), ax.ptr, dx_gpu.ptr,
@@ -395,7 +369,7 @@ static void check_lora_group(const std::string& what, const LinearWeight* const*
 
     // ---- the CPU reference
     std::vector<float> din = accumulate ? dx0 : std::vector<float>(x.size(), 0.0f);
-    std::vector<float> ax_gpu = gpu_floats(ax);
+    std::vector<float> ax_gpu = download_floats(ax);
     for (int g = 0; g < G; g++) {
         INFO("linear " << g << " [" << host_bases[g]->out << ", " << in << "]");
         int out = (int)host_bases[g]->out;
@@ -414,7 +388,7 @@ static void check_lora_group(const std::string& what, const LinearWeight* const*
         // boundary can go either way, so one ulp (2^-7 relative at most); and a flip of the rounded base output,
         // carried into the sum, plus the adapter's bf16 operands (~3 * 2^-9 of a term as large as y) stay under
         // an ulp of the largest |y|, the absolute part.
-        std::vector<float> y_got = gpu_floats(*y_gpu[g]);
+        std::vector<float> y_got = download_floats(*y_gpu[g]);
         CHECK(validate("y", y_got.data(), y.data(), y.size(), std::ldexp(max_abs(y), -7), 1.0f / 128));
         if (!adapted[g]) continue;
         // ax: the GPU rounds x A^T to bf16 (half an ulp, 2^-8 relative) from the bf16 copy of A (2^-9 per term,
@@ -436,9 +410,11 @@ static void check_lora_group(const std::string& what, const LinearWeight* const*
     }
     // dx: bf16, rounded after each of the G base GEMMs and the adapter GEMM (G+1 roundings of the running sum,
     // each within 2^-8 of it), from bf16 adapter operands: within 2^-6 of the largest |dx|, plus an ulp.
-    std::vector<float> dx_got = gpu_floats(dx_gpu);
+    std::vector<float> dx_got = download_floats(dx_gpu);
     CHECK(validate("dx", dx_got.data(), din.data(), din.size(), std::ldexp(max_abs(din), -6), 1.0f / 128));
 }
+
+}  // namespace
 
 TEST_CASE("linear: the LoRA linears of a tiny NF4 model, forward and backward, match the CPU reference", "[gpu][linear]") {
     Rng rng(42);
@@ -475,15 +451,15 @@ TEST_CASE("linear: a bf16 linear at a wider shape matches the CPU reference", "[
     fill_uniform(w, rng, -1.0f / 32, 1.0f / 32);
     fill_uniform(bias, rng);
     std::vector<bf16_bits> w_bf16 = to_bf16(w), bias_bf16 = to_bf16(bias);
-    std::unique_ptr<GpuArray<__nv_bfloat16>> w_gpu(upload_bf16(w_bf16)), bias_gpu(upload_bf16(bias_bf16));
+    DeviceBf16 w_gpu(w_bf16), bias_gpu(bias_bf16);
     for (bool with_bias : {false, true}) {
         LinearWeight host_base, gpu_base;
         host_base.out = gpu_base.out = OUT;
         host_base.in = gpu_base.in = IN;
         host_base.w = w_bf16.data();
-        gpu_base.w = (const bf16_bits*)w_gpu->ptr;
+        gpu_base.w = (const bf16_bits*)w_gpu.ptr;
         host_base.bias = with_bias ? bias_bf16.data() : nullptr;
-        gpu_base.bias = with_bias ? (const bf16_bits*)bias_gpu->ptr : nullptr;
+        gpu_base.bias = with_bias ? (const bf16_bits*)bias_gpu.ptr : nullptr;
         const LinearWeight* host_bases[1] = {&host_base};
         const LinearWeight* gpu_bases[1] = {&gpu_base};
         check_lora_group(with_bias ? "bf16 with bias" : "bf16", host_bases, gpu_bases, 1, N, R, 0.5f, true, true,
@@ -514,27 +490,25 @@ TEST_CASE("linear: the comparisons catch deliberately broken results", "[gpu][li
     fill_uniform(A, rng, -1.0f / 16, 1.0f / 16);
     fill_uniform(B, rng, -0.1f, 0.1f);
     std::vector<bf16_bits> x_bf16 = to_bf16(x), w_bf16 = to_bf16(w), A_bf16 = to_bf16(A), B_bf16 = to_bf16(B);
-    std::unique_ptr<GpuArray<__nv_bfloat16>> x_gpu(upload_bf16(x_bf16)), w_gpu(upload_bf16(w_bf16)),
-        A_gpu(upload_bf16(A_bf16)), B_gpu(upload_bf16(B_bf16));
-    GpuArray<__nv_bfloat16> y_gpu((size_t)N * OUT), ax((size_t)N * R);
+    DeviceBf16 x_gpu(x_bf16), w_gpu(w_bf16), A_gpu(A_bf16), B_gpu(B_bf16), y_gpu((size_t)N * OUT), ax((size_t)N * R);
     LinearWeight base;
     base.out = OUT;
     base.in = IN;
-    base.w = (const bf16_bits*)w_gpu->ptr;
+    base.w = (const bf16_bits*)w_gpu.ptr;
     LoraLinearGpu linear;
     linear.base = &base;
-    linear.A = A_gpu->ptr;
-    linear.B = B_gpu->ptr;
-    GpuArray<uint8_t> workspace(matmul_workspace_bytes());
+    linear.A = A_gpu.ptr;
+    linear.B = B_gpu.ptr;
+    DeviceArray<uint8_t> workspace(matmul_workspace_bytes());
     MatmulContext* ctx = matmul_create(workspace.ptr, workspace.n);
     __nv_bfloat16* y_ptr = y_gpu.ptr;
-    lora_linear_forward(ctx, &linear, 1, x_gpu->ptr, N, R, scale * 1.05f, &y_ptr, ax.ptr, nullptr, 0);
+    lora_linear_forward(ctx, &linear, 1, x_gpu.ptr, N, R, scale * 1.05f, &y_ptr, ax.ptr, nullptr, 0);
     cudaCheck(cudaDeviceSynchronize());
     matmul_destroy(ctx);
     std::vector<float> y((size_t)N * OUT), ax_ref((size_t)N * R);
     cpu_matmul_forward(y.data(), x.data(), w_bf16.data(), nullptr, N, IN, OUT, CpuPrecision::BF16);
     cpu_lora_forward(y.data(), ax_ref.data(), x.data(), A.data(), B.data(), N, IN, OUT, R, scale, CpuPrecision::BF16);
-    std::vector<float> y_got = gpu_floats(y_gpu);
+    std::vector<float> y_got = download_floats(y_gpu);
     printf("  (a deliberately wrong LoRA scale: the next line must say FAIL)\n");
     CHECK_FALSE(validate("y with the scale 5% off", y_got.data(), y.data(), y.size(), std::ldexp(max_abs(y), -7), 1.0f / 128));
 }
