@@ -21,7 +21,8 @@ LIB_OBJS := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
 CPU_TEST_SRCS := $(wildcard test/test_*.cpp)
 CPU_TEST_OBJS := $(CPU_TEST_SRCS:%.cpp=$(BUILD)/%.o)
 KERNEL_SRCS := $(wildcard kernels/*.cu)
-KERNEL_OBJS := $(KERNEL_SRCS:%.cu=$(BUILD)/%.o)
+# the GPU model and backend (model/*.cu) link with the kernels into every GPU program
+KERNEL_OBJS := $(KERNEL_SRCS:%.cu=$(BUILD)/%.o) $(patsubst %.cu,$(BUILD)/%.o,$(wildcard model/*.cu))
 # GPU tests are host C++ (g++) calling the kernels' launchers, declared in kernels/*.cuh.
 GPU_TEST_SRCS := $(wildcard test/gpu/test_*.cpp)
 GPU_TEST_OBJS := $(GPU_TEST_SRCS:%.cpp=$(BUILD)/%.o)
@@ -36,7 +37,7 @@ TOOLS := tokenize rewards quantize score merge_lora
 all: tools $(TOKENIZER_JSON)
 tools: $(TOOLS)
 # What CI can check without a GPU: every CUDA translation unit compiles and every GPU program links.
-cuda: train_grpo $(BUILD)/test_gpu labs
+cuda: train_grpo $(BUILD)/test_gpu labs $(BUILD)/bench_policy_step
 
 $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
@@ -129,6 +130,10 @@ $(BUILD)/lab_%: dev/cuda/%.cu $(KERNEL_OBJS) $(BUILD)/libgrpo.a
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP $< $(KERNEL_OBJS) $(BUILD)/libgrpo.a -o $@ -lcublasLt
 labs: $(LABS)
+
+# The policy-update benchmark at Qwen2.5 shapes (dev/bench_policy.sh runs it next to the HF + PEFT peer).
+$(BUILD)/bench_policy_step: dev/bench_policy_step.cu $(KERNEL_OBJS) $(BUILD)/libgrpo.a
+	$(NVCC) $(NVCCFLAGS) $< $(KERNEL_OBJS) $(BUILD)/libgrpo.a -o $@ -lcublasLt
 
 # ---- benchmarks (dev/bench_*.cpp, one program each) -------------------------------------------
 BENCH_SRCS := $(wildcard dev/bench_*.cpp)

@@ -2,7 +2,8 @@
 //
 // One loop, two backends: the loop below only talks to the Backend interface (model/backend.h). nvcc builds
 // this file into ./train_grpo; g++ builds the same file with -DGRPO_CPU_ONLY into build/train_grpo_cpu, which
-// is what CI runs (it has no GPU). The CUDA backend is not written yet, so today --device cpu is the only one.
+// is what CI runs (it has no GPU). The CUDA backend (model/gpu_backend.cu) computes log-probs and the LoRA
+// backward but cannot generate yet, so today a whole run needs --device cpu.
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -30,6 +31,7 @@
 #include "tokenizer/tokenizer.h"
 #ifndef GRPO_CPU_ONLY
 #include "kernels/cuda_common.cuh"
+#include "model/gpu_model.h"
 #endif
 
 // ----------------------------------------------------------------------------
@@ -380,8 +382,13 @@ static int train(const TrainOptions& opt) {
         if (err != cudaSuccess || num_devices == 0)
             throw GrpoError(std::string("--device cuda: no usable CUDA device (") + cudaGetErrorString(err) +
                             "); run on a machine with an NVIDIA GPU, or pass --device cpu for a tiny model");
-        throw GrpoError("--device cuda: the CUDA backend is not implemented yet in this version of grpo.cu; "
-                        "--device cpu runs the same loop on the CPU reference (practical for tiny models only)");
+        // one micro-batch holds a whole step's rollouts when they fit the default token budget; a longest
+        // possible rollout must always fit
+        GpuOptions gpu;
+        const int longest = (int)opt.max_prompt_length + opt.max_completion_length;
+        if (opt.max_prompt_length > 0)
+            gpu.max_tokens = std::max(longest, std::min(gpu.max_tokens, opt.prompts_per_step * opt.G * longest));
+        backend = make_cuda_backend(std::move(weights), std::move(lora), gpu);
 #endif
     }
 

@@ -506,9 +506,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
 // kernel launchers
 
 static void attention_check_shape(const char* who, int B, int T, int NH, int KVH, int HD) {
-    if (HD != 64 && HD != 128)
+    if (HD != 16 && HD != 32 && HD != 64 && HD != 128)
         throw GrpoError(std::string(who) + ": head dimension " + std::to_string(HD) +
-                        " is not supported (the kernels are built for 64 and 128, Qwen2.5's sizes)");
+                        " is not supported (the kernels are built for 64 and 128, Qwen2.5's sizes, and 16 and 32, "
+                        "the tiny test models')");
     if (KVH <= 0 || NH % KVH != 0)
         throw GrpoError(std::string(who) + ": " + std::to_string(NH) + " query heads is not a multiple of " +
                         std::to_string(KVH) + " key/value heads");
@@ -534,8 +535,12 @@ static void attention_forward_hd(bf16* out, float* lse, const bf16* q, const bf1
 void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const int* cu_seqlens,
                        int B, int T, int NH, int KVH, int HD, cudaStream_t stream) {
     attention_check_shape("attention_forward", B, T, NH, KVH, HD);
-    if (HD == 64) attention_forward_hd<64>(out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream);
-    else attention_forward_hd<128>(out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream);
+    switch (HD) {
+    case 16: attention_forward_hd<16>(out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream); break;
+    case 32: attention_forward_hd<32>(out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream); break;
+    case 64: attention_forward_hd<64>(out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream); break;
+    default: attention_forward_hd<128>(out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream); break;
+    }
 }
 
 size_t attention_backward_scratch_bytes(int B, int T, int NH) { return (size_t)B * NH * T * sizeof(float); }
@@ -572,6 +577,10 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, void* scratch, const bf16*
                         int T, int NH, int KVH, int HD, cudaStream_t stream) {
     attention_check_shape("attention_backward", B, T, NH, KVH, HD);
     float* D = static_cast<float*>(scratch);
-    if (HD == 64) attention_backward_hd<64>(dq, dk, dv, D, dout, out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream);
-    else attention_backward_hd<128>(dq, dk, dv, D, dout, out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream);
+    switch (HD) {
+    case 16: attention_backward_hd<16>(dq, dk, dv, D, dout, out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream); break;
+    case 32: attention_backward_hd<32>(dq, dk, dv, D, dout, out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream); break;
+    case 64: attention_backward_hd<64>(dq, dk, dv, D, dout, out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream); break;
+    default: attention_backward_hd<128>(dq, dk, dv, D, dout, out, lse, q, k, v, cu_seqlens, B, T, NH, KVH, stream); break;
+    }
 }

@@ -15,8 +15,9 @@
 //       sequence are neither read nor written.
 //   lse [B, NH, T] fp32: the natural-log logsumexp of each query row's scaled scores (row i of sequence b,
 //   head h at (b*NH + h)*T + i; rows i >= len_b are not written).
-// HD must be 64 or 128 and NH a multiple of KVH (anything else throws GrpoError). Every pointer must be
-// 16-byte aligned (rows are read as 16-byte vectors). Nothing is allocated; all launches go on `stream`.
+// HD must be 16, 32, 64 or 128 (Qwen2.5 uses 64 and 128, the tiny test models 16 and 32) and NH a multiple of
+// KVH (anything else throws GrpoError). Every pointer must be 16-byte aligned (rows are read as 16-byte vectors).
+// Nothing is allocated; all launches go on `stream`.
 
 // out = softmax(q k^T * HD^-0.5, causal) v, and lse for the backward.
 void attention_forward(__nv_bfloat16* out, float* lse, const __nv_bfloat16* q, const __nv_bfloat16* k,

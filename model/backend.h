@@ -48,3 +48,9 @@ public:
 
 // The CPU reference backend: plain C++, BF16 rounding where HF rounds (see model/cpu_model.h).
 std::unique_ptr<Backend> make_cpu_backend(Qwen2Weights weights, LoraWeights lora);
+
+// The CUDA backend (model/gpu_backend.cu, built by nvcc only): the host weights are uploaded as planned (NF4
+// stays NF4), the GPU memory is allocated once for options.max_tokens tokens per micro-batch and the plan printed.
+// Throws GrpoError when it does not fit. generate() is not implemented yet (it throws).
+struct GpuOptions;
+std::unique_ptr<Backend> make_cuda_backend(Qwen2Weights host_weights, LoraWeights lora, const GpuOptions& options);

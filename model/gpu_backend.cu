@@ -1,0 +1,131 @@
+// gpu_backend.cu: the Backend interface on one GPU: rollouts packed into micro-batches for log-probs and the LoRA backward, the optimizer step on the device.
+#include <algorithm>
+#include <cstdio>
+
+#include "data/text.h"
+#include "model/backend.h"
+#include "model/gpu_model.h"
+
+namespace {
+
+// One micro-batch of whole rollouts, and where each of its log-prob rows goes in the [N, Tc] output.
+struct MicroBatch {
+    GpuBatch batch;
+    std::vector<size_t> out_index;  // row j of batch.rows -> n * Tc + t
+};
+
+class CudaBackend : public Backend {
+public:
+    CudaBackend(const Qwen2Weights& host_weights, LoraWeights lora, const GpuOptions& options)
+        : lora_(std::move(lora)) {
+        model_ = gpu_model_create(host_weights, lora_, options);
+    }
+    ~CudaBackend() override { gpu_model_destroy(model_); }
+
+    const char* name() const override { return "cuda"; }
+
+    std::vector<Rollout> generate(const std::vector<std::vector<int32_t>>&, int, int, const SamplerConfig&,
+                                  const std::vector<int>&, Rng&) override {
+        throw GrpoError("--device cuda: generation (batched KV-cache sampling) is not implemented yet in this version "
+                        "of grpo.cu; the CUDA backend computes log-probs and the LoRA backward only. "
+                        "--device cpu runs the whole loop on the CPU reference (practical for tiny models only)");
+    }
+
+    void completion_logprobs(const std::vector<Rollout>& rollouts, int Tc, float temperature, bool with_lora,
+                             bool keep_for_backward, std::vector<float>* logp) override {
+        if (keep_for_backward && !with_lora)
+            throw GrpoError("completion_logprobs: keep_for_backward needs with_lora (the backward is to LoRA)");
+        std::vector<MicroBatch> batches = pack(rollouts, Tc);
+        logp->assign(rollouts.size() * (size_t)Tc, 0.0f);
+        uint64_t last_id = 0;
+        std::vector<float> rows_logp;
+        for (const MicroBatch& mb : batches) {
+            last_id = gpu_model_forward(model_, mb.batch, with_lora, temperature, &rows_logp);
+            for (size_t j = 0; j < rows_logp.size(); j++) (*logp)[mb.out_index[j]] = rows_logp[j];
+        }
+        if (keep_for_backward) {
+            // Only the last micro-batch's checkpoints stay on the GPU; backward() runs it first, without a
+            // re-forward when nothing else ran in between, and recomputes the forward of the others.
+            kept_ = std::move(batches);
+            kept_id_ = last_id;
+            kept_temperature_ = temperature;
+            kept_size_ = rollouts.size() * (size_t)Tc;
+            kept_valid_ = true;
+        }
+    }
+
+    void backward(const std::vector<float>& dlogp) override {
+        if (!kept_valid_ || dlogp.size() != kept_size_)
+            throw GrpoError("backward: no matching completion_logprobs(..., keep_for_backward) call before it");
+        std::vector<float> rows_dlogp, unused;
+        for (size_t i = kept_.size(); i-- > 0;) {
+            const MicroBatch& mb = kept_[i];
+            bool resident = i + 1 == kept_.size() && gpu_model_resident_id(model_) == kept_id_;
+            if (!resident) gpu_model_forward(model_, mb.batch, true, kept_temperature_, &unused);
+            rows_dlogp.resize(mb.out_index.size());
+            for (size_t j = 0; j < rows_dlogp.size(); j++) rows_dlogp[j] = dlogp[mb.out_index[j]];
+            gpu_model_backward(model_, rows_dlogp);
+        }
+    }
+
+    float optimizer_step(double lr, double max_grad_norm, const AdamWConfig& adamw) override {
+        lora_.adam_step++;  // torch increments state["step"] before the update uses it
+        return gpu_model_optimizer_step(model_, lr, max_grad_norm, adamw, lora_.adam_step);
+    }
+
+    const LoraWeights& lora() override {
+        gpu_model_lora_download(model_, &lora_);
+        return lora_;
+    }
+
+private:
+    // Rollouts in order, each as prompt + completion, into micro-batches of at most max_tokens tokens. The rows
+    // are the completion's positions: log p(completion[t]) is read at the token before it, row P - 1 + t.
+    std::vector<MicroBatch> pack(const std::vector<Rollout>& rollouts, int Tc) const {
+        const GpuOptions& options = gpu_model_options(model_);
+        std::vector<MicroBatch> batches;
+        int tokens = 0, longest = 0;
+        for (size_t n = 0; n < rollouts.size(); n++) {
+            const Rollout& r = rollouts[n];
+            if (r.completion.empty()) continue;  // no log-prob to compute, nothing to differentiate
+            if ((int)r.completion.size() > Tc) throw GrpoError("completion_logprobs: a completion is longer than Tc");
+            if (!r.prompt || r.prompt->empty())
+                throw GrpoError("completion_logprobs: rollout " + std::to_string(n) + " has no prompt token to "
+                                "predict its first completion token from");
+            std::vector<int32_t> sequence(*r.prompt);
+            sequence.insert(sequence.end(), r.completion.begin(), r.completion.end());
+            const int len = (int)sequence.size(), P = (int)r.prompt->size();
+            if (!gpu_batch_fits(options, len, 1, len))
+                throw GrpoError("completion_logprobs: rollout " + std::to_string(n) + " has " + std::to_string(len) +
+                                " tokens but a micro-batch holds " + std::to_string(options.max_tokens) +
+                                "; raise GpuOptions::max_tokens or lower --max-prompt-length / "
+                                "--max-completion-length");
+            if (batches.empty() || !gpu_batch_fits(options, tokens + len, batches.back().batch.num_sequences() + 1,
+                                                   std::max(longest, len))) {
+                batches.emplace_back();
+                tokens = longest = 0;
+            }
+            MicroBatch& mb = batches.back();
+            mb.batch.add_sequence(sequence, P - 1, len - 1);
+            for (size_t t = 0; t < r.completion.size(); t++) mb.out_index.push_back(n * Tc + t);
+            tokens += len;
+            longest = std::max(longest, len);
+        }
+        return batches;
+    }
+
+    GpuModel* model_ = nullptr;
+    LoraWeights lora_;  // the host copy: up to date after lora(); the device holds the truth
+    std::vector<MicroBatch> kept_;
+    uint64_t kept_id_ = 0;
+    float kept_temperature_ = 1.0f;
+    size_t kept_size_ = 0;
+    bool kept_valid_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(Qwen2Weights host_weights, LoraWeights lora, const GpuOptions& options) {
+    // the weights live on the GPU from here on: the host copy is released when this function returns
+    return std::unique_ptr<Backend>(new CudaBackend(host_weights, std::move(lora), options));
+}

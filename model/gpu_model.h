@@ -1,0 +1,91 @@
+// gpu_model.h: the Qwen2 + LoRA model on one GPU: the memory plan, packed micro-batch forward to per-token log-probs, and the backward to LoRA that recomputes each layer from its checkpoint.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lora/adamw.h"
+#include "lora/lora.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+// What the GPU memory is sized for; everything is allocated once, at gpu_model_create.
+struct GpuOptions {
+    // Tokens of one micro-batch (prompt + completion of whole rollouts, packed without padding). Activations scale
+    // with it: at Qwen2.5-7B about 0.43 MiB per token (checkpoints 0.21, one layer's working set 0.22). The default
+    // holds a GRPO step of 48 rollouts of 328 tokens (15744) in one micro-batch, so backward() needs no re-forward.
+    int max_tokens = 16384;
+    // Rows of logits materialized at once by the lm_head log-prob kernels (kernels/logprob.cuh).
+    int logits_chunk_rows = 1024;
+    bool print_memory_plan = true;  // print the table below at creation
+};
+
+// The memory plan: every byte the model asks cudaMalloc for, in three allocations (weights, LoRA state,
+// activations + scratch), as lines of a table.
+struct GpuMemoryLine {
+    std::string name, detail;
+    size_t bytes = 0;
+};
+struct GpuMemoryPlan {
+    std::vector<GpuMemoryLine> lines;
+    size_t weight_bytes = 0, lora_bytes = 0, activation_bytes = 0;
+    size_t total() const { return weight_bytes + lora_bytes + activation_bytes; }
+};
+// The plan for a model whose planned weight buffer has weight_bytes (WeightPlan::total_bytes) and whose largest
+// NF4 linear has nf4_max_elements weights (0 when the linears are bf16). Pure arithmetic: no GPU needed.
+GpuMemoryPlan gpu_memory_plan(const Qwen2Config& cfg, size_t weight_bytes, int64_t nf4_max_elements,
+                              const LoraConfig& lora, const GpuOptions& options);
+// The plan as a printable table (sizes in MiB, the total in GiB).
+std::string gpu_memory_plan_table(const GpuMemoryPlan& plan);
+
+// One micro-batch: whole sequences packed back to back (FlashAttention's varlen layout), and the token rows whose
+// next-token log-prob is wanted.
+struct GpuBatch {
+    std::vector<int32_t> tokens;  // [Ntok]
+    std::vector<int> cu_seqlens;  // [B + 1]: sequence b is tokens [cu_seqlens[b], cu_seqlens[b+1])
+    std::vector<int> rows;        // rows n (each with n + 1 in the same sequence): logp[n] = log p(tokens[n+1])
+    int num_tokens() const { return (int)tokens.size(); }
+    int num_sequences() const { return (int)cu_seqlens.size() - 1; }
+    // Appends one sequence; rows [first_row, last_row) of it (relative to its start) get log-probs.
+    void add_sequence(const std::vector<int32_t>& sequence, int first_row, int last_row);
+};
+
+// Whether a micro-batch of num_tokens tokens in num_sequences sequences, the longest `longest`, fits the plan
+// (attention's per-row statistics are laid out [B, NH, longest], so very unequal lengths count too).
+bool gpu_batch_fits(const GpuOptions& options, int num_tokens, int num_sequences, int longest);
+
+struct GpuModel;  // the device buffers and handles (gpu_model.cu)
+
+// Uploads the weights (the planned host buffer as it is: NF4 stays NF4) and the adapters, allocates the plan and
+// prints it (options.print_memory_plan). Throws GrpoError when a piece does not fit in the free GPU memory, naming
+// it, the sizes and what to lower.
+GpuModel* gpu_model_create(const Qwen2Weights& host_weights, const LoraWeights& lora, const GpuOptions& options);
+void gpu_model_destroy(GpuModel* model);
+const GpuMemoryPlan& gpu_model_memory_plan(const GpuModel* model);
+const GpuOptions& gpu_model_options(const GpuModel* model);
+
+// Forward of one micro-batch (at most options.max_tokens tokens) with or without the adapters, keeping every
+// layer's input (the checkpoints) for a backward. logp receives log softmax(logits / temperature)[next token] of
+// batch.rows, in that order. Every call returns a new id; gpu_model_resident_id says whose activations are held.
+uint64_t gpu_model_forward(GpuModel* model, const GpuBatch& batch, bool with_lora, float temperature,
+                           std::vector<float>* logp);
+uint64_t gpu_model_resident_id(const GpuModel* model);
+// Backward of the resident micro-batch (its forward made with LoRA): given dloss/dlogp of its rows (in batch.rows
+// order), ADDS dloss/dA and dloss/dB into the device gradients. Each layer is recomputed from its checkpoint.
+void gpu_model_backward(GpuModel* model, const std::vector<float>& dlogp);
+
+// The adapters: upload replaces params, gradients, moments and step; download copies them back into *lora
+// (laid out for the same model and adapter config).
+void gpu_model_lora_upload(GpuModel* model, const LoraWeights& lora);
+void gpu_model_lora_download(GpuModel* model, LoraWeights* lora);
+// clip_grad_norm_ to max_grad_norm fused into AdamW update number `step` (1-based) at lr, then zero gradients and
+// refresh the bf16 copies the GEMMs read. Returns the norm before clipping.
+float gpu_model_optimizer_step(GpuModel* model, double lr, double max_grad_norm, const AdamWConfig& adamw,
+                               int64_t step);
+
+// For tests: the resident micro-batch's hidden states as floats [Ntok, C]: i = 0 the embeddings, 1..L the output of
+// layer i, L + 1 the final norm (HF's output_hidden_states layout); and its full logits [Ntok, V] (lm_head on
+// every row, chunk by chunk).
+std::vector<float> gpu_model_hidden_state(GpuModel* model, int i);
+std::vector<float> gpu_model_logits(GpuModel* model);
