@@ -1,0 +1,411 @@
+// decode_linear.cu: lab for the decode-time linear layer (NF4/bf16 weights x M = 1..64 rows of x, LoRA fused), validated against the CPU reference and timed against the memory roofline at Qwen2.5-7B shapes.
+//
+// Build and run: make build/lab_decode_linear && ./build/lab_decode_linear
+//
+// Roofline: each weight byte (NF4 codes + block scales, or bf16), bias, A and B read once, x read once, y written
+// once, over 4.27 TB/s. At M = 64 an NF4 layer is also near the tensor-core ceiling (4*M flops per weight byte:
+// 256 at M = 64 against a ridge of 187), so the memory share printed there is not reachable.
+// version 1 (kernels/decode_linear.cu, decode_linear_forward_simple): one warp per output row, lanes striding over
+//   k, each weight dequantized alone from global tables; the fallback for shapes the fast path cannot read.
+// version 2 (this file): CUDA cores, one warp per row, each lane dequantizing 32 weights of one 16-byte load into
+//   fp32 registers and multiplying them with 8 rows of x at a time (x from L1): weights read once at M <= 8,
+//   but 2*M fp32 flops per weight on 67 TFLOP/s of FMA units.
+// version 3 (kernels/decode_linear.cu, decode_linear_forward, production): tensor cores (mma.sync m16n8k16, the
+//   weights as the A operand, 8 rows of x per n-tile), split-K summed in a fixed order by the last block of each
+//   row tile, bias + LoRA + the two roundings in the epilogue; "+lora" adds the x A^T launch and the adapter term.
+// Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
+// plus the bf16 lm_head, per decode step, launched one by one and as a CUDA graph.
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "dev/cuda/lab_common.cuh"
+#include "kernels/decode_linear.cuh"
+#include "model/cpu_model.h"
+#include "quant/nf4.h"
+
+typedef __nv_bfloat16 bf16;
+
+// ---- version 2: CUDA cores -------------------------------------------------------------------------------------
+
+constexpr int V2_ROWS = 8;  // rows of x per pass over a weight row
+
+__global__ void __launch_bounds__(128) cuda_core_kernel(bf16* y, const bf16* x, NF4View t, const bf16* bias, int M,
+                                                        int N, int K) {
+    __shared__ float code[16], nested_code[256];
+    if (threadIdx.x < 16) code[threadIdx.x] = t.code[threadIdx.x];
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) nested_code[i] = t.nested_code[i];
+    __syncthreads();
+    const int j = blockIdx.x * 4 + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (j >= N) return;
+    for (int m0 = 0; m0 < M; m0 += V2_ROWS) {
+        float acc[V2_ROWS] = {};
+        for (int k = lane * 32; k < K; k += 32 * 32) {
+            const int64_t e = (int64_t)j * K + k;
+            const uint4 raw = __ldg(reinterpret_cast<const uint4*>(t.packed + e / 2));  // L1 keeps it for m0 > 0
+            const float scale = __fadd_rn(__fmul_rn(nested_code[t.absmax_q[e / 64]], t.nested_absmax[e / 64 / 256]),
+                                          t.nested_offset);
+            const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+            float w[32];
+#pragma unroll
+            for (int b = 0; b < 16; b++) {
+                const uint32_t byte = (words[b / 4] >> (8 * (b % 4))) & 0xFFu;
+                w[2 * b] = __bfloat162float(__float2bfloat16_rn(__fmul_rn(code[byte >> 4], scale)));
+                w[2 * b + 1] = __bfloat162float(__float2bfloat16_rn(__fmul_rn(code[byte & 15u], scale)));
+            }
+#pragma unroll
+            for (int mm = 0; mm < V2_ROWS; mm++) {
+                if (m0 + mm >= M) break;
+                const uint4* xr = reinterpret_cast<const uint4*>(x + (int64_t)(m0 + mm) * K + k);
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const uint4 v = __ldg(xr + q);
+                    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+                    for (int h = 0; h < 4; h++) {
+                        const float2 f = __bfloat1622float2(p[h]);
+                        acc[mm] = fmaf(f.x, w[8 * q + 2 * h], acc[mm]);
+                        acc[mm] = fmaf(f.y, w[8 * q + 2 * h + 1], acc[mm]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int mm = 0; mm < V2_ROWS; mm++) {
+            for (int offset = 16; offset > 0; offset /= 2) acc[mm] += __shfl_xor_sync(0xFFFFFFFFu, acc[mm], offset);
+            if (lane == 0 && m0 + mm < M) {
+                float sum = bias ? __fadd_rn(acc[mm], __bfloat162float(bias[j])) : acc[mm];
+                y[(int64_t)(m0 + mm) * N + j] = __float2bfloat16_rn(sum);
+            }
+        }
+    }
+}
+
+// ---- the 7B linears ---------------------------------------------------------------------------------------------
+
+__global__ void fill_kernel(bf16* p, size_t n, uint64_t seed, float amplitude) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull + seed;  // splitmix64 of the index
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        p[i] = __float2bfloat16_rn(amplitude * ((float)(z >> 40) * (2.0f / 16777216.0f) - 1.0f));
+    }
+}
+
+constexpr int R = 32;
+constexpr float SCALE = 2.0f;  // alpha 64 / r 32
+constexpr int CHECK_ROWS = 256;  // rows validated at each end of a weight (the CPU reference is slow at 7B)
+
+// One linear: random NF4 codes (block scales around 0.05, as trained weights have) or random bf16 weights made on the
+// GPU, bias, and a PEFT-sized adapter, with the host copies the CPU reference reads for the checked rows.
+struct LabLinear {
+    const char* name;
+    int out, in;
+    NF4Tensor nf4;
+    std::vector<bf16_bits> w_rows;   // the checked rows of the bf16 weight [2*CHECK_ROWS or out, in]
+    std::vector<float> A, B_rows;    // fp32 values of the bf16 copies
+    std::vector<bf16_bits> bias;
+    LinearWeight gpu;
+    bf16 *A_dev = nullptr, *B_dev = nullptr;
+    std::vector<void*> owned;
+
+    template <typename T>
+    T* upload(const std::vector<T>& v) {
+        T* d = to_device(v);
+        owned.push_back(d);
+        return d;
+    }
+    std::vector<int> checked_rows() const {
+        std::vector<int> rows;
+        for (int r = 0; r < out; r++)
+            if (r < CHECK_ROWS || r >= out - CHECK_ROWS) rows.push_back(r);
+        return rows;
+    }
+
+    LabLinear(const char* name_, int out_, int in_, bool nf4_format, bool with_bias, bool adapter, Rng& rng)
+        : name(name_), out(out_), in(in_) {
+        gpu.out = out;
+        gpu.in = in;
+        std::vector<int> rows = checked_rows();
+        if (nf4_format) {
+            gpu.format = LinearFormat::NF4;
+            nf4.rows = out;
+            nf4.cols = in;
+            nf4_default_code(nf4.code);
+            nf4_default_nested_code(nf4.nested_code);
+            nf4.packed.resize((size_t)out * in / 2);
+            for (size_t i = 0; i < nf4.packed.size(); i += 8) {
+                uint64_t r = rng.next_u64();
+                for (size_t b = 0; b < 8 && i + b < nf4.packed.size(); b++) nf4.packed[i + b] = (uint8_t)(r >> (8 * b));
+            }
+            nf4.absmax_q.resize(nf4.num_blocks());
+            for (uint8_t& b : nf4.absmax_q) b = (uint8_t)rng.next_u64();
+            nf4.nested_absmax.resize(nf4.num_nested_blocks());
+            for (float& s : nf4.nested_absmax) s = 0.02f + 0.04f * rng.next_float();
+            nf4.nested_offset = 0.04f;
+            std::vector<bf16_bits> all((size_t)out * in);
+            nf4_view_dequantize(nf4_view(nf4), all.data());
+            for (int r : rows) w_rows.insert(w_rows.end(), all.begin() + (size_t)r * in, all.begin() + (size_t)(r + 1) * in);
+            gpu.nf4 = nf4_view(nf4);
+            gpu.nf4.packed = upload(nf4.packed);
+            gpu.nf4.absmax_q = upload(nf4.absmax_q);
+            gpu.nf4.nested_absmax = upload(nf4.nested_absmax);
+            gpu.nf4.code = upload(std::vector<float>(nf4.code, nf4.code + 16));
+            gpu.nf4.nested_code = upload(std::vector<float>(nf4.nested_code, nf4.nested_code + 256));
+        } else {
+            gpu.format = LinearFormat::BF16;
+            bf16* w = nullptr;
+            cudaCheck(cudaMalloc(&w, (size_t)out * in * sizeof(bf16)));
+            owned.push_back(w);
+            fill_kernel<<<4096, 256>>>(w, (size_t)out * in, rng.next_u64(), 0.05f);
+            cudaCheck(cudaGetLastError());
+            gpu.w = (const bf16_bits*)w;
+            w_rows.resize(rows.size() * (size_t)in);
+            for (size_t i = 0; i < rows.size(); i++)
+                cudaCheck(cudaMemcpy(w_rows.data() + i * in, w + (size_t)rows[i] * in, in * sizeof(bf16),
+                                     cudaMemcpyDeviceToHost));
+        }
+        if (with_bias) {
+            std::vector<float> b(out);
+            fill_uniform(b, rng, -0.5f, 0.5f);
+            bias = to_bf16(b);
+            gpu.bias = upload(bias);
+        }
+        if (adapter) {
+            A.resize((size_t)R * in);
+            std::vector<float> B((size_t)out * R);
+            fill_uniform(A, rng, -1.0f / std::sqrt((float)in), 1.0f / std::sqrt((float)in));
+            fill_uniform(B, rng, -1.0f / std::sqrt((float)R), 1.0f / std::sqrt((float)R));
+            A_dev = (bf16*)upload(to_bf16(A));
+            B_dev = (bf16*)upload(to_bf16(B));
+            for (int r : rows) B_rows.insert(B_rows.end(), B.begin() + (size_t)r * R, B.begin() + (size_t)(r + 1) * R);
+        }
+    }
+    ~LabLinear() {
+        for (void* p : owned) cudaFree(p);
+    }
+    LoraLinearGpu lora(bool with_adapter) const {
+        LoraLinearGpu l;
+        l.base = &gpu;
+        if (with_adapter && A_dev) {
+            l.A = A_dev;
+            l.B = B_dev;
+        }
+        return l;
+    }
+
+    // The CPU reference (BF16 mode) of the checked rows for x [M, in]: [M, rows] with the rows in checked_rows order.
+    std::vector<float> reference(const std::vector<float>& x, int M, bool with_adapter) const {
+        std::vector<int> rows = checked_rows();
+        const int n = (int)rows.size();
+        std::vector<bf16_bits> bias_rows;
+        for (int r : rows) bias_rows.push_back(bias.empty() ? 0 : bias[r]);
+        std::vector<float> y((size_t)M * n), ax((size_t)M * R);
+        cpu_matmul_forward(y.data(), x.data(), w_rows.data(), bias.empty() ? nullptr : bias_rows.data(), M, in, n,
+                           CpuPrecision::BF16);
+        if (with_adapter && !A.empty())
+            cpu_lora_forward(y.data(), ax.data(), x.data(), A.data(), B_rows.data(), M, in, n, R, SCALE,
+                             CpuPrecision::BF16);
+        return y;
+    }
+    // The same rows of a GPU output y [M, out].
+    std::vector<float> checked(const bf16* y, int M) const {
+        std::vector<float> all = bf16_to_floats(to_host((const bf16_bits*)y, (size_t)M * out)), got;
+        std::vector<int> rows = checked_rows();
+        for (int m = 0; m < M; m++)
+            for (int r : rows) got.push_back(all[(size_t)m * out + r]);
+        return got;
+    }
+};
+
+static float max_abs_of(const std::vector<float>& v) {
+    float m = 0;
+    for (float x : v) m = std::max(m, std::fabs(x));
+    return m;
+}
+
+// y against the CPU reference with test_decode_linear.cpp's tolerance: an ulp of the element, plus an ulp of the
+// largest |y| for the adapter's bf16 x A^T and a flipped base rounding carried into the sum.
+static bool check(const char* what, const LabLinear& l, const bf16* y, const std::vector<float>& x, int M,
+                  bool with_adapter) {
+    std::vector<float> ref = l.reference(x, M, with_adapter), got = l.checked(y, M);
+    char name[96];
+    snprintf(name, sizeof(name), "%s %s M=%d", what, l.name, M);
+    return validate(name, got.data(), ref.data(), ref.size(), std::ldexp(max_abs_of(ref), -7), 1.0f / 128);
+}
+
+int main() {
+    Rng rng(1234);
+    const int C = 3584, I = 18944, KV = 512, V = 152064, MAX_M = 64;
+    printf("building the 7B linears (random NF4 codes, bf16 lm_head) ...\n");
+    std::vector<std::unique_ptr<LabLinear>> lin;
+    lin.emplace_back(new LabLinear("q", C, C, true, true, true, rng));
+    lin.emplace_back(new LabLinear("k", KV, C, true, true, true, rng));
+    lin.emplace_back(new LabLinear("v", KV, C, true, true, true, rng));
+    lin.emplace_back(new LabLinear("o", C, C, true, false, true, rng));
+    lin.emplace_back(new LabLinear("gate", I, C, true, false, true, rng));
+    lin.emplace_back(new LabLinear("up", I, C, true, false, true, rng));
+    lin.emplace_back(new LabLinear("down", C, I, true, false, true, rng));
+    lin.emplace_back(new LabLinear("lm_head", V, C, false, false, false, rng));
+    LabLinear &q = *lin[0], &k = *lin[1], &v = *lin[2], &o = *lin[3], &gate = *lin[4], &up = *lin[5],
+              &down = *lin[6], &head = *lin[7];
+
+    // inputs: x for in = C and in = I, outputs for every linear
+    std::vector<float> x_c((size_t)MAX_M * C), x_i((size_t)MAX_M * I);
+    fill_uniform(x_c, rng);
+    fill_uniform(x_i, rng);
+    bf16* xc_dev = (bf16*)to_device(to_bf16(x_c));
+    bf16* xi_dev = (bf16*)to_device(to_bf16(x_i));
+    std::vector<bf16*> y(lin.size());
+    for (size_t i = 0; i < lin.size(); i++) cudaCheck(cudaMalloc(&y[i], (size_t)MAX_M * lin[i]->out * sizeof(bf16)));
+
+    // one workspace big enough for every group at every M
+    LoraLinearGpu qkv[3] = {q.lora(true), k.lora(true), v.lora(true)}, gu[2] = {gate.lora(true), up.lora(true)};
+    LoraLinearGpu o1 = o.lora(true), down1 = down.lora(true), head1 = head.lora(false);
+    size_t ws_bytes = 0;
+    ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(qkv, 3, R, MAX_M));
+    ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(gu, 2, R, MAX_M));
+    ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(&o1, 1, R, MAX_M));
+    ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(&down1, 1, R, MAX_M));
+    ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(&head1, 1, R, MAX_M));
+    for (auto& l : lin) {
+        LoraLinearGpu one = l->lora(true);
+        ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(&one, 1, R, MAX_M));
+    }
+    void* ws = nullptr;
+    cudaCheck(cudaMalloc(&ws, ws_bytes));
+    cudaCheck(cudaMemset(ws, 0, ws_bytes));
+    printf("workspace %.2f MiB\n", ws_bytes / 1048576.0);
+
+    // the decode step's linears: q/k/v, o, gate/up, down (LoRA on all), then the lm_head
+    auto layer = [&](int M) {
+        bf16* y_qkv[3] = {y[0], y[1], y[2]};
+        bf16* y_gu[2] = {y[4], y[5]};
+        decode_linear_forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, 0);
+        decode_linear_forward(&o1, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, 0);
+        decode_linear_forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, 0);
+        decode_linear_forward(&down1, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, 0);
+    };
+
+    // ---- validation ----
+    printf("\nvalidation against cpu_matmul_forward + cpu_lora_forward (BF16 mode), rows 0..%d and the last %d:\n",
+           CHECK_ROWS - 1, CHECK_ROWS);
+    bool ok = true;
+    for (int M : {1, 6, 48, 64}) {
+        for (auto& l : lin) cudaCheck(cudaMemset(y[&l - &lin[0]], 0xFF, (size_t)M * l->out * sizeof(bf16)));
+        layer(M);
+        decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0);
+        cudaCheck(cudaDeviceSynchronize());
+        for (size_t i = 0; i < lin.size(); i++) {
+            const std::vector<float>& x = lin[i]->in == C ? x_c : x_i;
+            std::vector<float> xr(x.begin(), x.begin() + (size_t)M * lin[i]->in);
+            for (float& e : xr) e = round_bf16(e);
+            ok &= check("v3", *lin[i], y[i], xr, M, true);
+        }
+    }
+    {  // version 1 (the simple kernel, LoRA included) and version 2 (base only) on q
+        const int M = 6;
+        std::vector<float> xr(x_c.begin(), x_c.begin() + (size_t)M * C);
+        for (float& e : xr) e = round_bf16(e);
+        bf16* y_qkv[3] = {y[0], y[1], y[2]};
+        decode_linear_forward_simple(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, 0);
+        cudaCheck(cudaDeviceSynchronize());
+        ok &= check("v1", q, y[0], xr, M, true);
+        ok &= check("v1", v, y[2], xr, M, true);
+        for (int M2 : {1, 6, 64}) {
+            std::vector<float> x2(x_c.begin(), x_c.begin() + (size_t)M2 * C);
+            for (float& e : x2) e = round_bf16(e);
+            cuda_core_kernel<<<(C + 3) / 4, 128>>>(y[0], xc_dev, q.gpu.nf4, (const bf16*)q.gpu.bias, M2, C, C);
+            cudaCheck(cudaGetLastError());
+            cudaCheck(cudaDeviceSynchronize());
+            ok &= check("v2", q, y[0], x2, M2, false);
+        }
+    }
+    printf("validation %s\n", ok ? "ok" : "FAILED");
+
+    // ---- benchmark: one linear at a time ----
+    printf("\nbenchmark: time per call, share of the memory roofline (weights + scales + bias + A, B + x + y at "
+           "%.2f TB/s)\n", CEILING_COPY_TBPS);
+    for (int M : {1, 6, 48, 64}) {
+        printf("M = %d\n", M);
+        for (size_t i = 0; i < lin.size(); i++) {
+            LabLinear& l = *lin[i];
+            const bf16* x = l.in == C ? xc_dev : xi_dev;
+            LoraLinearGpu base = l.lora(false), adapted = l.lora(true);
+            char label[64];
+            if (M <= 6) {
+                snprintf(label, sizeof(label), "%-7s v1 simple", l.name);
+                float ms = time_kernel_ms([&] { decode_linear_forward_simple(&base, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0); });
+                report(label, ms, decode_linear_bytes(&base, 1, M, R), 0);
+            }
+            if (l.gpu.format == LinearFormat::NF4) {
+                snprintf(label, sizeof(label), "%-7s v2 cuda cores", l.name);
+                float ms = time_kernel_ms([&] {
+                    cuda_core_kernel<<<(l.out + 3) / 4, 128>>>(y[i], x, l.gpu.nf4, (const bf16*)l.gpu.bias, M, l.out, l.in);
+                });
+                report(label, ms, decode_linear_bytes(&base, 1, M, R), 0);
+            }
+            snprintf(label, sizeof(label), "%-7s v3 mma", l.name);
+            float ms = time_kernel_ms([&] { decode_linear_forward(&base, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0); });
+            report(label, ms, decode_linear_bytes(&base, 1, M, R), 0);
+            if (adapted.A) {
+                snprintf(label, sizeof(label), "%-7s v3 mma +lora", l.name);
+                ms = time_kernel_ms([&] { decode_linear_forward(&adapted, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0); });
+                report(label, ms, decode_linear_bytes(&adapted, 1, M, R), 0);
+            }
+        }
+        bf16* y_qkv[3] = {y[0], y[1], y[2]};
+        bf16* y_gu[2] = {y[4], y[5]};
+        float ms = time_kernel_ms([&] { decode_linear_forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, 0); });
+        report("q+k+v group +lora", ms, decode_linear_bytes(qkv, 3, M, R), 0);
+        ms = time_kernel_ms([&] { decode_linear_forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, 0); });
+        report("gate+up group +lora", ms, decode_linear_bytes(gu, 2, M, R), 0);
+    }
+
+    // ---- a decode step: one layer's seven linears and the lm_head ----
+    printf("\na 7B decode step's linears (r %d LoRA on all seven): one layer, and layer + lm_head, eager and as a "
+           "CUDA graph\n", R);
+    cudaStream_t stream;
+    cudaCheck(cudaStreamCreate(&stream));
+    for (int M : {1, 6, 48, 64}) {
+        double layer_bytes = decode_linear_bytes(qkv, 3, M, R) + decode_linear_bytes(&o1, 1, M, R) +
+                             decode_linear_bytes(gu, 2, M, R) + decode_linear_bytes(&down1, 1, M, R);
+        double head_bytes = decode_linear_bytes(&head1, 1, M, R);
+        char label[64];
+        snprintf(label, sizeof(label), "layer M=%d eager", M);
+        report(label, time_kernel_ms([&] { layer(M); }), layer_bytes, 0);
+        snprintf(label, sizeof(label), "lm_head M=%d", M);
+        report(label, time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); }),
+               head_bytes, 0);
+        // the graph: what a decode loop would replay every step
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        bf16* y_qkv[3] = {y[0], y[1], y[2]};
+        bf16* y_gu[2] = {y[4], y[5]};
+        cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+        decode_linear_forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream);
+        decode_linear_forward(&o1, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream);
+        decode_linear_forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream);
+        decode_linear_forward(&down1, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream);
+        cudaCheck(cudaStreamEndCapture(stream, &graph));
+        cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+        snprintf(label, sizeof(label), "layer M=%d graph", M);
+        report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); }), layer_bytes, 0);
+        float layer_ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
+        float head_ms = time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); });
+        printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
+               "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
+               100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,
+               M * 1000.0 / (28 * layer_ms + head_ms));
+        cudaCheck(cudaGraphExecDestroy(exec));
+        cudaCheck(cudaGraphDestroy(graph));
+    }
+    cudaCheck(cudaStreamDestroy(stream));
+    cudaFree(ws);
+    cudaFree(xc_dev);
+    cudaFree(xi_dev);
+    for (bf16* p : y) cudaFree(p);
+    printf("%s\n", ok ? "all versions ok" : "FAIL: a version did not match the CPU reference");
+    return ok ? 0 : 1;
+}

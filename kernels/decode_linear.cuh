@@ -1,0 +1,41 @@
+// decode_linear.cuh: launchers of the decode-time linear layer: y [M, out] = x [M, in] W^T (+ bias) (+ LoRA) for a few sequences decoding one token each, every weight byte read once and NF4 dequantized in registers.
+#pragma once
+#include <cstddef>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/matmul.cuh"  // LoraLinearGpu: the base weight (bf16 or NF4 device views), bias and bf16 A, B copies
+
+// Rows of x one pass handles; larger M runs in passes of 64 (each pass reads the weights again).
+constexpr int DECODE_LINEAR_MAX_M = 64;
+// Linears one call may group (q, k, v share x; so do gate and up).
+constexpr int DECODE_LINEAR_MAX_G = 3;
+
+// A group of G linears reading the same x (every linears[g].base->in equal), each with its own output:
+//   y[g] [M, out_g] = round(round(x W_g^T + bias_g) + scale * round_bf16(x A_g^T) B_g^T)
+// the two roundings of the training path (kernels/matmul.cu's lora_linear_forward and PEFT's bf16 model): the base
+// output rounded to bf16, the adapter term added in fp32 and the sum rounded once. x A^T is rounded to bf16 as in
+// training (it is the operand of the second tensor-core product). A linear with A == nullptr has no adapter; dA, dB
+// are not used. NF4 weights give exactly nf4_view_dequantize's bf16 values. All pointers on the device; x [M, in]
+// and each y[g] [M, out_g] are dense row-major. Results do not depend on timing (the split-K partial sums are added
+// in a fixed order), so two calls on the same inputs give the same bits.
+//
+// workspace: device memory of at least decode_linear_workspace_bytes(linears, G, R, max_M) for every M <= max_M,
+// set to zero ONCE after allocation (cudaMemset); every call leaves its tile counters zero again. Its layout depends
+// on R alone, so one workspace of the largest size over a model's groups serves them all. One stream at a time may
+// use a workspace. Nothing is allocated.
+size_t decode_linear_workspace_bytes(const LoraLinearGpu* linears, int G, int R, int max_M);
+void decode_linear_forward(const LoraLinearGpu* linears, int G, const __nv_bfloat16* x, int M, int R, float scale,
+                           __nv_bfloat16* const* y, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// The same result from the simple CUDA-core kernel (one warp per output row, each weight dequantized on its own):
+// the path decode_linear_forward takes for shapes its tensor-core kernel cannot read (in not a multiple of 32 for
+// NF4 or 8 for bf16, an out_g not a multiple of 16, unaligned weights); exposed for the lab and the tests.
+void decode_linear_forward_simple(const LoraLinearGpu* linears, int G, const __nv_bfloat16* x, int M, int R,
+                                  float scale, __nv_bfloat16* const* y, void* workspace, size_t workspace_bytes,
+                                  cudaStream_t stream);
+
+// The fewest bytes a call must move: every weight byte (NF4 codes and block scales, or bf16), bias, A and B read
+// once, x read once, y written once. The memory roofline of a call is this over the copy bandwidth.
+double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R);

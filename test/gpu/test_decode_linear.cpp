@@ -1,0 +1,334 @@
+// test_decode_linear.cpp: the decode-time linear layer (NF4/bf16 weights x a few rows, LoRA fused) against the CPU reference: bit for bit where the sums are exact, within justified tolerances on random inputs.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/rng.h"
+#include "kernels/decode_linear.cuh"
+#include "model/cpu_model.h"
+#include "model/weights.h"
+#include "quant/bf16.h"
+#include "quant/nf4.h"
+#include "test/gpu/gpu_test_util.h"
+
+namespace {
+
+// One base linear on both sides: the host LinearWeight (NF4 or bf16, with bias) and the same with device pointers.
+struct DecodeTestLinear {
+    NF4Tensor nf4;
+    std::vector<bf16_bits> w_bits, bias_bits;
+    std::vector<float> w_dequant;  // the bf16 weight the CPU reference multiplies by, as floats
+    DeviceArray<uint8_t> packed, absmax_q;
+    DeviceArray<float> nested_absmax, code, nested_code;
+    DeviceArray<bf16_bits> w_dev, bias_dev;
+    LinearWeight host, gpu;
+
+    // Random NF4 codes with block scales around 2^-4 (or bf16 weights of that size), and a bias when asked.
+    DecodeTestLinear(int64_t out, int64_t in, LinearFormat format, bool with_bias, Rng& rng) {
+        host.out = gpu.out = out;
+        host.in = gpu.in = in;
+        host.format = gpu.format = format;
+        if (format == LinearFormat::NF4) {
+            nf4.rows = out;
+            nf4.cols = in;
+            nf4.double_quant = true;
+            nf4_default_code(nf4.code);
+            nf4_default_nested_code(nf4.nested_code);
+            nf4.packed.resize((nf4.numel() + 1) / 2);
+            for (uint8_t& b : nf4.packed) b = (uint8_t)rng.next_u64();
+            nf4.absmax_q.resize(nf4.num_blocks());
+            for (uint8_t& b : nf4.absmax_q) b = (uint8_t)rng.next_u64();
+            nf4.nested_absmax.resize(nf4.num_nested_blocks());
+            for (float& s : nf4.nested_absmax) s = 0.03f + 0.06f * rng.next_float();
+            nf4.nested_offset = 0.05f;
+            host.nf4 = nf4_view(nf4);
+            w_bits.resize(nf4.numel());
+            nf4_view_dequantize(host.nf4, w_bits.data());
+            packed.assign(nf4.packed);
+            absmax_q.assign(nf4.absmax_q);
+            nested_absmax.assign(nf4.nested_absmax);
+            code.assign(std::vector<float>(nf4.code, nf4.code + 16));
+            nested_code.assign(std::vector<float>(nf4.nested_code, nf4.nested_code + 256));
+            gpu.nf4 = host.nf4;
+            gpu.nf4.packed = packed.ptr;
+            gpu.nf4.absmax_q = absmax_q.ptr;
+            gpu.nf4.nested_absmax = nested_absmax.ptr;
+            gpu.nf4.code = code.ptr;
+            gpu.nf4.nested_code = nested_code.ptr;
+        } else {
+            RandomBf16 w((size_t)(out * in), rng, -0.1f, 0.1f);
+            w_bits = w.bits;
+            host.w = w_bits.data();
+            w_dev.assign(w_bits);
+            gpu.w = w_dev.ptr;
+        }
+        w_dequant = bf16_to_floats(w_bits);
+        if (with_bias) {
+            bias_bits = RandomBf16((size_t)out, rng, -0.5f, 0.5f).bits;
+            bias_dev.assign(bias_bits);
+            host.bias = bias_bits.data();
+            gpu.bias = bias_dev.ptr;
+        }
+    }
+};
+
+// The adapter of one linear: fp32 values the CPU reads that are exactly the bf16 copies the GPU reads.
+struct DecodeTestAdapter {
+    std::vector<float> A, B;
+    DeviceArray<bf16_bits> A_dev, B_dev;
+};
+
+// A group on the GPU: its linears, adapters, x, outputs and workspace; run() calls the launcher.
+struct DecodeGroup {
+    std::vector<std::unique_ptr<DecodeTestLinear>> linears;
+    std::vector<std::unique_ptr<DecodeTestAdapter>> adapters;  // nullptr: no adapter
+    int R = 0;
+    float scale = 0.0f;
+
+    std::vector<LoraLinearGpu> gpu_linears() const {
+        std::vector<LoraLinearGpu> out(linears.size());
+        for (size_t g = 0; g < linears.size(); g++) {
+            out[g].base = &linears[g]->gpu;
+            if (adapters[g]) {
+                out[g].A = (const __nv_bfloat16*)adapters[g]->A_dev.ptr;
+                out[g].B = (const __nv_bfloat16*)adapters[g]->B_dev.ptr;
+            }
+        }
+        return out;
+    }
+
+    // y[g] [M, out_g] as floats from the GPU for x (bf16 values as floats), through the tensor-core launcher or the
+    // simple one.
+    // shared: a zeroed workspace shared with other groups (nullptr: a fresh one for this call).
+    std::vector<std::vector<float>> run(const std::vector<float>& x, int M, bool simple,
+                                        DeviceArray<uint8_t>* shared = nullptr) const {
+        std::vector<LoraLinearGpu> gl = gpu_linears();
+        const int G = (int)gl.size();
+        std::vector<bf16_bits> x_bits(x.size());
+        for (size_t i = 0; i < x.size(); i++) x_bits[i] = f32_to_bf16(x[i]);
+        DeviceArray<bf16_bits> x_dev(x_bits);
+        std::vector<std::unique_ptr<DeviceBf16>> y(G);
+        std::vector<__nv_bfloat16*> y_ptrs(G);
+        for (int g = 0; g < G; g++) {
+            size_t n = (size_t)M * linears[g]->host.out;
+            y[g].reset(new DeviceBf16(n));
+            cudaCheck(cudaMemset(y[g]->ptr, 0xFF, n * 2));  // NaN until written
+            y_ptrs[g] = y[g]->ptr;
+        }
+        size_t bytes = decode_linear_workspace_bytes(gl.data(), G, R, M);
+        DeviceArray<uint8_t> own;
+        if (!shared) {
+            own.allocate(bytes);
+            cudaCheck(cudaMemset(own.ptr, 0, bytes));
+        }
+        DeviceArray<uint8_t>& workspace = shared ? *shared : own;
+        REQUIRE(workspace.n >= bytes);
+        if (simple)
+            decode_linear_forward_simple(gl.data(), G, (const __nv_bfloat16*)x_dev.ptr, M, R, scale, y_ptrs.data(),
+                                         workspace.ptr, workspace.n, 0);
+        else
+            decode_linear_forward(gl.data(), G, (const __nv_bfloat16*)x_dev.ptr, M, R, scale, y_ptrs.data(),
+                                  workspace.ptr, workspace.n, 0);
+        cudaCheck(cudaGetLastError());
+        std::vector<std::vector<float>> out(G);
+        for (int g = 0; g < G; g++) out[g] = download_floats(*y[g]);
+        return out;
+    }
+
+    // The CPU reference of linear g (BF16 mode): cpu_matmul_forward, then cpu_lora_forward.
+    std::vector<float> reference(int g, const std::vector<float>& x, int M) const {
+        const DecodeTestLinear& l = *linears[g];
+        const int out = (int)l.host.out, in = (int)l.host.in;
+        std::vector<float> y((size_t)M * out), ax((size_t)M * std::max(R, 1));
+        cpu_matmul_forward(y.data(), x.data(), l.w_bits.data(), l.host.bias, M, in, out, CpuPrecision::BF16);
+        if (adapters[g])
+            cpu_lora_forward(y.data(), ax.data(), x.data(), adapters[g]->A.data(), adapters[g]->B.data(), M, in, out,
+                             R, scale, CpuPrecision::BF16);
+        return y;
+    }
+};
+
+// Adds a linear and (with R > 0) its adapter. dyadic: A and B are multiples of 2^-8 below 1 (exact in bf16, and
+// every product and every sum of R of them exact in fp32), so one-hot rows of x give exact sums on both sides.
+void add_linear(DecodeGroup& group, int64_t out, int64_t in, LinearFormat format, bool bias, bool adapter,
+                bool dyadic, Rng& rng) {
+    group.linears.emplace_back(new DecodeTestLinear(out, in, format, bias, rng));
+    group.adapters.emplace_back();
+    if (!adapter) return;
+    DecodeTestAdapter* a = new DecodeTestAdapter();
+    a->A.resize((size_t)group.R * in);
+    a->B.resize((size_t)out * group.R);
+    const float a_range = 1.0f / std::sqrt((float)in), b_range = 1.0f / std::sqrt((float)group.R);
+    for (float& v : a->A) v = dyadic ? (float)((int)rng.next_below(511) - 255) / 256.0f : a_range * (2 * rng.next_float() - 1);
+    for (float& v : a->B) v = dyadic ? (float)((int)rng.next_below(511) - 255) / 256.0f : b_range * (2 * rng.next_float() - 1);
+    std::vector<bf16_bits> A_bits = to_bf16(a->A), B_bits = to_bf16(a->B);  // PEFT-like values: the bf16 copies
+    a->A_dev.assign(A_bits);
+    a->B_dev.assign(B_bits);
+    group.adapters.back().reset(a);
+}
+
+// x rows m = the unit vector of column first + m: y[m] is then column first + m of W (plus bias and adapter).
+std::vector<float> one_hot_rows(int M, int in, int first) {
+    std::vector<float> x((size_t)M * in, 0.0f);
+    for (int m = 0; m < M; m++) x[(size_t)m * in + (first + m) % in] = 1.0f;
+    return x;
+}
+
+// Every column of every weight through one-hot x at several M (each n-tile count of the kernel): GPU == CPU exactly.
+void check_exact(const DecodeGroup& group, bool simple) {
+    const int in = (int)group.linears[0]->host.in;
+    size_t compared = 0;
+    for (int M : {1, 6, 12, 30, 48, 64}) {
+        for (int first = 0; first < in; first += M) {
+            std::vector<float> x = one_hot_rows(M, in, first);
+            std::vector<std::vector<float>> got = group.run(x, M, simple);
+            for (size_t g = 0; g < group.linears.size(); g++) {
+                std::vector<float> ref = group.reference((int)g, x, M);
+                size_t mismatches = 0, first_bad = 0;
+                for (size_t i = 0; i < ref.size(); i++)
+                    if (!(got[g][i] == ref[i]) && mismatches++ == 0) first_bad = i;
+                INFO("M " << M << ", columns from " << first << ", linear " << g << ": " << mismatches << " of "
+                          << ref.size() << " differ; first [" << first_bad << "] got " << got[g][first_bad] << " ref "
+                          << ref[first_bad]);
+                REQUIRE(mismatches == 0);
+                compared += ref.size();
+            }
+            if (M > 6 && first + M >= 3 * M) break;  // the large tiles on a few column batches: the M = 1, 6 passes cover all
+        }
+    }
+    printf("  decode_linear exact (%s): %zu outputs bit-identical to the CPU reference\n", simple ? "simple" : "mma",
+           compared);
+}
+
+}  // namespace
+
+TEST_CASE("decode_linear: one-hot rows reproduce every NF4 weight, bias and adapter term bit for bit", "[gpu][decode_linear]") {
+    Rng rng(5150);
+    // q, k, v of a small model: out 64, 32, 32 over in 256 (two k chunks: the split-K path at small M), the middle
+    // linear without adapter, q without bias
+    DecodeGroup group;
+    group.R = 16;
+    group.scale = 0.5f;  // a power of two: the scaling is exact too
+    add_linear(group, 64, 256, LinearFormat::NF4, false, true, true, rng);
+    add_linear(group, 32, 256, LinearFormat::NF4, true, false, true, rng);
+    add_linear(group, 32, 256, LinearFormat::NF4, true, true, true, rng);
+    check_exact(group, false);
+    check_exact(group, true);
+
+    // in 72 (not a multiple of 32) and out 24 (not a multiple of 16): the launcher falls back to the simple kernel
+    DecodeGroup odd;
+    odd.R = 8;
+    odd.scale = 2.0f;
+    add_linear(odd, 24, 72, LinearFormat::NF4, true, true, true, rng);
+    check_exact(odd, false);
+
+    // bf16 weights (the lm_head and bf16 checkpoints), out 48 and 160, in 136 (a partial last k chunk)
+    DecodeGroup bf;
+    bf.R = 32;
+    bf.scale = 0.25f;
+    add_linear(bf, 48, 136, LinearFormat::BF16, true, true, true, rng);
+    add_linear(bf, 160, 136, LinearFormat::BF16, false, true, true, rng);
+    check_exact(bf, false);
+}
+
+TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v width, and are reproducible", "[gpu][decode_linear]") {
+    Rng rng(2718);
+    // k_proj and v_proj of Qwen2.5-7B [512, 3584] (112 chunks of 128: many k splits) plus a 128-row linear without
+    // adapter; PEFT-sized adapters (B nonzero, as after training) with alpha/R = 2
+    DecodeGroup group;
+    group.R = 32;
+    group.scale = 2.0f;
+    add_linear(group, 512, 3584, LinearFormat::NF4, true, true, false, rng);
+    add_linear(group, 128, 3584, LinearFormat::NF4, false, false, false, rng);
+    add_linear(group, 512, 3584, LinearFormat::NF4, true, true, false, rng);
+    for (int M : {1, 6, 48, 64, 70}) {
+        std::vector<float> x((size_t)M * 3584);
+        fill_uniform(x, rng);
+        for (float& v : x) v = round_bf16(v);
+        std::vector<std::vector<float>> got = group.run(x, M, false);
+        std::vector<std::vector<float>> again = group.run(x, M, false);
+        for (size_t g = 0; g < group.linears.size(); g++) {
+            INFO("M " << M << ", linear " << g);
+            std::vector<float> ref = group.reference((int)g, x, M);
+            // Both sides sum in fp32 (different orders: ~1e-6 relative) and round to bf16, so a sum near a rounding
+            // boundary may go either way: one ulp, 2^-7 relative at most. With an adapter the GPU's x A^T is rounded
+            // to bf16 (2^-9 of the adapter term, which is as large as y here), and a flipped base rounding is carried
+            // into the sum: together under one ulp of the largest |y|, the absolute part (test_linear.cpp's bound).
+            // Without an adapter only sum-order flips remain: at most 1% of the elements may differ in their bits.
+            const bool adapted = group.adapters[g] != nullptr;
+            check_close("y", got[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128, adapted ? 1.0 : 0.01);
+            // the same bits on a second call: fixed summation order, and the split-K counters reset themselves
+            size_t differ = 0;
+            for (size_t i = 0; i < got[g].size(); i++) differ += !(got[g][i] == again[g][i]);
+            CHECK(differ == 0);
+        }
+    }
+    // the simple kernel on the same inputs, with the same tolerances
+    std::vector<float> x((size_t)6 * 3584);
+    fill_uniform(x, rng);
+    for (float& v : x) v = round_bf16(v);
+    std::vector<std::vector<float>> simple = group.run(x, 6, true);
+    for (size_t g = 0; g < group.linears.size(); g++) {
+        INFO("simple kernel, linear " << g);
+        std::vector<float> ref = group.reference((int)g, x, 6);
+        check_close("y simple", simple[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128,
+                    group.adapters[g] ? 1.0 : 0.01);
+    }
+}
+
+TEST_CASE("decode_linear: bf16 weights (an lm_head slice) match the CPU reference", "[gpu][decode_linear]") {
+    Rng rng(99);
+    DecodeGroup head;
+    add_linear(head, 4096, 896, LinearFormat::BF16, false, false, false, rng);
+    for (int M : {1, 6, 48, 64}) {
+        INFO("M " << M);
+        std::vector<float> x((size_t)M * 896);
+        fill_uniform(x, rng);
+        for (float& v : x) v = round_bf16(v);
+        std::vector<float> ref = head.reference(0, x, M);
+        // one rounding of an fp32 sum on both sides: an ulp (2^-7 relative) where a sum lies within the fp32
+        // sum-order difference (~896 * 2^-24 of sum |x w|, under 2^-12 of the largest logit) of a rounding boundary,
+        // which is also the absolute part for logits near zero; bit-equal elsewhere (at most 1% may differ)
+        check_close("logits", head.run(x, M, false)[0], ref, std::ldexp(max_abs(ref), -12), 1.0f / 128, 0.01);
+    }
+}
+
+TEST_CASE("decode_linear: one workspace serves groups of different sizes, as a decode step uses it", "[gpu][decode_linear]") {
+    Rng rng(31337);
+    // a q/k/v-like group with three adapters and a down-like single linear with one (different tile counts, ax
+    // widths and k splits), run in turn on one zeroed workspace: each must give the bits of a fresh workspace
+    DecodeGroup qkv, down;
+    qkv.R = down.R = 32;
+    qkv.scale = down.scale = 2.0f;
+    add_linear(qkv, 512, 1024, LinearFormat::NF4, true, true, false, rng);
+    add_linear(qkv, 128, 1024, LinearFormat::NF4, true, true, false, rng);
+    add_linear(qkv, 128, 1024, LinearFormat::NF4, true, true, false, rng);
+    add_linear(down, 1024, 2048, LinearFormat::NF4, false, true, false, rng);
+    std::vector<LoraLinearGpu> a = qkv.gpu_linears(), b = down.gpu_linears();
+    size_t bytes = std::max(decode_linear_workspace_bytes(a.data(), 3, 32, 64), decode_linear_workspace_bytes(b.data(), 1, 32, 64));
+    DeviceArray<uint8_t> shared(bytes);
+    cudaCheck(cudaMemset(shared.ptr, 0, bytes));
+    size_t compared = 0;
+    for (int M : {1, 6, 64, 3}) {
+        std::vector<float> x1((size_t)M * 1024), x2((size_t)M * 2048);
+        fill_uniform(x1, rng);
+        fill_uniform(x2, rng);
+        for (float& v : x1) v = round_bf16(v);
+        for (float& v : x2) v = round_bf16(v);
+        std::vector<std::vector<float>> got1 = qkv.run(x1, M, false, &shared), got2 = down.run(x2, M, false, &shared);
+        std::vector<std::vector<float>> fresh1 = qkv.run(x1, M, false), fresh2 = down.run(x2, M, false);
+        got1.push_back(got2[0]);
+        fresh1.push_back(fresh2[0]);
+        for (size_t g = 0; g < got1.size(); g++) {
+            size_t differ = 0;
+            for (size_t i = 0; i < got1[g].size(); i++) differ += !(got1[g][i] == fresh1[g][i]);
+            INFO("M " << M << ", output " << g << ": " << differ << " of " << got1[g].size() << " differ");
+            CHECK(differ == 0);
+            compared += got1[g].size();
+        }
+    }
+    printf("  decode_linear shared workspace: %zu outputs identical to fresh-workspace runs\n", compared);
+}
