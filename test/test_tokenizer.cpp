@@ -272,3 +272,61 @@ TEST_CASE("tokenizer: unknown ids and invalid UTF-8 are GrpoErrors", "[tokenizer
     REQUIRE(t.encode("").empty());
     REQUIRE(t.decode({}, false).empty());
 }
+
+TEST_CASE("the tokenize program encodes, encodes JSON lines, decodes, and refuses bad input", "[tokenizer]") {
+    require_program("./tokenize", "tokenize");
+    const Tokenizer& tokenizer = qwen_tokenizer();
+    auto ids_of = [](const std::string& json_array) {
+        JsonValue v = json_parse(json_array, "tokenize output");
+        std::vector<int> ids;
+        for (const JsonValue& x : v.array) ids.push_back((int)x.number);
+        return ids;
+    };
+    // plain mode: all of stdin is one text, CRLF and a trailing newline included
+    const std::string text = "Hello, world! 123 你好\r\n<|im_start|>user\nDON'T  stop\n";
+    TempFile input(text, ".txt");
+    CommandResult plain = run_shell("./tokenize < " + input.path);
+    REQUIRE(plain.exit_code == 0);
+    CHECK(ids_of(plain.output) == tokenizer.encode(text));
+
+    // --jsonl: one JSON string per line in, one array per line out
+    const std::vector<std::string> lines = {"first line", "  spaced\ttab", "emoji 👩‍👩‍👧 and ٣", "<|endoftext|>x"};
+    std::string jsonl;
+    for (const std::string& l : lines) jsonl += json_quote(l) + "\n";
+    TempFile jsonl_input(jsonl, ".jsonl");
+    CommandResult encoded = run_shell("./tokenize --jsonl < " + jsonl_input.path);
+    REQUIRE(encoded.exit_code == 0);
+    std::vector<std::string> out_lines = py_split(encoded.output, "\n");
+    REQUIRE(out_lines.size() == lines.size() + 1);  // the last piece is after the final newline
+    for (size_t i = 0; i < lines.size(); i++) CHECK(ids_of(out_lines[i]) == tokenizer.encode(lines[i]));
+
+    // --decode, with and without special tokens: the round trip gives the text back
+    TempFile ids_input(encoded.output, ".jsonl");
+    for (bool skip : {false, true}) {
+        CommandResult decoded = run_shell(std::string("./tokenize --decode") + (skip ? " --skip-special" : "") + " < " + ids_input.path);
+        REQUIRE(decoded.exit_code == 0);
+        std::vector<std::string> texts = py_split(decoded.output, "\n");
+        REQUIRE(texts.size() == lines.size() + 1);
+        for (size_t i = 0; i < lines.size(); i++)
+            CHECK(json_parse(texts[i], "tokenize --decode output").string == tokenizer.decode(tokenizer.encode(lines[i]), skip));
+    }
+
+    // bad input: one message naming the line, exit 1
+    struct Bad { std::string mode, input, says; };
+    const Bad bad[] = {
+        {"--jsonl", "\"ok\"\n[1, 2]\n", "<stdin>:2"},
+        {"--jsonl", "\"unterminated\n", "<stdin>:1"},
+        {"--decode", "[1, 2]\n[1, 999999]\n", "<stdin>:2"},
+        {"--decode", "[1, 2.5]\n", "<stdin>:1"},
+    };
+    for (const Bad& b : bad) {
+        TempFile f(b.input, ".jsonl");
+        CommandResult r = run_shell("./tokenize " + b.mode + " < " + f.path + " 2>&1");
+        INFO(b.mode << " " << b.input << " -> " << r.output);
+        CHECK(r.exit_code == 1);
+        CHECK(r.output.find(b.says) != std::string::npos);
+    }
+    CommandResult missing = run_shell("./tokenize -t /nonexistent/tokenizer.json < /dev/null 2>&1");
+    CHECK(missing.exit_code == 1);
+    CHECK(missing.output.find("/nonexistent/tokenizer.json") != std::string::npos);
+}
