@@ -2,8 +2,8 @@
 //
 // One loop, two backends: the loop below only talks to the Backend interface (model/backend.h). nvcc builds
 // this file into ./train_grpo; g++ builds the same file with -DGRPO_CPU_ONLY into build/train_grpo_cpu, which
-// is what CI runs (it has no GPU). The CUDA backend (model/gpu_backend.cu) computes log-probs and the LoRA
-// backward but cannot generate yet, so today a whole run needs --device cpu.
+// is what CI runs (it has no GPU). The CUDA backend (model/gpu_backend.cu) runs the whole loop on the GPU:
+// generation with a KV cache, log-probs, the LoRA backward and the optimizer step.
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -388,6 +388,11 @@ static int train(const TrainOptions& opt) {
         const int longest = (int)opt.max_prompt_length + opt.max_completion_length;
         if (opt.max_prompt_length > 0)
             gpu.max_tokens = std::max(longest, std::min(gpu.max_tokens, opt.prompts_per_step * opt.G * longest));
+        // the KV cache: a step's rollouts, each its prompt (already cut to --max-prompt-length) + a completion
+        size_t longest_prompt = 0;
+        for (const std::vector<int32_t>& prompt : task.prompts) longest_prompt = std::max(longest_prompt, prompt.size());
+        gpu.max_rollouts = opt.prompts_per_step * opt.G;
+        gpu.max_sequence_length = (int)longest_prompt + opt.max_completion_length;
         backend = make_cuda_backend(std::move(weights), std::move(lora), gpu);
 #endif
     }

@@ -50,7 +50,8 @@ public:
 std::unique_ptr<Backend> make_cpu_backend(Qwen2Weights weights, LoraWeights lora);
 
 // The CUDA backend (model/gpu_backend.cu, built by nvcc only): the host weights are uploaded as planned (NF4
-// stays NF4), the GPU memory is allocated once for options.max_tokens tokens per micro-batch and the plan printed.
-// Throws GrpoError when it does not fit. generate() is not implemented yet (it throws).
+// stays NF4), the GPU memory is allocated once for options.max_tokens tokens per micro-batch and, for generate(),
+// a KV cache of options.max_rollouts sequences of options.max_sequence_length tokens; the plan is printed.
+// Throws GrpoError when it does not fit.
 struct GpuOptions;
 std::unique_ptr<Backend> make_cuda_backend(Qwen2Weights host_weights, LoraWeights lora, const GpuOptions& options);

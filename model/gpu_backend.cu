@@ -1,9 +1,10 @@
-// gpu_backend.cu: the Backend interface on one GPU: rollouts packed into micro-batches for log-probs and the LoRA backward, the optimizer step on the device.
+// gpu_backend.cu: the Backend interface on one GPU: batched KV-cache generation (model/gpu_generate.cu), rollouts packed into micro-batches for log-probs and the LoRA backward, the optimizer step on the device.
 #include <algorithm>
 #include <cstdio>
 
 #include "data/text.h"
 #include "model/backend.h"
+#include "model/gpu_generate.h"
 #include "model/gpu_model.h"
 
 namespace {
@@ -24,11 +25,11 @@ public:
 
     const char* name() const override { return "cuda"; }
 
-    std::vector<Rollout> generate(const std::vector<std::vector<int32_t>>&, int, int, const SamplerConfig&,
-                                  const std::vector<int>&, Rng&) override {
-        throw GrpoError("--device cuda: generation (batched KV-cache sampling) is not implemented yet in this version "
-                        "of grpo.cu; the CUDA backend computes log-probs and the LoRA backward only. "
-                        "--device cpu runs the whole loop on the CPU reference (practical for tiny models only)");
+    std::vector<Rollout> generate(const std::vector<std::vector<int32_t>>& prompts, int G, int max_new_tokens,
+                                  const SamplerConfig& sampler, const std::vector<int>& stop_ids, Rng& rng) override {
+        // one draw of the run's Rng per call seeds the GPU's counter-based draws (kernels/sample.cuh), so a run
+        // resumed with the saved Rng state reproduces its rollouts; they differ from the CPU backend's draws
+        return gpu_generate(model_, prompts, G, max_new_tokens, sampler, stop_ids, rng.next_u64());
     }
 
     void completion_logprobs(const std::vector<Rollout>& rollouts, int Tc, float temperature, bool with_lora,

@@ -36,6 +36,7 @@
 #include "kernels/rope.cuh"
 #include "kernels/swiglu.cuh"
 #include "model/cpu_model.h"
+#include "model/gpu_generate.h"
 
 typedef __nv_bfloat16 bf16;
 
@@ -43,6 +44,9 @@ typedef __nv_bfloat16 bf16;
 // sequence, so a micro-batch of very unequal lengths needs more rows than tokens; they are sized for this many
 // times max_tokens (a few MB at 7B), and the packer starts a new micro-batch before B * T would exceed it.
 static const int ATTENTION_PAD_FACTOR = 4;
+
+// Positions the RoPE tables cover: a micro-batch's longest sequence, and generation's longest sequence.
+static int rope_positions(const GpuOptions& opt) { return std::max(opt.max_tokens, opt.max_sequence_length); }
 
 // ----------------------------------------------------------------------------------------------------------------
 // the memory plan
@@ -159,8 +163,8 @@ static size_t layout_activations(const Qwen2Config& cfg, int64_t nf4_max_element
     a->logit_lse = arena.take<float>(M);
     a->dlogp = arena.take<float>(M);
     a->inv_freq = arena.take<float>(cfg.HD / 2);
-    a->rope_cos = arena.take<bf16>(M * cfg.HD / 2);
-    a->rope_sin = arena.take<bf16>(M * cfg.HD / 2);
+    a->rope_cos = arena.take<bf16>((size_t)rope_positions(opt) * cfg.HD / 2);
+    a->rope_sin = arena.take<bf16>((size_t)rope_positions(opt) * cfg.HD / 2);
     line("batch + RoPE tables", "ids, positions, targets, log-probs; cos/sin for positions < max_tokens", at);
     return arena.offset;
 }
@@ -221,6 +225,7 @@ GpuMemoryPlan gpu_memory_plan(const Qwen2Config& cfg, size_t weight_bytes, int64
     plan.lines.push_back({"LoRA state", buf, plan.lora_bytes});
     GpuActs acts;
     plan.activation_bytes = layout_activations(cfg, nf4_max_elements, lora.R, options, nullptr, &acts, &plan);
+    plan.generation_bytes = gpu_generation_plan(cfg, lora, options, &plan);
     return plan;
 }
 
@@ -232,8 +237,9 @@ std::string gpu_memory_plan_table(const GpuMemoryPlan& plan) {
                  line.detail.c_str());
         out += buf;
     }
-    snprintf(buf, sizeof(buf), "  %-20s %11.1f MiB  (%.2f GiB in 3 allocations: weights, LoRA, activations)\n",
-             "total", plan.total() / 1048576.0, plan.total() / 1073741824.0);
+    snprintf(buf, sizeof(buf), "  %-20s %11.1f MiB  (%.2f GiB in %d allocations: weights, LoRA, activations%s)\n",
+             "total", plan.total() / 1048576.0, plan.total() / 1073741824.0, plan.generation_bytes > 0 ? 4 : 3,
+             plan.generation_bytes > 0 ? ", generation" : "");
     return out + buf;
 }
 
@@ -273,6 +279,8 @@ struct GpuModel {
 
     char* act_buffer = nullptr;
     GpuActs acts;
+    char* generation_buffer = nullptr;  // KV cache + decode working set (model/gpu_generate.cu lays it out)
+    const GpuKVSink* kv_sink = nullptr;  // set during a forward that feeds a KV cache
 
     // the resident micro-batch (its checkpoints, final norm and logit logsumexps are in acts)
     GpuBatch batch;
@@ -329,6 +337,11 @@ GpuModel* gpu_model_create(const Qwen2Weights& host_weights, const LoraWeights& 
     if (options.max_tokens < 1 || options.logits_chunk_rows < 1)
         throw GrpoError("GpuOptions: max_tokens and logits_chunk_rows must be positive, got " +
                         std::to_string(options.max_tokens) + " and " + std::to_string(options.logits_chunk_rows));
+    if (options.max_rollouts < 0 || options.max_sequence_length < 0 ||
+        (options.max_rollouts > 0) != (options.max_sequence_length > 0))
+        throw GrpoError("GpuOptions: max_rollouts and max_sequence_length are both positive (generation) or both 0, "
+                        "got " + std::to_string(options.max_rollouts) + " and " +
+                        std::to_string(options.max_sequence_length));
     if (lora.slots.size() != (size_t)cfg.L || lora.params.size() != lora_layout(cfg, lora.lora).num_params)
         throw GrpoError("gpu_model_create: the LoRA weights are not laid out for this model (" +
                         std::to_string(lora.slots.size()) + " layers, " + std::to_string(lora.params.size()) +
@@ -380,7 +393,7 @@ GpuModel* gpu_model_create(const Qwen2Weights& host_weights, const LoraWeights& 
         gpu_model_lora_upload(m, lora);
 
         // 3. activations and scratch
-        char buf[160];
+        char buf[256];
         snprintf(buf, sizeof(buf), "lower the micro-batch size GpuOptions::max_tokens (now %d tokens: %.2f MiB each)",
                  options.max_tokens, m->plan.activation_bytes / 1048576.0 / options.max_tokens);
         m->act_buffer = (char*)device_alloc("activations and scratch", m->plan.activation_bytes, buf);
@@ -390,7 +403,17 @@ GpuModel* gpu_model_create(const Qwen2Weights& host_weights, const LoraWeights& 
         std::vector<float> inv_freq = cpu_rope_inv_freq(cfg.HD, cfg.rope_theta);
         cudaCheck(cudaMemcpyAsync(m->acts.inv_freq, inv_freq.data(), inv_freq.size() * sizeof(float),
                                   cudaMemcpyHostToDevice, m->stream));
-        rope_tables(m->acts.rope_cos, m->acts.rope_sin, m->acts.inv_freq, options.max_tokens, cfg.HD, m->stream);
+        rope_tables(m->acts.rope_cos, m->acts.rope_sin, m->acts.inv_freq, rope_positions(options), cfg.HD, m->stream);
+
+        // 4. generation: the KV cache and the decode step's buffers, zeroed once (the decode GEMMs' tile counters
+        // must start at zero)
+        if (m->plan.generation_bytes > 0) {
+            snprintf(buf, sizeof(buf), "lower the rollouts in flight (--prompts-per-step x -g, now %d) or the sequence "
+                     "length (--max-prompt-length + --max-completion-length, now %d)", options.max_rollouts,
+                     options.max_sequence_length);
+            m->generation_buffer = (char*)device_alloc("KV cache and decode buffers", m->plan.generation_bytes, buf);
+            cudaCheck(cudaMemsetAsync(m->generation_buffer, 0, m->plan.generation_bytes, m->stream));
+        }
         cudaCheck(cudaStreamSynchronize(m->stream));
     } catch (...) {
         gpu_model_destroy(m);
@@ -404,6 +427,7 @@ void gpu_model_destroy(GpuModel* m) {
     if (m->stream) cudaCheck(cudaStreamSynchronize(m->stream));
     matmul_destroy(m->matmul);
     if (m->lt) cublasCheck(cublasLtDestroy(m->lt));
+    cudaCheck(cudaFree(m->generation_buffer));
     cudaCheck(cudaFree(m->act_buffer));
     cudaCheck(cudaFree(m->lora_buffer));
     cudaCheck(cudaFree(m->weight_buffer));
@@ -489,6 +513,7 @@ static void layer_forward(GpuModel* m, int l, bool with_lora, const bf16* x, bf1
     lora_linear_forward(m->matmul, group, 3, a.ln1, N, R, scale, qkv, a.ax_qkv, a.w_scratch, s);
     rope_forward(a.q, a.q, a.positions, a.rope_cos, a.rope_sin, N, cfg.NH, cfg.HD, s);
     rope_forward(a.k, a.k, a.positions, a.rope_cos, a.rope_sin, N, cfg.KVH, cfg.HD, s);
+    if (m->kv_sink) (*m->kv_sink)(l, a.k, a.v);
     attention_forward(a.att, a.att_lse, a.q, a.k, a.v, a.cu_seqlens, m->batch.num_sequences(), m->longest, cfg.NH,
                       cfg.KVH, cfg.HD, s);
     linear_group(m, l, LIN_O, 1, with_lora, group);
@@ -551,7 +576,7 @@ static bf16* checkpoint(GpuModel* m, int l) {
 }
 
 uint64_t gpu_model_forward(GpuModel* m, const GpuBatch& batch, bool with_lora, float temperature,
-                           std::vector<float>* logp) {
+                           std::vector<float>* logp, const GpuKVSink& kv_sink) {
     const Qwen2Config& cfg = m->cfg;
     const int N = batch.num_tokens(), B = batch.num_sequences(), M = (int)batch.rows.size();
     if (N < 1 || B < 1 || batch.cu_seqlens[0] != 0 || batch.cu_seqlens[B] != N)
@@ -601,7 +626,9 @@ uint64_t gpu_model_forward(GpuModel* m, const GpuBatch& batch, bool with_lora, f
     if (M > 0) cudaCheck(cudaMemcpyAsync(a.rows, batch.rows.data(), M * sizeof(int), cudaMemcpyHostToDevice, s));
 
     embedding_forward(checkpoint(m, 0), a.tokens, (const bf16*)m->weights.embed, N, cfg.C, s);
+    m->kv_sink = kv_sink ? &kv_sink : nullptr;  // only this forward's layers feed it (never the backward's recompute)
     for (int l = 0; l < cfg.L; l++) layer_forward(m, l, with_lora, checkpoint(m, l), checkpoint(m, l + 1));
+    m->kv_sink = nullptr;
     rmsnorm_forward(a.final_h, a.final_rstd, checkpoint(m, cfg.L), (const bf16*)m->weights.final_norm, N, cfg.C,
                     cfg.rms_norm_eps, s);
     logp->assign(M, 0.0f);
@@ -650,6 +677,29 @@ void gpu_model_backward(GpuModel* m, const std::vector<float>& dlogp) {
     }
     // d_resid now holds dloss/d(embeddings): the embedding table is frozen, so it stops here
     cudaCheck(cudaStreamSynchronize(s));
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// for generation
+
+GpuModelParts gpu_model_parts(GpuModel* m) {
+    GpuModelParts p;
+    p.cfg = &m->cfg;
+    p.weights = &m->weights;
+    p.stream = m->stream;
+    p.matmul = m->matmul;
+    p.rope_cos = m->acts.rope_cos;
+    p.rope_sin = m->acts.rope_sin;
+    p.rope_positions = rope_positions(m->options);
+    p.final_h = m->acts.final_h;
+    p.generation = m->generation_buffer;
+    p.generation_bytes = m->plan.generation_bytes;
+    p.lora = &m->lora_cfg;
+    return p;
+}
+
+void gpu_model_linear_group(const GpuModel* m, int l, int first, int G, bool with_lora, LoraLinearGpu* out) {
+    linear_group(m, l, first, G, with_lora, out);
 }
 
 // ----------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -18,22 +19,29 @@ struct GpuOptions {
     int max_tokens = 16384;
     // Rows of logits materialized at once by the lm_head log-prob kernels (kernels/logprob.cuh).
     int logits_chunk_rows = 1024;
+    // Generation (model/gpu_generate.cu): the KV cache holds max_rollouts sequences (prompts per step x G) of up
+    // to max_sequence_length tokens (prompt + completion); 0 rollouts: no cache, and generate() refuses. At
+    // Qwen2.5-7B the cache takes 56 KiB per token (28 layers x k, v x 4 KV heads x 128 x bf16): 48 x 456 tokens
+    // is 1.2 GiB.
+    int max_rollouts = 0;
+    int max_sequence_length = 0;
     bool print_memory_plan = true;  // print the table below at creation
 };
 
-// The memory plan: every byte the model asks cudaMalloc for, in three allocations (weights, LoRA state,
-// activations + scratch), as lines of a table.
+// The memory plan: every byte the model asks cudaMalloc for, in up to four allocations (weights, LoRA state,
+// activations + scratch, and with GpuOptions::max_rollouts the KV cache + decode working set), as lines of a table.
 struct GpuMemoryLine {
     std::string name, detail;
     size_t bytes = 0;
 };
 struct GpuMemoryPlan {
     std::vector<GpuMemoryLine> lines;
-    size_t weight_bytes = 0, lora_bytes = 0, activation_bytes = 0;
-    size_t total() const { return weight_bytes + lora_bytes + activation_bytes; }
+    size_t weight_bytes = 0, lora_bytes = 0, activation_bytes = 0, generation_bytes = 0;
+    size_t total() const { return weight_bytes + lora_bytes + activation_bytes + generation_bytes; }
 };
 // The plan for a model whose planned weight buffer has weight_bytes (WeightPlan::total_bytes) and whose largest
-// NF4 linear has nf4_max_elements weights (0 when the linears are bf16). Pure arithmetic: no GPU needed.
+// NF4 linear has nf4_max_elements weights (0 when the linears are bf16). Pure arithmetic: no GPU needed, except
+// with options.max_rollouts > 0, where the decode GEMMs' split-K scratch depends on the GPU's SM count.
 GpuMemoryPlan gpu_memory_plan(const Qwen2Config& cfg, size_t weight_bytes, int64_t nf4_max_elements,
                               const LoraConfig& lora, const GpuOptions& options);
 // The plan as a printable table (sizes in MiB, the total in GiB).
@@ -65,11 +73,16 @@ void gpu_model_destroy(GpuModel* model);
 const GpuMemoryPlan& gpu_model_memory_plan(const GpuModel* model);
 const GpuOptions& gpu_model_options(const GpuModel* model);
 
+// Called by a forward right after each layer computed its k (after RoPE) and v, [Ntok, KVH*HD] bf16 device
+// arrays, with work queued on the model's stream: generation's prefill copies them into its KV cache.
+typedef std::function<void(int layer, const void* k, const void* v)> GpuKVSink;
+
 // Forward of one micro-batch (at most options.max_tokens tokens) with or without the adapters, keeping every
 // layer's input (the checkpoints) for a backward. logp receives log softmax(logits / temperature)[next token] of
 // batch.rows, in that order. Every call returns a new id; gpu_model_resident_id says whose activations are held.
+// kv_sink, when set, sees every layer's k and v (see GpuKVSink).
 uint64_t gpu_model_forward(GpuModel* model, const GpuBatch& batch, bool with_lora, float temperature,
-                           std::vector<float>* logp);
+                           std::vector<float>* logp, const GpuKVSink& kv_sink = GpuKVSink());
 uint64_t gpu_model_resident_id(const GpuModel* model);
 // Backward of the resident micro-batch (its forward made with LoRA): given dloss/dlogp of its rows (in batch.rows
 // order), ADDS dloss/dA and dloss/dB into the device gradients. Each layer is recomputed from its checkpoint.
@@ -89,3 +102,25 @@ float gpu_model_optimizer_step(GpuModel* model, double lr, double max_grad_norm,
 // every row, chunk by chunk).
 std::vector<float> gpu_model_hidden_state(GpuModel* model, int i);
 std::vector<float> gpu_model_logits(GpuModel* model);
+
+// ---- what generation (model/gpu_generate.cu) reads of the model ----------------------------------------------
+// Declared here without CUDA headers, so host code can include this file.
+struct LoraLinearGpu;  // kernels/matmul.cuh
+struct MatmulContext;  // kernels/matmul.cuh
+struct CUstream_st;    // what cudaStream_t points to
+struct GpuModelParts {
+    const Qwen2Config* cfg = nullptr;
+    const Qwen2Weights* weights = nullptr;  // views of the device weight buffer
+    CUstream_st* stream = nullptr;          // every launch of the model goes on it
+    MatmulContext* matmul = nullptr;
+    const void *rope_cos = nullptr, *rope_sin = nullptr;  // bf16 [rope_positions, HD/2]
+    int rope_positions = 0;                               // max(max_tokens, max_sequence_length)
+    const void* final_h = nullptr;  // the last forward's final norm output [Ntok, C] bf16 (row n of its batch)
+    void* generation = nullptr;     // the generation allocation, zeroed once at creation
+    size_t generation_bytes = 0;
+    const LoraConfig* lora = nullptr;  // the adapters' rank, scale and targets
+};
+GpuModelParts gpu_model_parts(GpuModel* model);
+// Layer l's linears first..first+G-1 (LIN_Q, 3: q k v) as kernels/matmul's group, the adapters' bf16 copies
+// included when with_lora: what the forward multiplies with.
+void gpu_model_linear_group(const GpuModel* model, int l, int first, int G, bool with_lora, LoraLinearGpu* out);
