@@ -33,11 +33,11 @@ LAB_SRCS := $(wildcard dev/cuda/*.cu)
 LABS := $(LAB_SRCS:dev/cuda/%.cu=$(BUILD)/lab_%)
 TOOLS := tokenize rewards quantize score merge_lora
 
-.PHONY: all tools cuda labs test test-gpu oracles tokenizer bench clean
+.PHONY: all tools cuda labs gpu-benches test test-gpu oracles tokenizer bench clean
 all: tools $(TOKENIZER_JSON)
 tools: $(TOOLS)
 # What CI can check without a GPU: every CUDA translation unit compiles and every GPU program links.
-cuda: train_grpo $(BUILD)/test_gpu labs $(BUILD)/bench_policy_step
+cuda: train_grpo $(BUILD)/test_gpu labs gpu-benches
 
 $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
@@ -131,9 +131,11 @@ $(BUILD)/lab_%: dev/cuda/%.cu $(KERNEL_OBJS) $(BUILD)/libgrpo.a
 	$(NVCC) $(NVCCFLAGS) -MMD -MP $< $(KERNEL_OBJS) $(BUILD)/libgrpo.a -o $@ -lcublasLt
 labs: $(LABS)
 
-# The policy-update benchmark at Qwen2.5 shapes (dev/bench_policy.sh runs it next to the HF + PEFT peer).
-$(BUILD)/bench_policy_step: dev/bench_policy_step.cu $(KERNEL_OBJS) $(BUILD)/libgrpo.a
+# The GPU benchmarks at Qwen2.5 shapes (dev/bench_policy.sh, dev/bench_generate.sh run them next to the HF + PEFT peer).
+GPU_BENCHES := $(patsubst dev/%.cu,$(BUILD)/%,$(wildcard dev/bench_*.cu))
+$(GPU_BENCHES): $(BUILD)/bench_%: dev/bench_%.cu $(KERNEL_OBJS) $(BUILD)/libgrpo.a
 	$(NVCC) $(NVCCFLAGS) $< $(KERNEL_OBJS) $(BUILD)/libgrpo.a -o $@ -lcublasLt
+gpu-benches: $(GPU_BENCHES)
 
 # ---- benchmarks (dev/bench_*.cpp, one program each) -------------------------------------------
 BENCH_SRCS := $(wildcard dev/bench_*.cpp)

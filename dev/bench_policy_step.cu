@@ -25,39 +25,6 @@
 #include "model/gpu_model.h"
 #include "model/weights.h"
 
-// A random base in the NF4 plan: random codes and absmax bytes with bitsandbytes' tables, bf16 embeddings,
-// norms and biases. Quantizing real random weights would take minutes on the host and change nothing here.
-static Qwen2Weights random_nf4_weights(const Qwen2Config& cfg, std::shared_ptr<uint8_t>* keep) {
-    WeightPlan plan = weight_plan(cfg, LinearFormat::NF4);
-    std::shared_ptr<uint8_t> buffer = weights_alloc(plan);
-    Rng rng(1234);
-    float code[16], nested[256];
-    nf4_default_code(code);
-    nf4_default_nested_code(nested);
-    for (const PlannedTensor& t : plan.tensors) {
-        uint8_t* p = buffer.get() + t.offset;
-        if (t.name.size() > 13 && t.name.compare(t.name.size() - 13, 13, ".quant_tables") == 0) {
-            float* table = (float*)p;
-            table[0] = 0.01f;  // nested offset
-            memcpy(table + 1, code, sizeof(code));
-            memcpy(table + 17, nested, sizeof(nested));
-        } else if (t.dtype == "F32") {  // nested absmax
-            for (size_t i = 0; i < t.bytes / 4; i++) ((float*)p)[i] = 0.005f;
-        } else if (t.dtype == "U8") {  // packed codes, absmax bytes: 8 random bytes per draw (3.4 GB at 7B)
-            for (size_t i = 0; i < t.bytes; i += 8) {
-                uint64_t r = rng.next_u64();
-                memcpy(p + i, &r, std::min<size_t>(8, t.bytes - i));
-            }
-        } else {
-            bool norm = t.name.find("norm") != std::string::npos;
-            for (size_t i = 0; i < t.bytes / 2; i++)
-                ((bf16_bits*)p)[i] = f32_to_bf16(norm ? 1.0f : 0.04f * (rng.next_float() - 0.5f));
-        }
-    }
-    *keep = buffer;
-    return weights_from_buffer(plan, buffer.get(), buffer.get(), buffer);
-}
-
 int main(int argc, char** argv) {
     try {
         std::string preset = argc > 1 ? argv[1] : "7B";
@@ -72,8 +39,7 @@ int main(int argc, char** argv) {
 
         size_t free0 = 0, total = 0;
         cudaCheck(cudaMemGetInfo(&free0, &total));
-        std::shared_ptr<uint8_t> host_buffer;
-        Qwen2Weights weights = random_nf4_weights(cfg, &host_buffer);
+        Qwen2Weights weights = weights_random(cfg, LinearFormat::NF4, 1234);
         GpuModel* model = gpu_model_create(weights, lora, options);
 
         // the rollouts: B sequences of T tokens, the last T - P are the completion

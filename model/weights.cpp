@@ -1,9 +1,11 @@
 // weights.cpp: the memory plan of the base weights (every tensor's offset in one flat buffer) and the per-layer views into it.
 #include "model/weights.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
+#include "data/rng.h"
 #include "data/text.h"
 #include "model/safetensors.h"
 
@@ -191,4 +193,35 @@ std::shared_ptr<uint8_t> weights_alloc(const WeightPlan& plan) {
     if (!p) throw GrpoError("out of host memory: the weights need " + std::to_string(plan.total_bytes) + " bytes");
     memset(p, 0, bytes);
     return std::shared_ptr<uint8_t>(p, free);
+}
+
+Qwen2Weights weights_random(const Qwen2Config& cfg, LinearFormat format, uint64_t seed) {
+    WeightPlan plan = weight_plan(cfg, format);
+    std::shared_ptr<uint8_t> buffer = weights_alloc(plan);
+    Rng rng(seed);
+    float code[16], nested[256];
+    nf4_default_code(code);
+    nf4_default_nested_code(nested);
+    for (const PlannedTensor& t : plan.tensors) {
+        uint8_t* p = buffer.get() + t.offset;
+        bool tables = t.name.size() > 13 && t.name.compare(t.name.size() - 13, 13, ".quant_tables") == 0;
+        if (tables) {
+            float* table = (float*)p;
+            table[0] = 0.01f;  // nested offset
+            memcpy(table + 1, code, sizeof(code));
+            memcpy(table + 17, nested, sizeof(nested));
+        } else if (t.dtype == "F32") {  // nested absmax
+            for (size_t i = 0; i < t.bytes / 4; i++) ((float*)p)[i] = 0.005f;
+        } else if (t.dtype == "U8") {  // packed codes and absmax bytes, 8 random bytes per draw
+            for (size_t i = 0; i < t.bytes; i += 8) {
+                uint64_t r = rng.next_u64();
+                memcpy(p + i, &r, std::min<size_t>(8, t.bytes - i));
+            }
+        } else {
+            bool norm = t.name.find("norm") != std::string::npos;
+            bf16_bits* values = (bf16_bits*)p;
+            for (size_t i = 0; i < t.bytes / 2; i++) values[i] = f32_to_bf16(norm ? 1.0f : 0.04f * (rng.next_float() - 0.5f));
+        }
+    }
+    return weights_from_buffer(plan, buffer.get(), buffer.get(), buffer);
 }

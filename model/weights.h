@@ -90,3 +90,8 @@ void weights_store_bf16(const WeightPlan& plan, const std::string& name, const b
 void weights_store_nf4(const WeightPlan& plan, const std::string& name, const NF4Tensor& t, uint8_t* buffer);
 // A zeroed heap buffer of plan.total_bytes, aligned to WEIGHT_ALIGN; the shared_ptr frees it.
 std::shared_ptr<uint8_t> weights_alloc(const WeightPlan& plan);
+
+// A model of the given shape with random weights, for benchmarks and smoke runs: bf16 tensors uniform in
+// +-0.02 (norms 1); with NF4, random codes and absmax bytes under bitsandbytes' tables (quantizing random bf16
+// weights would take minutes at 7B and change nothing a benchmark measures). Deterministic for a seed.
+Qwen2Weights weights_random(const Qwen2Config& cfg, LinearFormat format, uint64_t seed);

@@ -13,7 +13,6 @@
 
 #include "data/json.h"
 #include "lora/peft.h"
-#include "data/rng.h"
 #include "model/bin_format.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -162,15 +161,7 @@ TEST_CASE("train_grpo runs the GSM8K task with the Qwen tokenizer, the five rewa
     // tiny widths, written as a .bin: small weights keep the logits flat, so completions are random text
     Qwen2Config cfg = qwen2_preset("tiny");
     cfg.V = 151936;
-    WeightPlan plan = weight_plan(cfg, LinearFormat::BF16);
-    std::shared_ptr<uint8_t> buffer = weights_alloc(plan);
-    Rng rng(11);
-    for (const PlannedTensor& t : plan.tensors) {
-        bf16_bits* values = (bf16_bits*)(buffer.get() + t.offset);
-        bool norm = t.name.find("norm") != std::string::npos;
-        for (size_t i = 0; i < t.bytes / 2; i++) values[i] = f32_to_bf16(norm ? 1.0f : 0.02f * (rng.next_float() - 0.5f));
-    }
-    bin_save(temp / "model.bin", weights_from_buffer(plan, buffer.get(), buffer.get(), buffer));
+    bin_save(temp / "model.bin", weights_random(cfg, LinearFormat::BF16, 11));
 
     CommandResult result = run_shell(std::string(kTrainer) + " --device cpu -m " + (temp / "model.bin") +
                                      " -g 2 --max-steps 2 --max-completion-length 6 --lora-r 4 --save-every 100"

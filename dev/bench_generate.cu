@@ -1,0 +1,89 @@
+// bench_generate.cu: batched generation at a Qwen2.5 shape on one GPU (random NF4 base, LoRA r=32 on all seven projections): tokens/s, time per decode step against the memory roofline, memory.
+//
+// Build and run on the GPU machine:  make build/bench_generate && ./build/bench_generate [7B] [PROMPT_LEN] [NEW_TOKENS] [M,M,...]
+// (dev/bench_generate.sh runs it next to the HF + PEFT peer's generate.) Stop tokens are ignored, so every
+// sequence runs to NEW_TOKENS and the work is the same for every implementation. Each batch of M sequences
+// has M different prompts. A decode step must read every weight once and every sequence's KV cache, so the
+// roofline of a step is max(bytes / 4.27 TB/s, FLOPs / 800 TFLOP/s); the time per step below includes the
+// prefill, amortized over the new tokens.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "data/rng.h"
+#include "data/text.h"
+#include "kernels/cuda_common.cuh"
+#include "lora/lora.h"
+#include "model/gpu_generate.h"
+#include "model/gpu_model.h"
+#include "model/weights.h"
+
+int main(int argc, char** argv) {
+    try {
+        std::string preset = argc > 1 ? argv[1] : "7B";
+        int P = argc > 2 ? atoi(argv[2]) : 256, new_tokens = argc > 3 ? atoi(argv[3]) : 512;
+        std::vector<int> batches;
+        std::stringstream list(argc > 4 ? argv[4] : "6,48,64");
+        for (std::string item; std::getline(list, item, ',');) batches.push_back(atoi(item.c_str()));
+        int max_M = 0;
+        for (int M : batches) max_M = std::max(max_M, M);
+
+        Qwen2Config cfg = qwen2_preset(preset);
+        LoraConfig lc;  // r = 32, alpha = 32 on all seven projections
+        LoraWeights lora = lora_create(cfg, lc);
+        lora_init_peft(&lora, 7);
+        Qwen2Weights weights = weights_random(cfg, LinearFormat::NF4, 1234);
+        GpuOptions options;
+        options.max_tokens = P;  // the prefill runs one prompt at a time
+        options.max_rollouts = max_M;
+        options.max_sequence_length = P + new_tokens;
+        size_t free0 = 0, total = 0;
+        cudaCheck(cudaMemGetInfo(&free0, &total));
+        GpuModel* model = gpu_model_create(weights, lora, options);
+        size_t free1 = 0;
+        cudaCheck(cudaMemGetInfo(&free1, &total));
+
+        // what one decode step must read: the weights once, and on average half of the final KV cache per sequence
+        double weight_bytes = (double)weights.plan.total_bytes - (double)cfg.V * cfg.C * 2;  // embedding rows: one each
+        double linear_params = 0;
+        for (int s = 0; s < NUM_LINEAR; s++) linear_params += (double)linear_out_features(cfg, s) * linear_in_features(cfg, s);
+        linear_params = linear_params * cfg.L + (double)cfg.V * cfg.C;
+        Rng rng(42);
+        SamplerConfig sampler;  // temperature 1, top-p 1, top-k off: the peer's settings
+        sampler.vocab_limit = cfg.V - 64;
+        for (int M : batches) {
+            std::vector<std::vector<int32_t>> prompts(M, std::vector<int32_t>(P));
+            for (auto& p : prompts)
+                for (int32_t& id : p) id = (int32_t)rng.next_below(150000);
+            gpu_generate(model, prompts, 1, 8, sampler, {}, 1);  // warm-up: first touches, cuBLASLt heuristics
+            cudaCheck(cudaDeviceSynchronize());
+            auto t0 = std::chrono::steady_clock::now();
+            std::vector<Rollout> out = gpu_generate(model, prompts, 1, new_tokens, sampler, {}, 2);
+            cudaCheck(cudaDeviceSynchronize());
+            double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+            size_t generated = 0;
+            for (const Rollout& r : out) generated += r.completion.size();
+            double kv_bytes = (double)M * (P + new_tokens / 2.0) * cfg.L * 2.0 * cfg.KVH * cfg.HD * 2;
+            double step_bytes = weight_bytes + kv_bytes;
+            double step_flops = 2.0 * linear_params * M;
+            double roofline_ms = std::max(step_bytes / 4.27e12, step_flops / 800e12) * 1e3;
+            double step_ms = seconds * 1e3 / new_tokens;
+            printf("RESULT {\"impl\": \"grpo.cu\", \"model\": \"%s\", \"M\": %d, \"prompt\": %d, \"new_tokens\": %d, "
+                   "\"generated\": %zu, \"seconds\": %.3f, \"tokens_per_s\": %.0f, \"step_ms\": %.3f, "
+                   "\"roofline_step_ms\": %.3f, \"share_of_roofline\": %.3f, \"gpu_memory_gib\": %.2f}\n",
+                   preset.c_str(), M, P, new_tokens, generated, seconds, generated / seconds, step_ms, roofline_ms,
+                   roofline_ms / step_ms, (free0 - free1) / 1073741824.0);
+            fflush(stdout);
+        }
+        gpu_model_destroy(model);
+        return 0;
+    } catch (const GrpoError& e) {
+        fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
+}

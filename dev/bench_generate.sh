@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# bench_generate.sh: on the GPU machine, batched generation at Qwen2.5-7B shape (prompt 256, 512 new tokens, stop tokens ignored) for batches of 6, 48 and 64 sequences through grpo.cu and through HF transformers + PEFT (bf16) generate() in the same call, with a comparison table last.
+# Usage (repo root; carry dev/carry, which holds bench/hf_peft_grpo_step.py): bash dev/bench_generate.sh
+set -uo pipefail
+out="${OUT:-/tmp}"
+export NCCL_NVLS_ENABLE=0
+nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader
+make -j16 build/bench_generate > "$out/bench_build.log" 2>&1 || { grep -E "error" "$out/bench_build.log" | head -20; exit 1; }
+: > "$out/bench.log"
+./build/bench_generate 7B 256 512 6,48,64 2>&1 | tee -a "$out/bench.log" | grep -E "RESULT|error|total"
+# the peer's generate(): prompts x G = 1 x 6, 8 x 6, 8 x 8 (it forces min_new_tokens = 512, so lengths are fixed)
+for spec in 1:6 8:6 8:8; do
+    python3 dev/carry/bench/hf_peft_grpo_step.py "qwen2.5-7b:$spec:256:512:bf16" 2>&1 | tee -a "$out/bench.log" | grep -E '^\{"model'
+done
+python3 - "$out/bench.log" <<'PY'
+import json, sys
+ours, peers = {}, {}
+for line in open(sys.argv[1]):
+    if line.startswith("RESULT "):
+        r = json.loads(line[7:]); ours[r["M"]] = r
+    elif line.startswith('{"model'):
+        r = json.loads(line); peers[r["prompts"] * r["G"]] = r
+print("\n================ generation, Qwen2.5-7B shape, prompt 256, 512 new tokens ================")
+print(f"{'batch':>5s} {'grpo.cu tok/s':>14s} {'step ms':>8s} {'roofline ms':>11s} {'% roofline':>10s} {'GiB':>6s} {'peer tok/s':>11s} {'speed-up':>9s}")
+for M in sorted(ours):
+    r, p = ours[M], peers.get(M)
+    peer = p["gen_tok_per_s"] if p else float("nan")
+    print(f"{M:5d} {r['tokens_per_s']:14.0f} {r['step_ms']:8.3f} {r['roofline_step_ms']:11.3f} "
+          f"{100 * r['share_of_roofline']:9.1f}% {r['gpu_memory_gib']:6.2f} {peer:11.1f} {r['tokens_per_s'] / peer:8.1f}x")
+PY
