@@ -51,6 +51,7 @@ struct TrainOptions {
     int prompts_per_step = 1;
     int max_steps = 250;
     int save_every = 50;
+    int sample_every = 10;                           // print one completion with its rewards every N steps (0: never)
     size_t max_prompt_length = 256;
     int max_completion_length = 200;
     double lr = 5e-6, weight_decay = 0.1, adam_beta1 = 0.9, adam_beta2 = 0.99, max_grad_norm = 0.1;
@@ -70,13 +71,15 @@ struct TrainOptions {
 static void print_usage(FILE* out) {
     fprintf(out,
         "usage: train_grpo -m MODEL [options]\n"
-        "  -m PATH                      model: .bin (dev/export_hf.py, quantize), HF directory, or bitsandbytes directory\n"
+        "  -m PATH                      model: .bin (dev/export_hf.py, quantize), HF directory, or bitsandbytes directory;\n"
+        "                               without -m, an embedded tiny random model runs the same pipeline (a smoke test)\n"
         "  -t PATH                      tokenizer.json (default %s)\n"
         "  -d PATH                      GSM8K-style JSONL training data (default %s)\n"
         "  --device cuda|cpu            backend (default cuda)\n"
         "  --out DIR                    checkpoints and log.jsonl go here (default out)\n"
         "  --resume DIR                 continue from a checkpoint directory written by an earlier run\n"
         "  --save-every N               checkpoint every N steps (default 50), and always at the end and on Ctrl-C\n"
+        "  --sample-every N             print one completion with its rewards every N steps (default 10, 0 = never)\n"
         "  --max-steps N                (default 250)\n"
         "  -g G                         completions per prompt (default 6)\n"
         "  --prompts-per-step N         (default 1)\n"
@@ -136,6 +139,7 @@ static TrainOptions parse_options(int argc, char** argv) {
         else if (a == "--prompts-per-step") o.prompts_per_step = parse_int_option(a, v, 1, 1 << 20);
         else if (a == "--max-steps") o.max_steps = parse_int_option(a, v, 1, 1 << 30);
         else if (a == "--save-every") o.save_every = parse_int_option(a, v, 1, 1 << 30);
+        else if (a == "--sample-every") o.sample_every = parse_int_option(a, v, 0, 1 << 30);
         else if (a == "--max-prompt-length") o.max_prompt_length = (size_t)parse_int_option(a, v, 0, 1 << 20);
         else if (a == "--max-completion-length") o.max_completion_length = parse_int_option(a, v, 1, 1 << 20);
         else if (a == "--lr") o.lr = parse_number_option(a, v, 0, 1);
@@ -158,7 +162,6 @@ static TrainOptions parse_options(int argc, char** argv) {
         else if (a == "--seed") o.seed = (uint64_t)parse_number_option(a, v, 0, 9007199254740992.0);
         else throw GrpoError("unknown option " + a + "; see train_grpo --help");
     }
-    if (o.model_path.empty()) throw GrpoError("no model given: pass -m PATH (see README: Getting Qwen2.5 weights)");
     if (o.device != "cuda" && o.device != "cpu") throw GrpoError("--device: expected cuda or cpu, got '" + o.device + "'");
     loss_type_from_name(o.loss_type);        // both throw a GrpoError listing the valid names
     scale_rewards_from_name(o.scale_rewards);
@@ -304,6 +307,20 @@ static RunState load_run_state(const std::string& dir) {
 // ----------------------------------------------------------------------------
 // the run
 
+static std::string progress_bar(int done, int total) {
+    const int width = 20;
+    int filled = total > 0 ? (int)((int64_t)done * width / total) : width;
+    return "[" + std::string(filled, '#') + std::string(width - filled, '.') + "]";
+}
+
+static std::string format_duration(double seconds) {
+    char buf[32];
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600) snprintf(buf, sizeof(buf), "%ldh%02ldm", s / 3600, s / 60 % 60);
+    else snprintf(buf, sizeof(buf), "%ldm%02lds", s / 60, s % 60);
+    return buf;
+}
+
 static double mean_of(const std::vector<float>& x, size_t begin, size_t stride, size_t count) {
     double s = 0;
     for (size_t i = 0; i < count; i++) s += x[begin + i * stride];
@@ -321,9 +338,23 @@ static int train(const TrainOptions& opt) {
     // 1. the base model, frozen (NF4 by default), and the adapters that train
     ModelLoadOptions load_opts;
     load_opts.quantize_nf4 = opt.base_nf4;
-    Qwen2Weights weights = load_model(opt.model_path, load_opts);
+    Qwen2Weights weights;
+    if (opt.model_path.empty()) {
+        // the whole pipeline on a model small enough for any machine: real tokenizer, prompts and rewards,
+        // random weights that learn nothing useful. Said loudly, so nobody mistakes it for training.
+        Qwen2Config tiny = qwen2_preset("tiny");
+        tiny.V = 151936;  // Qwen2.5's embedding rows, so the real tokenizer fits
+        tiny.source = "the embedded tiny default";
+        weights = weights_random(tiny, opt.base_nf4 ? LinearFormat::NF4 : LinearFormat::BF16, opt.seed);
+        printf("\n*** no -m given: running the embedded TINY RANDOM model (V %d, C %d, L %d) through the whole pipeline.\n"
+               "*** It learns nothing useful. For real training pass -m MODEL (see README: Getting Qwen2.5 weights).\n\n",
+               tiny.V, tiny.C, tiny.L);
+    } else {
+        weights = load_model(opt.model_path, load_opts);
+    }
     const Qwen2Config& cfg = weights.config;
-    printf("model: %s, V %d C %d I %d L %d NH %d KVH %d HD %d, %s linears, %.1f MiB\n", opt.model_path.c_str(), cfg.V,
+    printf("model: %s, V %d C %d I %d L %d NH %d KVH %d HD %d, %s linears, %.1f MiB\n",
+           opt.model_path.empty() ? cfg.source.c_str() : opt.model_path.c_str(), cfg.V,
            cfg.C, cfg.I, cfg.L, cfg.NH, cfg.KVH, cfg.HD, linear_format_name(weights.plan.format),
            weights.plan.total_bytes / 1048576.0);
     RunState state;
@@ -423,6 +454,8 @@ static int train(const TrainOptions& opt) {
     const int G = opt.G, F = (int)task.reward_names.size();
 
     std::string last_checkpoint = state.step > 0 ? opt.resume_dir : "";
+    double total_seconds = 0;  // for the ETA: this run's steps only, a resumed run's earlier steps ran elsewhere
+    int steps_this_run = 0;
     while (state.step < opt.max_steps && !g_stop_requested) {
         auto t0 = std::chrono::steady_clock::now();
         // 4a. rollouts: G completions for each of this step's prompts
@@ -435,6 +468,7 @@ static int train(const TrainOptions& opt) {
         }
         std::vector<Rollout> rollouts = backend->generate(prompts, G, opt.max_completion_length, sampler, stop_ids, rng);
         const int N = (int)rollouts.size();
+        auto t_rollout = std::chrono::steady_clock::now();
 
         // 4b. rewards, and advantages relative to the other completions of the same prompt
         std::vector<float> per_function, rewards;
@@ -461,6 +495,7 @@ static int train(const TrainOptions& opt) {
         std::vector<float> ref_logp, logp;
         float temperature = (float)opt.temperature;
         if (opt.beta != 0.0) backend->completion_logprobs(rollouts, Tc, temperature, false, false, &ref_logp);
+        auto t_scored = std::chrono::steady_clock::now();
         backend->completion_logprobs(rollouts, Tc, temperature, true, true, &logp);
 
         // 4e. the loss, its gradient with respect to every token's log-prob, the LoRA backward, one AdamW step
@@ -484,7 +519,18 @@ static int train(const TrainOptions& opt) {
         state.epoch = order.epoch();
         state.position = order.position();
         state.rng_state = rng.state;
-        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        auto t_end = std::chrono::steady_clock::now();
+        auto secs = [](std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+            return std::chrono::duration<double>(b - a).count();
+        };
+        double seconds = secs(t0, t_end), rollout_s = secs(t0, t_rollout), train_s = secs(t_scored, t_end);
+        double completion_tokens = 0, train_tokens = 0;
+        for (const Rollout& r : rollouts) {
+            completion_tokens += r.completion.size();
+            train_tokens += r.prompt->size() + r.completion.size();
+        }
+        total_seconds += seconds;
+        steps_this_run++;
 
         // 4f. log what TRL logs, under TRL's names, so existing dashboards and habits carry over
         std::string line = "{\"step\": " + std::to_string(state.step) + ", \"loss\": " + json_number(result.loss) +
@@ -503,12 +549,29 @@ static int train(const TrainOptions& opt) {
                 ", \"clip_ratio/region_mean\": " + json_number(result.metrics.clip_ratio_region_mean) +
                 ", \"grad_norm\": " + json_number(grad_norm) + ", \"learning_rate\": " + json_number(lr) +
                 ", \"frac_reward_zero_std\": " + json_number(reward_metrics.frac_reward_zero_std) +
-                ", \"step_time\": " + json_number(seconds) + "}\n";
+                ", \"step_time\": " + json_number(seconds) + ", \"time/rollout\": " + json_number(rollout_s) +
+                ", \"time/train\": " + json_number(train_s) +
+                ", \"tokens_per_s/rollout\": " + json_number(completion_tokens / rollout_s) +
+                ", \"tokens_per_s/train\": " + json_number(train_tokens / train_s) + "}\n";
         fputs(line.c_str(), log);
         fflush(log);
-        printf("step %d/%d | loss %.6f | reward %.4f +- %.4f | kl %.6f | grad_norm %.4f | lr %.3e | len %.1f | %.2f s\n",
-               state.step, opt.max_steps, result.loss, reward_metrics.reward, reward_metrics.reward_std,
-               result.metrics.kl, grad_norm, lr, completion_stats.mean_length, seconds);
+        double eta = total_seconds / steps_this_run * (opt.max_steps - state.step);
+        printf("%s step %d/%d | loss %.6f | reward %.4f +- %.4f | kl %.6f | grad_norm %.4f | lr %.3e | len %.1f | "
+               "%.2f s (rollout %.0f tok/s, train %.0f tok/s) | ETA %s\n",
+               progress_bar(state.step, opt.max_steps).c_str(), state.step, opt.max_steps, result.loss,
+               reward_metrics.reward, reward_metrics.reward_std, result.metrics.kl, grad_norm, lr,
+               completion_stats.mean_length, seconds, completion_tokens / rollout_s, train_tokens / train_s,
+               format_duration(eta).c_str());
+        if (opt.sample_every > 0 && state.step % opt.sample_every == 0) {
+            // one completion with its rewards, so a person can see what the rewards are rewarding
+            std::string text;
+            if (tokenizer) text = json_quote(tokenizer->decode(std::vector<int>(rollouts[0].completion.begin(),
+                                                                              rollouts[0].completion.end()), true));
+            else for (int32_t id : rollouts[0].completion) text += std::to_string(id) + " ";
+            printf("  sample (prompt %zu): %s\n  rewards:", prompt_of[0], text.c_str());
+            for (int f = 0; f < F; f++) printf(" %s %.3f", task.reward_names[f].c_str(), per_function[f]);
+            printf(" | total %.3f, advantage %.3f\n", rewards[0], advantages[0]);
+        }
         fflush(stdout);
 
         if (state.step % opt.save_every == 0 && state.step < opt.max_steps) {

@@ -70,6 +70,17 @@ TEST_CASE("GRPO on the CPU backend raises a tiny model's reward and writes a PEF
                             "completions/mean_length", "completions/clipped_ratio", "kl", "grad_norm", "learning_rate",
                             "frac_reward_zero_std", "clip_ratio/region_mean"})
         CHECK(log.back().get(key) != nullptr);
+    // and ours: where the time goes, and how fast each part ran
+    for (const char* key : {"step_time", "time/rollout", "time/train", "tokens_per_s/rollout", "tokens_per_s/train"})
+        CHECK(metric(log.back(), key) > 0);
+    // the curves of the log as an SVG: one polyline each for reward, KL and length
+    CommandResult plot = run_shell("python3 dev/plot_log.py " + out + "/log.jsonl " + out + "/curves.svg 2>&1");
+    INFO(plot.output);
+    REQUIRE(plot.exit_code == 0);
+    CommandResult curves = run_shell("python3 -c \"import xml.etree.ElementTree as E; "
+                                     "print(len([e for e in E.parse('" + out + "/curves.svg').getroot().iter() "
+                                     "if e.tag.endswith('polyline')]))\"");
+    CHECK(curves.output == "3\n");
 
     // the final adapter loads as a PEFT adapter for this model
     Qwen2Config cfg = qwen2_config_load(kModel);
@@ -133,7 +144,6 @@ TEST_CASE("Ctrl-C saves a checkpoint and exits cleanly", "[train]") {
 TEST_CASE("train_grpo refuses bad options with one clear message", "[train]") {
     struct Bad { std::string args, says; };
     const Bad bad[] = {
-        {"--device cpu", "no model given"},
         {"-m " + kModel + " --device tpu", "--device: expected cuda or cpu"},
         {"-m " + kModel + " --device cpu -g 1", "option -g: expected a number in [2, 1024]"},
         {"-m " + kModel + " --device cpu --loss-type ppo", "ppo"},
@@ -177,4 +187,17 @@ TEST_CASE("train_grpo runs the GSM8K task with the Qwen tokenizer, the five rewa
     // reward's length bonus (0.5 for anything under 400 characters)
     CHECK(metric(log[0], "rewards/external/mean") == 0.5);
     CHECK(exists(temp / "checkpoint-2/adapter_model.safetensors"));
+}
+
+TEST_CASE("without -m, train_grpo runs the embedded tiny model through the whole pipeline and says so", "[train]") {
+    require_program(kTrainer, "build/train_grpo_cpu");
+    TempDir temp("grpo_train");
+    CommandResult result = run_shell(std::string(kTrainer) + " --device cpu -g 2 --max-steps 1 --max-completion-length 4"
+                                     " --lora-r 4 --out " + temp.path + " 2>&1");
+    INFO(result.output);
+    REQUIRE(result.exit_code == 0);
+    CHECK(result.output.find("no -m given: running the embedded TINY RANDOM model") != std::string::npos);
+    CHECK(result.output.find("data: 7473 prompts") != std::string::npos);
+    CHECK(read_log(temp / "log.jsonl").size() == 1);
+    CHECK(exists(temp / "checkpoint-1/adapter_model.safetensors"));
 }
