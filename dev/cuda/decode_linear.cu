@@ -83,15 +83,6 @@ __global__ void __launch_bounds__(128) cuda_core_kernel(bf16* y, const bf16* x, 
 
 // ---- the 7B linears ---------------------------------------------------------------------------------------------
 
-__global__ void fill_kernel(bf16* p, size_t n, uint64_t seed, float amplitude) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull + seed;  // splitmix64 of the index
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        z ^= z >> 31;
-        p[i] = __float2bfloat16_rn(amplitude * ((float)(z >> 40) * (2.0f / 16777216.0f) - 1.0f));
-    }
-}
 
 constexpr int R = 32;
 constexpr float SCALE = 2.0f;  // alpha 64 / r 32
@@ -158,8 +149,7 @@ struct LabLinear {
             bf16* w = nullptr;
             cudaCheck(cudaMalloc(&w, (size_t)out * in * sizeof(bf16)));
             owned.push_back(w);
-            fill_kernel<<<4096, 256>>>(w, (size_t)out * in, rng.next_u64(), 0.05f);
-            cudaCheck(cudaGetLastError());
+            fill_uniform_device(w, (size_t)out * in, rng.next_u64(), 0.05f);
             gpu.w = (const bf16_bits*)w;
             w_rows.resize(rows.size() * (size_t)in);
             for (size_t i = 0; i < rows.size(); i++)

@@ -121,3 +121,21 @@ inline void report(const char* version, float ms, double bytes, double flops) {
         printf("  %-28s %9.4f ms  %8.1f GB/s     %5.1f%% of %.2f TB/s\n", version, ms, bytes / ms / 1e6,
                100.0 * bytes / ms / 1e9 / CEILING_COPY_TBPS, CEILING_COPY_TBPS);
 }
+
+#ifdef __CUDACC__
+// Fills a device buffer with bf16 values uniform in [-amplitude, amplitude), drawn on the GPU from a splitmix64
+// of the index: 7B-sized weights and activations are hundreds of MB, too slow to draw on the host.
+static __global__ void lab_fill_uniform_kernel(__nv_bfloat16* p, size_t n, uint64_t seed, float amplitude) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull + seed;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        p[i] = __float2bfloat16_rn(amplitude * ((float)(z >> 40) * (2.0f / 16777216.0f) - 1.0f));
+    }
+}
+static inline void fill_uniform_device(__nv_bfloat16* p, size_t n, uint64_t seed, float amplitude) {
+    lab_fill_uniform_kernel<<<4096, 256>>>(p, n, seed, amplitude);
+    cudaCheck(cudaGetLastError());
+}
+#endif

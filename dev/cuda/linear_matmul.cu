@@ -25,20 +25,10 @@ static MatmulContext* ctx = nullptr;
 
 // ---- device buffers filled on the GPU (the 7B activations are hundreds of MB: too slow to draw on the host) ----
 
-__global__ void fill_kernel(__nv_bfloat16* p, size_t n, uint64_t seed, float amplitude) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull + seed;  // splitmix64 of the index
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        z ^= z >> 31;
-        p[i] = __float2bfloat16_rn(amplitude * ((float)(z >> 40) * (2.0f / 16777216.0f) - 1.0f));
-    }
-}
 static __nv_bfloat16* random_bf16(size_t n, uint64_t seed, float amplitude) {
     __nv_bfloat16* p;
     cudaCheck(cudaMalloc(&p, n * sizeof(__nv_bfloat16)));
-    fill_kernel<<<4096, 256>>>(p, n, seed, amplitude);
-    cudaCheck(cudaGetLastError());
+    fill_uniform_device(p, n, seed, amplitude);
     return p;
 }
 static float* zeros_f32(size_t n) {
