@@ -37,7 +37,7 @@ TOOLS := tokenize rewards quantize score merge_lora
 all: tools $(TOKENIZER_JSON)
 tools: $(TOOLS)
 # What CI can check without a GPU: every CUDA translation unit compiles and every GPU program links.
-cuda: train_grpo $(BUILD)/test_gpu labs gpu-benches
+cuda: train_grpo eval_gsm8k $(BUILD)/test_gpu labs gpu-benches
 
 $(BUILD)/%.o: %.cpp
 	@mkdir -p $(dir $@)
@@ -68,6 +68,15 @@ $(BUILD)/train_grpo_cpu.o: train_grpo.cu
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -DGRPO_CPU_ONLY -x c++ -MMD -MP -c $< -o $@
 $(BUILD)/train_grpo_cpu: $(BUILD)/train_grpo_cpu.o $(BUILD)/libgrpo.a
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
+# eval_gsm8k, built the same two ways
+eval_gsm8k: $(BUILD)/data/main_eval_gsm8k.o $(KERNEL_OBJS) $(BUILD)/libgrpo.a
+	$(NVCC) $(NVCCFLAGS) $^ -o $@ -lcublasLt -lnccl
+$(BUILD)/eval_gsm8k_cpu.o: data/main_eval_gsm8k.cu
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -DGRPO_CPU_ONLY -x c++ -MMD -MP -c $< -o $@
+$(BUILD)/eval_gsm8k_cpu: $(BUILD)/eval_gsm8k_cpu.o $(BUILD)/libgrpo.a
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 tokenize: $(BUILD)/tokenizer/main_tokenize.o $(BUILD)/libgrpo.a
@@ -116,7 +125,7 @@ $(BUILD)/test_cpu: $(CPU_TEST_OBJS) $(BUILD)/libgrpo.a
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 # The tests read the oracles' files and the fetched tokenizer from fixed paths under the repository root.
-test: $(BUILD)/test_cpu $(ORACLE_STAMPS) $(TOKENIZER_JSON) $(TOOLS) $(BUILD)/train_grpo_cpu
+test: $(BUILD)/test_cpu $(ORACLE_STAMPS) $(TOKENIZER_JSON) $(TOOLS) $(BUILD)/train_grpo_cpu $(BUILD)/eval_gsm8k_cpu
 	./$(BUILD)/test_cpu
 
 $(BUILD)/test_gpu: $(GPU_TEST_OBJS) $(KERNEL_OBJS) $(BUILD)/test/test_main.o $(BUILD)/libgrpo.a
@@ -146,6 +155,6 @@ bench: $(BENCHES) $(TOKENIZER_JSON)
 	@for b in $(BENCHES); do echo "== $$b"; ./$$b || exit 1; done
 
 clean:
-	rm -rf $(BUILD) $(TOOLS) train_grpo
+	rm -rf $(BUILD) $(TOOLS) train_grpo eval_gsm8k
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

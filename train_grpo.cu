@@ -27,12 +27,9 @@
 #include "model/backend.h"
 #include "model/grpo_loss.h"
 #include "model/model_file.h"
+#include "model/run_setup.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
-#ifndef GRPO_CPU_ONLY
-#include "kernels/cuda_common.cuh"
-#include "model/gpu_model.h"
-#endif
 
 // ----------------------------------------------------------------------------
 // options (defaults: TRL's GRPOConfig as Unsloth's Qwen2.5 GSM8K notebook sets it, REFERENCE.md §5)
@@ -336,27 +333,8 @@ static double std_of(const std::vector<float>& x, size_t begin, size_t stride, s
 
 static int train(const TrainOptions& opt) {
     // 1. the base model, frozen (NF4 by default), and the adapters that train
-    ModelLoadOptions load_opts;
-    load_opts.quantize_nf4 = opt.base_nf4;
-    Qwen2Weights weights;
-    if (opt.model_path.empty()) {
-        // the whole pipeline on a model small enough for any machine: real tokenizer, prompts and rewards,
-        // random weights that learn nothing useful. Said loudly, so nobody mistakes it for training.
-        Qwen2Config tiny = qwen2_preset("tiny");
-        tiny.V = 151936;  // Qwen2.5's embedding rows, so the real tokenizer fits
-        tiny.source = "the embedded tiny default";
-        weights = weights_random(tiny, opt.base_nf4 ? LinearFormat::NF4 : LinearFormat::BF16, opt.seed);
-        printf("\n*** no -m given: running the embedded TINY RANDOM model (V %d, C %d, L %d) through the whole pipeline.\n"
-               "*** It learns nothing useful. For real training pass -m MODEL (see README: Getting Qwen2.5 weights).\n\n",
-               tiny.V, tiny.C, tiny.L);
-    } else {
-        weights = load_model(opt.model_path, load_opts);
-    }
+    Qwen2Weights weights = load_base_or_tiny(opt.model_path, opt.base_nf4, opt.seed);
     const Qwen2Config& cfg = weights.config;
-    printf("model: %s, V %d C %d I %d L %d NH %d KVH %d HD %d, %s linears, %.1f MiB\n",
-           opt.model_path.empty() ? cfg.source.c_str() : opt.model_path.c_str(), cfg.V,
-           cfg.C, cfg.I, cfg.L, cfg.NH, cfg.KVH, cfg.HD, linear_format_name(weights.plan.format),
-           weights.plan.total_bytes / 1048576.0);
     RunState state;
     LoraWeights lora;
     if (!opt.resume_dir.empty()) {
@@ -400,33 +378,12 @@ static int train(const TrainOptions& opt) {
     for (const std::string& name : task.reward_names) printf(" %s", name.c_str());
     printf("\n");
 
-    // 3. the backend
-    std::unique_ptr<Backend> backend;
-    if (opt.device == "cpu") {
-        backend = make_cpu_backend(std::move(weights), std::move(lora));
-    } else {
-#ifdef GRPO_CPU_ONLY
-        throw GrpoError("this build has no CUDA backend (built with -DGRPO_CPU_ONLY); use --device cpu or ./train_grpo");
-#else
-        int num_devices = 0;
-        cudaError_t err = cudaGetDeviceCount(&num_devices);
-        if (err != cudaSuccess || num_devices == 0)
-            throw GrpoError(std::string("--device cuda: no usable CUDA device (") + cudaGetErrorString(err) +
-                            "); run on a machine with an NVIDIA GPU, or pass --device cpu for a tiny model");
-        // one micro-batch holds a whole step's rollouts when they fit the default token budget; a longest
-        // possible rollout must always fit
-        GpuOptions gpu;
-        const int longest = (int)opt.max_prompt_length + opt.max_completion_length;
-        if (opt.max_prompt_length > 0)
-            gpu.max_tokens = std::max(longest, std::min(gpu.max_tokens, opt.prompts_per_step * opt.G * longest));
-        // the KV cache: a step's rollouts, each its prompt (already cut to --max-prompt-length) + a completion
-        size_t longest_prompt = 0;
-        for (const std::vector<int32_t>& prompt : task.prompts) longest_prompt = std::max(longest_prompt, prompt.size());
-        gpu.max_rollouts = opt.prompts_per_step * opt.G;
-        gpu.max_sequence_length = (int)longest_prompt + opt.max_completion_length;
-        backend = make_cuda_backend(std::move(weights), std::move(lora), gpu);
-#endif
-    }
+    // 3. the backend, sized for one step's rollouts at their longest
+    size_t longest_prompt = 0;
+    for (const std::vector<int32_t>& prompt : task.prompts) longest_prompt = std::max(longest_prompt, prompt.size());
+    std::unique_ptr<Backend> backend = make_backend(opt.device, std::move(weights), std::move(lora),
+                                                    opt.prompts_per_step * opt.G, (int)longest_prompt,
+                                                    opt.max_completion_length);
 
     // 4. the loop: sample G completions per prompt, score them, turn rewards into advantages, and take one
     // policy-gradient step on the clipped, KL-regularised GRPO objective
