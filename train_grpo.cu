@@ -62,6 +62,7 @@ struct TrainOptions {
     int lora_r = 32;
     double lora_alpha = 32;
     bool rslora = false;
+    unsigned lora_targets = (1u << NUM_LINEAR) - 1;  // all seven projections
     uint64_t seed = 3407;
 };
 
@@ -90,6 +91,7 @@ static void print_usage(FILE* out) {
         "  --mask-truncated-completions 0|1       (default 0)\n"
         "  --temperature X  --top-p X  --top-k N  sampling (default 1.0, 1.0, off)\n"
         "  --lora-r N  --lora-alpha X  --rslora 0|1   (default 32, 32, 0)\n"
+        "  --lora-targets LIST          comma-separated modules (default q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)\n"
         "  --base nf4|bf16              how to hold a bf16 base (default nf4)\n"
         "  --reward-cmd CMD             external reward program: JSON lines in, one number per line out\n"
         "  --task gsm8k|token-range:LO:HI   (default gsm8k; token-range rewards the share of ids in [LO, HI))\n"
@@ -156,6 +158,17 @@ static TrainOptions parse_options(int argc, char** argv) {
         else if (a == "--lora-r") o.lora_r = parse_int_option(a, v, 1, 4096);
         else if (a == "--lora-alpha") o.lora_alpha = parse_number_option(a, v, 1e-6, 1e6);
         else if (a == "--rslora") o.rslora = parse_int_option(a, v, 0, 1);
+        else if (a == "--lora-targets") {
+            // comma-separated HF module names, as PEFT's target_modules: q_proj,k_proj,v_proj,...
+            o.lora_targets = 0;
+            for (const std::string& name : py_split(v, ",")) {
+                int slot = lora_slot_of_module(name);
+                if (slot < 0)
+                    throw GrpoError("--lora-targets: unknown module '" + name + "'; expected a comma-separated list of "
+                                    "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj");
+                o.lora_targets |= 1u << slot;
+            }
+        }
         else if (a == "--seed") o.seed = (uint64_t)parse_number_option(a, v, 0, 9007199254740992.0);
         else throw GrpoError("unknown option " + a + "; see train_grpo --help");
     }
@@ -347,6 +360,7 @@ static int train(const TrainOptions& opt) {
         lc.R = opt.lora_r;
         lc.alpha = (float)opt.lora_alpha;
         lc.rslora = opt.rslora;
+        lc.targets = opt.lora_targets;
         lora = lora_create(cfg, lc);
         lora_init_peft(&lora, opt.seed);
     }

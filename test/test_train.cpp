@@ -149,6 +149,7 @@ TEST_CASE("train_grpo refuses bad options with one clear message", "[train]") {
         {"-m " + kModel + " --device cpu --loss-type ppo", "ppo"},
         {"-m " + kModel + " --device cpu --task token-range:5:2", "expected token-range:LO:HI"},
         {"-m " + kModel + " --device cpu --bogus 1", "unknown option --bogus"},
+        {"-m " + kModel + " --device cpu --lora-targets q_proj,qkv", "--lora-targets: unknown module 'qkv'"},
         {"-m test/ref/qwen2/none --device cpu", "test/ref/qwen2/none"},
         // Qwen2.5's tokenizer has 151665 ids; the tiny model only 384 embedding rows
         {"-m " + kModel + " --device cpu --task gsm8k", "use the model's own tokenizer"},
@@ -200,4 +201,17 @@ TEST_CASE("without -m, train_grpo runs the embedded tiny model through the whole
     CHECK(result.output.find("data: 7473 prompts") != std::string::npos);
     CHECK(read_log(temp / "log.jsonl").size() == 1);
     CHECK(exists(temp / "checkpoint-1/adapter_model.safetensors"));
+}
+
+TEST_CASE("--lora-targets trains adapters on the named projections only", "[train]") {
+    require_program(kTrainer, "build/train_grpo_cpu");
+    TempDir temp("grpo_train");
+    CommandResult result = run_shell(train_args(temp.path, 2) + " --lora-targets q_proj,v_proj,down_proj 2>&1");
+    INFO(result.output);
+    REQUIRE(result.exit_code == 0);
+    PeftAdapterConfig adapter;
+    LoraWeights lora = peft_load(temp / "checkpoint-2", qwen2_config_load(kModel), &adapter);
+    CHECK(adapter.lora.targets == ((1u << LIN_Q) | (1u << LIN_V) | (1u << LIN_DOWN)));
+    CHECK(lora.slots[0][LIN_K].present == false);
+    CHECK(lora.slots[0][LIN_DOWN].present == true);
 }
