@@ -376,10 +376,7 @@ static int train(const TrainOptions& opt) {
     sampler.top_p = opt.top_p;
     sampler.top_k = opt.top_k;
     if (opt.task == "gsm8k") {
-        tokenizer.reset(new Tokenizer(Tokenizer::load(opt.tokenizer_path)));
-        if (tokenizer->vocab_size() > cfg.V)
-            throw GrpoError(opt.tokenizer_path + " has " + std::to_string(tokenizer->vocab_size()) + " tokens but the model's "
-                            "embedding has only V = " + std::to_string(cfg.V) + " rows; use the model's own tokenizer");
+        tokenizer.reset(new Tokenizer(load_tokenizer_for(opt.tokenizer_path, cfg)));
         stop_ids = chat_stop_token_ids(*tokenizer);
         sampler.vocab_limit = tokenizer->vocab_size();  // rows above the tokenizer's ids are padding: never sample them
         task = make_gsm8k_task(opt, *tokenizer);

@@ -100,10 +100,7 @@ static int run(const EvalOptions& opt) {
         lora = lora_create(cfg, none);
     }
 
-    Tokenizer tokenizer = Tokenizer::load(opt.tokenizer_path);
-    if (tokenizer.vocab_size() > cfg.V)
-        throw GrpoError(opt.tokenizer_path + " has " + std::to_string(tokenizer.vocab_size()) + " tokens but the model's "
-                        "embedding has only V = " + std::to_string(cfg.V) + " rows; use the model's own tokenizer");
+    Tokenizer tokenizer = load_tokenizer_for(opt.tokenizer_path, cfg);
     std::vector<Gsm8kExample> examples = gsm8k_load(opt.data_path);
     if (opt.limit > 0 && (size_t)opt.limit < examples.size()) examples.resize(opt.limit);
     std::vector<std::vector<ChatMessage>> chats;

@@ -50,9 +50,7 @@ int main(int argc, char** argv) {
 
         // what one decode step must read: the weights once, and on average half of the final KV cache per sequence
         double weight_bytes = (double)weights.plan.total_bytes - (double)cfg.V * cfg.C * 2;  // embedding rows: one each
-        double linear_params = 0;
-        for (int s = 0; s < NUM_LINEAR; s++) linear_params += (double)linear_out_features(cfg, s) * linear_in_features(cfg, s);
-        linear_params = linear_params * cfg.L + (double)cfg.V * cfg.C;
+        const double linear_params = linear_parameter_count(cfg);
         Rng rng(42);
         SamplerConfig sampler;  // temperature 1, top-p 1, top-k off: the peer's settings
         sampler.vocab_limit = cfg.V - 64;

@@ -21,8 +21,7 @@ for line in open(sys.argv[1]):
         ours.append(json.loads(line[7:]))
     elif line.startswith("{") and '"train_s"' in line:
         peer = json.loads(line)
-linear = 28 * (2 * 3584 * 3584 + 2 * 512 * 3584 + 3 * 18944 * 3584) + 152064 * 3584
-flops = 6.0 * linear * 48 * 328 + 3.5 * 4.0 * 48 * 28 * 328 * 328 * 128 / 2
+flops = ours[0]["flops"] if ours else float("nan")  # the same work, counted once by bench_policy_step
 print("\n================ policy update, Qwen2.5-7B shape, 48 x 328 tokens ================")
 print(f"{'implementation':38s} {'step s':>8s} {'tokens/s':>9s} {'TFLOP/s':>8s} {'% of 800':>8s} {'GPU GiB':>8s}")
 for r in ours:

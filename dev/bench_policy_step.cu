@@ -83,19 +83,17 @@ int main(int argc, char** argv) {
         size_t free1 = 0;
         cudaCheck(cudaMemGetInfo(&free1, &total));
 
-        double linear_params = 0;
-        for (int s = 0; s < NUM_LINEAR; s++) linear_params += (double)linear_out_features(cfg, s) * linear_in_features(cfg, s);
-        linear_params = linear_params * cfg.L + (double)cfg.V * cfg.C;  // lm_head included
+        const double linear_params = linear_parameter_count(cfg);
         double tokens = (double)B * T;
         double attention_fwd = 4.0 * B * cfg.NH * (double)T * T * cfg.HD / 2;  // causal: half the T x T scores
         double flops = 6.0 * linear_params * tokens + 3.5 * attention_fwd;    // backward = 2.5 forwards
         double tflops = flops / seconds / 1e12;
         printf("RESULT {\"impl\": \"grpo.cu\", \"model\": \"%s\", \"B\": %d, \"T\": %d, \"micro_batch_tokens\": %d, "
                "\"micro_batches\": %zu, \"step_s\": %.4f, \"tokens_per_s\": %.0f, \"effective_tflops\": %.1f, "
-               "\"share_of_800\": %.3f, \"gpu_memory_gib\": %.2f, \"plan_gib\": %.2f, \"grad_norm\": %.4g}\n",
+               "\"share_of_800\": %.3f, \"gpu_memory_gib\": %.2f, \"plan_gib\": %.2f, \"grad_norm\": %.4g, \"flops\": %.6e}\n",
                preset.c_str(), B, T, options.max_tokens, micro.size(), seconds, tokens / seconds, tflops,
                tflops / 800.0, (free0 - free1) / 1073741824.0, gpu_model_memory_plan(model).total() / 1073741824.0,
-               norm);
+               norm, flops);
         gpu_model_destroy(model);
         return 0;
     } catch (const GrpoError& e) {

@@ -11,6 +11,7 @@
 #include "data/text.h"
 #include "model/backend.h"
 #include "model/model_file.h"
+#include "tokenizer/tokenizer.h"
 #ifndef GRPO_CPU_ONLY
 #include "kernels/cuda_common.cuh"
 #include "model/gpu_model.h"
@@ -38,6 +39,15 @@ inline Qwen2Weights load_base_or_tiny(const std::string& path, bool quantize_nf4
            path.empty() ? cfg.source.c_str() : path.c_str(), cfg.V, cfg.C, cfg.I, cfg.L, cfg.NH, cfg.KVH, cfg.HD,
            linear_format_name(weights.plan.format), weights.plan.total_bytes / 1048576.0);
     return weights;
+}
+
+// The tokenizer at `path`, refused when it has ids the model has no embedding row for.
+inline Tokenizer load_tokenizer_for(const std::string& path, const Qwen2Config& cfg) {
+    Tokenizer tokenizer = Tokenizer::load(path);
+    if (tokenizer.vocab_size() > cfg.V)
+        throw GrpoError(path + " has " + std::to_string(tokenizer.vocab_size()) + " tokens but the model's embedding has "
+                        "only V = " + std::to_string(cfg.V) + " rows; use the model's own tokenizer");
+    return tokenizer;
 }
 
 // The backend for `device` ("cpu" or "cuda"), sized for up to `rollouts` sequences at once of at most

@@ -32,6 +32,12 @@ int64_t linear_in_features(const Qwen2Config& cfg, int slot) {
     }
 }
 
+double linear_parameter_count(const Qwen2Config& cfg) {
+    double per_layer = 0;
+    for (int s = 0; s < NUM_LINEAR; s++) per_layer += (double)linear_out_features(cfg, s) * linear_in_features(cfg, s);
+    return per_layer * cfg.L + (double)cfg.V * cfg.C;
+}
+
 const PlannedTensor* WeightPlan::find(const std::string& name) const {
     for (const PlannedTensor& t : tensors)
         if (t.name == name) return &t;

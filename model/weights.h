@@ -25,6 +25,10 @@ const char* linear_parent(int slot);
 int64_t linear_out_features(const Qwen2Config& cfg, int slot);
 int64_t linear_in_features(const Qwen2Config& cfg, int slot);
 
+// The N of the usual 6 * N * tokens training FLOPs: every linear weight of every layer plus lm_head
+// (an embedding lookup does no multiply).
+double linear_parameter_count(const Qwen2Config& cfg);
+
 // A frozen base linear layer, y = x W^T + b with W [out, in] row-major.
 struct LinearWeight {
     int64_t out = 0, in = 0;
