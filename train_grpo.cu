@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "data/rewards.h"
 #include "data/text.h"
 #include "lora/adamw.h"
+#include "lora/merge.h"
 #include "lora/peft.h"
 #include "model/backend.h"
 #include "model/grpo_loss.h"
@@ -38,14 +40,16 @@ struct TrainOptions {
     std::string model_path;                          // -m
     std::string tokenizer_path = DEFAULT_TOKENIZER_PATH;
     std::string train_path = GSM8K_TRAIN_PATH;
-    std::string task = "gsm8k";                      // gsm8k | token-range:LO:HI (a synthetic task for tests)
+    std::string task = "gsm8k";                      // gsm8k | token-range:LO:HI (tests) | random-prompts:LEN (benchmarks)
     std::string device = "cuda";
     std::string out_dir = "out";
     std::string resume_dir;
     std::string reward_command;
+    std::string merge_dir;                           // --merge: also write base + adapter as a bf16 HF directory
     bool base_nf4 = true;                            // quantize a bf16 base to NF4 on load (QLoRA)
     int G = 6;
     int prompts_per_step = 1;
+    int grad_accum = 1;                              // generation batches per optimizer step (gradient_accumulation_steps)
     int max_steps = 250;
     int save_every = 50;
     int sample_every = 10;                           // print one completion with its rewards every N steps (0: never)
@@ -64,39 +68,72 @@ struct TrainOptions {
     bool rslora = false;
     unsigned lora_targets = (1u << NUM_LINEAR) - 1;  // all seven projections
     uint64_t seed = 3407;
+    GpuMemoryLimits gpu_memory;                      // --gpu-memory-utilization, --max-gpu-memory, --micro-batch-tokens
+    bool ignore_stop = false;                        // completions always run to max_completion_length (timing only)
+    std::set<int> debug_nan_grad_steps;              // optimizer steps whose loss gradient is replaced by NaN
 };
+
+// How many skipped steps in a row end the run: one can be a fluke (a reward outlier, an fp overflow), three
+// in a row mean the run has diverged.
+constexpr int MAX_SKIPPED_IN_A_ROW = 3;
 
 static void print_usage(FILE* out) {
     fprintf(out,
         "usage: train_grpo -m MODEL [options]\n"
+        "Defaults are TRL's GRPOConfig as Unsloth's Qwen2.5 GSM8K notebook sets it (README: Training).\n"
+        "model and data\n"
         "  -m PATH                      model: .bin (dev/export_hf.py, quantize), HF directory, or bitsandbytes directory;\n"
+        "                               random:PRESET (e.g. random:7B) makes random weights of that shape, for timing only;\n"
         "                               without -m, an embedded tiny random model runs the same pipeline (a smoke test)\n"
+        "  --base nf4|bf16              how to hold a bf16 base (default nf4: quantized on load, QLoRA)\n"
         "  -t PATH                      tokenizer.json (default %s)\n"
         "  -d PATH                      GSM8K-style JSONL training data (default %s)\n"
-        "  --device cuda|cpu            backend (default cuda)\n"
-        "  --out DIR                    checkpoints and log.jsonl go here (default out)\n"
-        "  --resume DIR                 continue from a checkpoint directory written by an earlier run\n"
-        "  --save-every N               checkpoint every N steps (default 50), and always at the end and on Ctrl-C\n"
-        "  --sample-every N             print one completion with its rewards every N steps (default 10, 0 = never)\n"
-        "  --max-steps N                (default 250)\n"
-        "  -g G                         completions per prompt (default 6)\n"
-        "  --prompts-per-step N         (default 1)\n"
+        "  --task gsm8k|token-range:LO:HI|random-prompts:LEN   (default gsm8k) token-range: random 8-token prompts, the\n"
+        "                               reward is the share of completion ids in [LO, HI) (tests); random-prompts: random\n"
+        "                               prompts of LEN ids in [100, 150000), the same reward with [0, V/2) (benchmarks)\n"
+        "  --reward-cmd CMD             external reward program: JSON lines in, one number per line out (adds a reward)\n"
         "  --max-prompt-length N        left-truncate prompts, 0 = no limit (default 256)\n"
         "  --max-completion-length N    (default 200)\n"
-        "  --lr X  --weight-decay X  --warmup-ratio X  --max-grad-norm X  --adam-beta2 X\n"
-        "  --beta X                     KL weight (default 0.001; 0 skips the reference model)\n"
-        "  --epsilon X  --epsilon-high X  clipping range (default 0.2, 0.2)\n"
+        "batch\n"
+        "  -g G                         completions per prompt, the group size (default 6)\n"
+        "  --prompts-per-step N         prompts per generation batch (default 1)\n"
+        "  --grad-accum N               generation batches per optimizer step, gradients summed, each loss divided by N\n"
+        "                               (TRL's gradient_accumulation_steps; default 1)\n"
+        "  --max-steps N                optimizer steps (default 250)\n"
+        "sampling\n"
+        "  --temperature X  --top-p X  --top-k N   (default 1.0, 1.0, 0 = off)\n"
+        "  --ignore-stop                completions always run to --max-completion-length (for timing only)\n"
+        "loss\n"
         "  --loss-type grpo|bnpo|dr_grpo|dapo     (default bnpo)\n"
-        "  --scale-rewards group|batch|none       (default group)\n"
-        "  --mask-truncated-completions 0|1       (default 0)\n"
-        "  --temperature X  --top-p X  --top-k N  sampling (default 1.0, 1.0, off)\n"
+        "  --beta X                     KL weight (default 0.001; 0 skips the reference model)\n"
+        "  --epsilon X  --epsilon-high X  clipping range of the ratio (default 0.2, 0.2)\n"
+        "  --scale-rewards group|batch|none       what the centred reward is divided by (default group)\n"
+        "  --mask-truncated-completions 0|1       completions that never stop teach nothing (default 0)\n"
+        "optimizer (AdamW, clip_grad_norm_, linear warmup then cosine decay to 0: TRL's lr_scheduler_type cosine)\n"
+        "  --lr X                       peak learning rate (default 5e-6)\n"
+        "  --adam-beta1 X  --adam-beta2 X         (default 0.9, 0.99)\n"
+        "  --weight-decay X             decoupled weight decay (default 0.1)\n"
+        "  --warmup-ratio X             warmup steps = ceil(X * max_steps) (default 0.1)\n"
+        "  --max-grad-norm X            clip the global gradient norm (default 0.1)\n"
+        "  A step whose loss or gradient norm is not finite is skipped (no update) and logged as skipped; after %d\n"
+        "  in a row the run stops with a checkpoint of the last good step and exit code 3.\n"
+        "LoRA\n"
         "  --lora-r N  --lora-alpha X  --rslora 0|1   (default 32, 32, 0)\n"
         "  --lora-targets LIST          comma-separated modules (default q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)\n"
-        "  --base nf4|bf16              how to hold a bf16 base (default nf4)\n"
-        "  --reward-cmd CMD             external reward program: JSON lines in, one number per line out\n"
-        "  --task gsm8k|token-range:LO:HI   (default gsm8k; token-range rewards the share of ids in [LO, HI))\n"
-        "  --seed N                     (default 3407)\n",
-        DEFAULT_TOKENIZER_PATH, GSM8K_TRAIN_PATH);
+        "run\n"
+        "  --device cuda|cpu            backend (default cuda)\n"
+        "  --gpu-memory-utilization X   plan GPU memory for at most this share of the free memory (default 0.9)\n"
+        "  --max-gpu-memory GIB         or for at most this many GiB\n"
+        "  --micro-batch-tokens N       tokens per policy micro-batch (default: the largest that fits the limit)\n"
+        "  --out DIR                    checkpoints and log.jsonl go here (default out)\n"
+        "  --save-every N               checkpoint every N steps (default 50), and always at the end and on Ctrl-C\n"
+        "  --resume DIR                 continue from a checkpoint directory written by an earlier run\n"
+        "  --merge DIR                  at the end also write the base merged with the adapter as a bf16 HF directory\n"
+        "  --sample-every N             print one completion with its rewards every N steps (default 10, 0 = never)\n"
+        "  --seed N                     (default 3407)\n"
+        "  --debug-nan-grad LIST        debugging: replace the loss gradient of these optimizer steps (e.g. 3,4) by NaN,\n"
+        "                               to see the skip policy at work\n",
+        DEFAULT_TOKENIZER_PATH, GSM8K_TRAIN_PATH, MAX_SKIPPED_IN_A_ROW);
 }
 
 static double parse_number_option(const std::string& name, const char* value, double min, double max) {
@@ -120,6 +157,7 @@ static TrainOptions parse_options(int argc, char** argv) {
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         if (a == "-h" || a == "--help") { print_usage(stdout); exit(0); }
+        if (a == "--ignore-stop") { o.ignore_stop = true; continue; }  // the one option without a value
         if (i + 1 >= argc) throw GrpoError("option " + a + " needs a value (or is unknown); see train_grpo --help");
         const char* v = argv[++i];
         if (a == "-m") o.model_path = v;
@@ -130,12 +168,14 @@ static TrainOptions parse_options(int argc, char** argv) {
         else if (a == "--resume") o.resume_dir = v;
         else if (a == "--task") o.task = v;
         else if (a == "--reward-cmd") o.reward_command = v;
+        else if (a == "--merge") o.merge_dir = v;
         else if (a == "--base") {
             if (strcmp(v, "nf4") && strcmp(v, "bf16")) throw GrpoError("--base: expected nf4 or bf16, got '" + std::string(v) + "'");
             o.base_nf4 = !strcmp(v, "nf4");
         }
         else if (a == "-g") o.G = parse_int_option(a, v, 2, 1024);  // a group of one has no advantage
         else if (a == "--prompts-per-step") o.prompts_per_step = parse_int_option(a, v, 1, 1 << 20);
+        else if (a == "--grad-accum") o.grad_accum = parse_int_option(a, v, 1, 1 << 20);
         else if (a == "--max-steps") o.max_steps = parse_int_option(a, v, 1, 1 << 30);
         else if (a == "--save-every") o.save_every = parse_int_option(a, v, 1, 1 << 30);
         else if (a == "--sample-every") o.sample_every = parse_int_option(a, v, 0, 1 << 30);
@@ -145,6 +185,7 @@ static TrainOptions parse_options(int argc, char** argv) {
         else if (a == "--weight-decay") o.weight_decay = parse_number_option(a, v, 0, 1);
         else if (a == "--warmup-ratio") o.warmup_ratio = parse_number_option(a, v, 0, 1);
         else if (a == "--max-grad-norm") o.max_grad_norm = parse_number_option(a, v, 0, 1e9);
+        else if (a == "--adam-beta1") o.adam_beta1 = parse_number_option(a, v, 0, 0.999999);
         else if (a == "--adam-beta2") o.adam_beta2 = parse_number_option(a, v, 0, 0.999999);
         else if (a == "--beta") o.beta = parse_number_option(a, v, 0, 1e3);
         else if (a == "--epsilon") o.epsilon = parse_number_option(a, v, 0, 1);
@@ -170,6 +211,13 @@ static TrainOptions parse_options(int argc, char** argv) {
             }
         }
         else if (a == "--seed") o.seed = (uint64_t)parse_number_option(a, v, 0, 9007199254740992.0);
+        else if (a == "--gpu-memory-utilization") o.gpu_memory.utilization = parse_number_option(a, v, 0.01, 1);
+        else if (a == "--max-gpu-memory") o.gpu_memory.max_gib = parse_number_option(a, v, 0.01, 1e6);
+        else if (a == "--micro-batch-tokens") o.gpu_memory.micro_batch_tokens = parse_int_option(a, v, 1, 1 << 20);
+        else if (a == "--debug-nan-grad") {
+            for (const std::string& step : py_split(v, ","))
+                o.debug_nan_grad_steps.insert(parse_int_option(a, step.c_str(), 1, 1 << 30));
+        }
         else throw GrpoError("unknown option " + a + "; see train_grpo --help");
     }
     if (o.device != "cuda" && o.device != "cpu") throw GrpoError("--device: expected cuda or cpu, got '" + o.device + "'");
@@ -213,18 +261,31 @@ static Task make_gsm8k_task(const TrainOptions& opt, const Tokenizer& tokenizer)
     return task;
 }
 
-// A synthetic task that needs no tokenizer: random 8-token prompts, and a dense reward, the share of
-// completion ids in [lo, hi). A policy that learns anything learns this, which is what the tests check.
-static Task make_token_range_task(const TrainOptions& opt, int V) {
+// Synthetic tasks that need no tokenizer, with a dense reward: the share of completion ids in [lo, hi).
+//   token-range:LO:HI    64 random 8-token prompts; a policy that learns anything learns this (what the tests check)
+//   random-prompts:LEN   64 random prompts of exactly LEN ids in [100, 150000), as the HF + PEFT peer benchmark
+//                        draws them (torch.randint(100, 150000)); the reward's range is [0, V/2)
+static Task make_synthetic_task(const TrainOptions& opt, int V) {
     Task task;
     task.token_range = true;
-    if (sscanf(opt.task.c_str(), "token-range:%d:%d", &task.token_lo, &task.token_hi) != 2 || task.token_lo < 0 ||
-        task.token_hi <= task.token_lo || task.token_hi > V)
-        throw GrpoError("--task " + opt.task + ": expected token-range:LO:HI with 0 <= LO < HI <= V = " + std::to_string(V));
+    int prompt_length = 8, id_lo = 0, id_hi = V;
+    if (opt.task.compare(0, 15, "random-prompts:") == 0) {
+        if (sscanf(opt.task.c_str(), "random-prompts:%d", &prompt_length) != 1 || prompt_length < 1 ||
+            prompt_length > (1 << 20))
+            throw GrpoError("--task " + opt.task + ": expected random-prompts:LEN with LEN a positive prompt length");
+        id_lo = std::min(100, V - 1);
+        id_hi = std::min(150000, V);
+        task.token_lo = 0;
+        task.token_hi = std::max(1, V / 2);
+    } else if (sscanf(opt.task.c_str(), "token-range:%d:%d", &task.token_lo, &task.token_hi) != 2 ||
+               task.token_lo < 0 || task.token_hi <= task.token_lo || task.token_hi > V) {
+        throw GrpoError("--task " + opt.task + ": expected token-range:LO:HI with 0 <= LO < HI <= V = " +
+                        std::to_string(V) + ", random-prompts:LEN, or gsm8k");
+    }
     Rng rng(opt.seed ^ 0x5eed);
     for (int i = 0; i < 64; i++) {
-        std::vector<int32_t> prompt(8);
-        for (int32_t& id : prompt) id = (int32_t)rng.next_below((uint64_t)V);
+        std::vector<int32_t> prompt(prompt_length);
+        for (int32_t& id : prompt) id = id_lo + (int32_t)rng.next_below((uint64_t)(id_hi - id_lo));
         task.prompts.push_back(prompt);
         task.prompt_texts.push_back("");
         task.answers.push_back("");
@@ -381,7 +442,7 @@ static int train(const TrainOptions& opt) {
         sampler.vocab_limit = tokenizer->vocab_size();  // rows above the tokenizer's ids are padding: never sample them
         task = make_gsm8k_task(opt, *tokenizer);
     } else {
-        task = make_token_range_task(opt, cfg.V);
+        task = make_synthetic_task(opt, cfg.V);
         sampler.vocab_limit = cfg.V;
     }
     sampler_check(sampler, cfg.V);
@@ -389,109 +450,165 @@ static int train(const TrainOptions& opt) {
     for (const std::string& name : task.reward_names) printf(" %s", name.c_str());
     printf("\n");
 
-    // 3. the backend, sized for one step's rollouts at their longest
+    // 3. the backend, sized for one generation batch's rollouts at their longest
     size_t longest_prompt = 0;
     for (const std::vector<int32_t>& prompt : task.prompts) longest_prompt = std::max(longest_prompt, prompt.size());
+    if ((int64_t)longest_prompt + opt.max_completion_length > cfg.max_position_embeddings)
+        throw GrpoError("the longest prompt has " + std::to_string(longest_prompt) + " tokens and completions up to " +
+                        std::to_string(opt.max_completion_length) + ": together more than the model's " +
+                        std::to_string(cfg.max_position_embeddings) + " positions (max_position_embeddings); lower "
+                        "--max-prompt-length (prompts are left-truncated to it) or --max-completion-length");
     std::unique_ptr<Backend> backend = make_backend(opt.device, std::move(weights), std::move(lora),
                                                     opt.prompts_per_step * opt.G, (int)longest_prompt,
-                                                    opt.max_completion_length);
+                                                    opt.max_completion_length, &opt.gpu_memory);
 
     // 4. the loop: sample G completions per prompt, score them, turn rewards into advantages, and take one
     // policy-gradient step on the clipped, KL-regularised GRPO objective
+    const int G = opt.G, P = opt.prompts_per_step, A = opt.grad_accum, F = (int)task.reward_names.size();
     GrpoLossConfig loss_cfg;
     loss_cfg.loss_type = loss_type_from_name(opt.loss_type);
     loss_cfg.beta = opt.beta;
     loss_cfg.epsilon_low = opt.epsilon;
     loss_cfg.epsilon_high = opt.epsilon_high;
     loss_cfg.max_completion_length = opt.max_completion_length;
+    loss_cfg.grad_accum_steps = A;
     ScaleRewards scale = scale_rewards_from_name(opt.scale_rewards);
     AdamWConfig adamw;
     adamw.beta1 = opt.adam_beta1;
     adamw.beta2 = opt.adam_beta2;
     adamw.weight_decay = opt.weight_decay;
     int64_t warmup = warmup_steps_from_ratio(opt.warmup_ratio, opt.max_steps);
+    // --ignore-stop: generation never stops early, so every step does the same, largest, amount of work
+    const std::vector<int> generation_stop_ids = opt.ignore_stop ? std::vector<int>() : stop_ids;
+    if (opt.ignore_stop) printf("*** --ignore-stop: every completion runs to %d tokens (for timing only)\n",
+                                opt.max_completion_length);
     PromptOrder order(task.prompts.size(), opt.seed);
     order.seek(state.epoch, state.position);
     Rng rng(opt.seed);
     if (state.step > 0) rng.state = state.rng_state;
-    std::filesystem::create_directories(opt.out_dir);
+    std::error_code dir_error;
+    std::filesystem::create_directories(opt.out_dir, dir_error);
+    if (dir_error)
+        throw GrpoError("--out " + opt.out_dir + ": cannot create the output directory (" + dir_error.message() +
+                        "); pick another --out");
     std::string log_path = opt.out_dir + "/log.jsonl";
     FILE* log = fopen(log_path.c_str(), state.step > 0 ? "a" : "w");
     if (!log) throw GrpoError(log_path + ": cannot open for writing: " + strerror(errno));
     signal(SIGINT, on_sigint);
-    const int G = opt.G, F = (int)task.reward_names.size();
+    auto now = [] { return std::chrono::steady_clock::now(); };
+    auto secs = [](std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
+        return std::chrono::duration<double>(b - a).count();
+    };
 
     std::string last_checkpoint = state.step > 0 ? opt.resume_dir : "";
     double total_seconds = 0;  // for the ETA: this run's steps only, a resumed run's earlier steps ran elsewhere
     int steps_this_run = 0;
+    RunState good_state = state;               // after the last step whose update was applied (or the start)
+    std::vector<std::string> skipped_in_a_row;  // "step N: why" for the current run of skipped steps
     while (state.step < opt.max_steps && !g_stop_requested) {
-        auto t0 = std::chrono::steady_clock::now();
-        // 4a. rollouts: G completions for each of this step's prompts
-        std::vector<std::vector<int32_t>> prompts;
+        auto t0 = now();
+        // 4a. rollouts: A generation batches (--grad-accum), each G completions for each of P prompts
+        std::vector<std::vector<std::vector<int32_t>>> batch_prompts(A);  // rollouts point into these: never resized
+        std::vector<Rollout> rollouts;
         std::vector<size_t> prompt_of;  // the dataset index of each rollout's prompt
-        for (int p = 0; p < opt.prompts_per_step; p++) {
-            size_t index = order.next();
-            prompts.push_back(task.prompts[index]);
-            for (int g = 0; g < G; g++) prompt_of.push_back(index);
+        for (int a = 0; a < A; a++) {
+            for (int p = 0; p < P; p++) {
+                size_t index = order.next();
+                batch_prompts[a].push_back(task.prompts[index]);
+                for (int g = 0; g < G; g++) prompt_of.push_back(index);
+            }
+            std::vector<Rollout> batch = backend->generate(batch_prompts[a], G, opt.max_completion_length, sampler,
+                                                           generation_stop_ids, rng);
+            rollouts.insert(rollouts.end(), batch.begin(), batch.end());
         }
-        std::vector<Rollout> rollouts = backend->generate(prompts, G, opt.max_completion_length, sampler, stop_ids, rng);
-        const int N = (int)rollouts.size();
-        auto t_rollout = std::chrono::steady_clock::now();
+        const int N = (int)rollouts.size(), NB = P * G;  // all rollouts of the step; those of one batch
+        auto t_rollout = now();
 
-        // 4b. rewards, and advantages relative to the other completions of the same prompt
+        // 4b. rewards, and advantages relative to the other completions of the same prompt (TRL computes them
+        // over the whole generation batch, every accumulation step's rollouts together)
         std::vector<float> per_function, rewards;
         score_rollouts(task, opt, tokenizer.get(), rollouts, prompt_of, stop_ids, &per_function, &rewards);
-        std::vector<float> advantages = grpo_advantages(rewards, opt.prompts_per_step, G, scale);
-        RewardMetrics reward_metrics = grpo_reward_metrics(rewards, opt.prompts_per_step, G, scale);
+        std::vector<float> advantages = grpo_advantages(rewards, A * P, G, scale);
+        RewardMetrics reward_metrics = grpo_reward_metrics(rewards, A * P, G, scale);
 
-        // 4c. which tokens the loss sees: up to and including the first stop token
-        int Tc = 1;
-        for (const Rollout& r : rollouts) Tc = std::max(Tc, (int)r.completion.size());
+        // 4c. which tokens the loss sees: up to and including the first stop token. DAPO divides by the token
+        // count of the whole accumulated batch, so every batch's masks are made before any loss.
+        std::vector<int> Tc(A, 1);
+        std::vector<std::vector<float>> mask(A);
         std::vector<CompletionMask> masks;
-        std::vector<float> mask((size_t)N * Tc);
         float num_items = 0;
-        for (int n = 0; n < N; n++) {
-            std::vector<int> ids(rollouts[n].completion.begin(), rollouts[n].completion.end());
-            masks.push_back(completion_mask(ids, Tc, stop_ids, opt.mask_truncated_completions));
-            std::copy(masks.back().mask.begin(), masks.back().mask.end(), mask.begin() + (size_t)n * Tc);
-            for (float m : masks.back().mask) num_items += m;
+        for (int a = 0; a < A; a++) {
+            for (int n = a * NB; n < (a + 1) * NB; n++) Tc[a] = std::max(Tc[a], (int)rollouts[n].completion.size());
+            mask[a].assign((size_t)NB * Tc[a], 0.0f);
+            for (int n = a * NB; n < (a + 1) * NB; n++) {
+                std::vector<int> ids(rollouts[n].completion.begin(), rollouts[n].completion.end());
+                masks.push_back(completion_mask(ids, Tc[a], stop_ids, opt.mask_truncated_completions));
+                std::copy(masks.back().mask.begin(), masks.back().mask.end(),
+                          mask[a].begin() + (size_t)(n - a * NB) * Tc[a]);
+                for (float m : masks.back().mask) num_items += m;
+            }
         }
         CompletionMetrics completion_stats = completion_metrics(masks);
+        auto t_scored = now();
 
-        // 4d. log-probs of the sampled tokens: the reference (LoRA off) for the KL term, then the policy,
-        // keeping its activations for the backward pass
-        std::vector<float> ref_logp, logp;
-        float temperature = (float)opt.temperature;
-        if (opt.beta != 0.0) backend->completion_logprobs(rollouts, Tc, temperature, false, false, &ref_logp);
-        auto t_scored = std::chrono::steady_clock::now();
-        backend->completion_logprobs(rollouts, Tc, temperature, true, true, &logp);
+        // 4d. per generation batch: log-probs of the sampled tokens under the reference (LoRA off) for the KL
+        // term, then under the policy, keeping its activations; the loss (already divided by A), its gradient
+        // with respect to every token's log-prob, and the LoRA backward, which adds to the gradients
+        double loss = 0, reference_s = 0, policy_s = 0;
+        GrpoLossMetrics metrics;
+        std::string skipped;  // why this step is skipped, empty when it is not
+        for (int a = 0; a < A && skipped.empty(); a++) {
+            auto tb = now();
+            std::vector<Rollout> batch(rollouts.begin() + a * NB, rollouts.begin() + (a + 1) * NB);
+            std::vector<float> ref_logp, logp;
+            float temperature = (float)opt.temperature;
+            if (opt.beta != 0.0) backend->completion_logprobs(batch, Tc[a], temperature, false, false, &ref_logp);
+            auto tr = now();
+            reference_s += secs(tb, tr);
+            backend->completion_logprobs(batch, Tc[a], temperature, true, true, &logp);
+            std::vector<float> dlogp((size_t)NB * Tc[a]);
+            GrpoLossResult result = grpo_loss(loss_cfg, NB, Tc[a], logp.data(), nullptr,
+                                              opt.beta != 0.0 ? ref_logp.data() : nullptr, mask[a].data(),
+                                              advantages.data() + a * NB, num_items, dlogp.data());
+            if (!std::isfinite(result.loss)) {
+                skipped = "non-finite loss";
+                loss = result.loss;
+                if (a > 0) backend->discard_gradients();  // the earlier batches' backwards already added theirs
+            } else {
+                loss += result.loss;  // each is divided by A already: their sum is the step's loss, as TRL logs it
+                metrics.has_kl = result.metrics.has_kl;
+                metrics.kl += result.metrics.kl / A;  // TRL logs the mean of the accumulation steps' metrics
+                metrics.clip_ratio_low_mean += result.metrics.clip_ratio_low_mean / A;
+                metrics.clip_ratio_high_mean += result.metrics.clip_ratio_high_mean / A;
+                metrics.clip_ratio_region_mean += result.metrics.clip_ratio_region_mean / A;
+                if (opt.debug_nan_grad_steps.count(state.step + 1)) std::fill(dlogp.begin(), dlogp.end(), NAN);
+                backend->backward(dlogp);
+            }
+            policy_s += secs(tr, now());
+        }
 
-        // 4e. the loss, its gradient with respect to every token's log-prob, the LoRA backward, one AdamW step
-        std::vector<float> dlogp((size_t)N * Tc);
-        GrpoLossResult result = grpo_loss(loss_cfg, N, Tc, logp.data(), nullptr,
-                                          opt.beta != 0.0 ? ref_logp.data() : nullptr, mask.data(), advantages.data(),
-                                          num_items, dlogp.data());
-        if (!std::isfinite(result.loss))
-            throw GrpoError("step " + std::to_string(state.step + 1) + ": the loss is " + json_number(result.loss) +
-                            "; nothing was saved from this step. Last good checkpoint: " +
-                            (last_checkpoint.empty() ? std::string("none") : last_checkpoint) +
-                            ". Lower --lr or --max-grad-norm, or check the reward program's output");
-        backend->backward(dlogp);
+        // 4e. one AdamW step on the summed gradients, unless the loss or the gradient norm is not finite: such a
+        // step is skipped whole (the backend leaves the adapters and the optimizer state as they were)
+        auto to = now();
         double lr = cosine_schedule_lr(opt.lr, state.step, warmup, opt.max_steps);
-        float grad_norm = backend->optimizer_step(lr, opt.max_grad_norm, adamw);
-        if (!std::isfinite(grad_norm))
-            throw GrpoError("step " + std::to_string(state.step + 1) + ": the gradient norm is " + json_number(grad_norm) +
-                            "; the adapters are no longer trustworthy. Last good checkpoint: " +
-                            (last_checkpoint.empty() ? std::string("none") : last_checkpoint) + ". Lower --lr");
+        float grad_norm = NAN;
+        if (skipped.empty()) {
+            grad_norm = backend->optimizer_step(lr, opt.max_grad_norm, adamw);
+            if (!std::isfinite(grad_norm)) skipped = "non-finite gradient norm";
+        }
         state.step++;
         state.epoch = order.epoch();
         state.position = order.position();
         state.rng_state = rng.state;
-        auto t_end = std::chrono::steady_clock::now();
-        auto secs = [](std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
-            return std::chrono::duration<double>(b - a).count();
-        };
-        double seconds = secs(t0, t_end), rollout_s = secs(t0, t_rollout), train_s = secs(t_scored, t_end);
+        if (skipped.empty()) {
+            good_state = state;
+            skipped_in_a_row.clear();
+        } else {
+            skipped_in_a_row.push_back("step " + std::to_string(state.step) + ": " + skipped);
+        }
+        auto t_end = now();
+        policy_s += secs(to, t_end);
+        double seconds = secs(t0, t_end), rollout_s = secs(t0, t_rollout), score_s = secs(t_rollout, t_scored);
         double completion_tokens = 0, train_tokens = 0;
         for (const Rollout& r : rollouts) {
             completion_tokens += r.completion.size();
@@ -501,9 +618,11 @@ static int train(const TrainOptions& opt) {
         steps_this_run++;
 
         // 4f. log what TRL logs, under TRL's names, so existing dashboards and habits carry over
-        std::string line = "{\"step\": " + std::to_string(state.step) + ", \"loss\": " + json_number(result.loss) +
-                           ", \"reward\": " + json_number(reward_metrics.reward) +
-                           ", \"reward_std\": " + json_number(reward_metrics.reward_std);
+        std::string line = "{\"step\": " + std::to_string(state.step);
+        if (!skipped.empty()) line += ", \"skipped\": " + json_quote(skipped);
+        line += ", \"loss\": " + json_number(loss) +
+                ", \"reward\": " + json_number(reward_metrics.reward) +
+                ", \"reward_std\": " + json_number(reward_metrics.reward_std);
         for (int f = 0; f < F; f++) {
             std::string key = "rewards/" + task.reward_names[f];
             line += ", " + json_quote(key + "/mean") + ": " + json_number(mean_of(per_function, f, F, N)) + ", " +
@@ -511,24 +630,31 @@ static int train(const TrainOptions& opt) {
         }
         line += ", \"completions/mean_length\": " + json_number(completion_stats.mean_length) +
                 ", \"completions/clipped_ratio\": " + json_number(completion_stats.clipped_ratio);
-        if (result.metrics.has_kl) line += ", \"kl\": " + json_number(result.metrics.kl);
-        line += ", \"clip_ratio/low_mean\": " + json_number(result.metrics.clip_ratio_low_mean) +
-                ", \"clip_ratio/high_mean\": " + json_number(result.metrics.clip_ratio_high_mean) +
-                ", \"clip_ratio/region_mean\": " + json_number(result.metrics.clip_ratio_region_mean) +
+        if (metrics.has_kl) line += ", \"kl\": " + json_number(metrics.kl);
+        line += ", \"clip_ratio/low_mean\": " + json_number(metrics.clip_ratio_low_mean) +
+                ", \"clip_ratio/high_mean\": " + json_number(metrics.clip_ratio_high_mean) +
+                ", \"clip_ratio/region_mean\": " + json_number(metrics.clip_ratio_region_mean) +
                 ", \"grad_norm\": " + json_number(grad_norm) + ", \"learning_rate\": " + json_number(lr) +
                 ", \"frac_reward_zero_std\": " + json_number(reward_metrics.frac_reward_zero_std) +
                 ", \"step_time\": " + json_number(seconds) + ", \"time/rollout\": " + json_number(rollout_s) +
-                ", \"time/train\": " + json_number(train_s) +
+                ", \"time/scoring\": " + json_number(score_s) + ", \"time/reference\": " + json_number(reference_s) +
+                ", \"time/train\": " + json_number(policy_s) +
                 ", \"tokens_per_s/rollout\": " + json_number(completion_tokens / rollout_s) +
-                ", \"tokens_per_s/train\": " + json_number(train_tokens / train_s) + "}\n";
+                ", \"tokens_per_s/train\": " + json_number(train_tokens / policy_s) +
+                ", \"tokens/completion\": " + json_number(completion_tokens) +
+                ", \"tokens/train\": " + json_number(train_tokens);
+        if (backend->device_memory_bytes() > 0)
+            line += ", \"memory/device_gib\": " + json_number(backend->device_memory_bytes() / 1073741824.0);
+        line += "}\n";
         fputs(line.c_str(), log);
         fflush(log);
         double eta = total_seconds / steps_this_run * (opt.max_steps - state.step);
-        printf("%s step %d/%d | loss %.6f | reward %.4f +- %.4f | kl %.6f | grad_norm %.4f | lr %.3e | len %.1f | "
+        std::string loss_text = skipped.empty() ? "loss " + json_number_f32((float)loss) : "SKIPPED (" + skipped + ")";
+        printf("%s step %d/%d | %s | reward %.4f +- %.4f | kl %.6f | grad_norm %.4f | lr %.3e | len %.1f | "
                "%.2f s (rollout %.0f tok/s, train %.0f tok/s) | ETA %s\n",
-               progress_bar(state.step, opt.max_steps).c_str(), state.step, opt.max_steps, result.loss,
-               reward_metrics.reward, reward_metrics.reward_std, result.metrics.kl, grad_norm, lr,
-               completion_stats.mean_length, seconds, completion_tokens / rollout_s, train_tokens / train_s,
+               progress_bar(state.step, opt.max_steps).c_str(), state.step, opt.max_steps, loss_text.c_str(),
+               reward_metrics.reward, reward_metrics.reward_std, metrics.kl, grad_norm, lr,
+               completion_stats.mean_length, seconds, completion_tokens / rollout_s, train_tokens / policy_s,
                format_duration(eta).c_str());
         if (opt.sample_every > 0 && state.step % opt.sample_every == 0) {
             // one completion with its rewards, so a person can see what the rewards are rewarding
@@ -542,6 +668,21 @@ static int train(const TrainOptions& opt) {
         }
         fflush(stdout);
 
+        if ((int)skipped_in_a_row.size() >= MAX_SKIPPED_IN_A_ROW) {
+            // the adapters and optimizer state are still those of the last good step: save them with that
+            // step's place in the data, so --resume (with a lower --lr, say) starts again from there
+            fclose(log);
+            last_checkpoint = save_checkpoint(opt, *backend, good_state);
+            std::string which;
+            for (const std::string& s : skipped_in_a_row) which += (which.empty() ? "" : "; ") + s;
+            fprintf(stderr, "error: %d steps in a row were skipped because training produced non-finite numbers (%s). "
+                    "The run stopped; the adapters and optimizer state of step %d, the last good one, are in %s. "
+                    "Try a lower --lr (now %g) or --max-grad-norm (now %g), and check the rewards (a reward program "
+                    "printing huge values overflows float32); then continue with --resume %s\n",
+                    MAX_SKIPPED_IN_A_ROW, which.c_str(), good_state.step, last_checkpoint.c_str(), opt.lr,
+                    opt.max_grad_norm, last_checkpoint.c_str());
+            return 3;
+        }
         if (state.step % opt.save_every == 0 && state.step < opt.max_steps) {
             last_checkpoint = save_checkpoint(opt, *backend, state);
             printf("saved %s\n", last_checkpoint.c_str());
@@ -553,6 +694,19 @@ static int train(const TrainOptions& opt) {
     last_checkpoint = save_checkpoint(opt, *backend, state);
     printf("%s %s (step %d of %d); log: %s\n", g_stop_requested ? "interrupted: saved" : "done: saved",
            last_checkpoint.c_str(), state.step, opt.max_steps, log_path.c_str());
+
+    // 6. with --merge, the base with the adapter folded in, as merge_lora writes it: reloaded as it was trained
+    // (an NF4 base dequantized), so the merged model is the one the adapter learned on
+    if (!opt.merge_dir.empty()) {
+        LoraWeights final_lora = backend->lora();
+        backend.reset();  // the device memory and the host copy of the base go before the base is loaded again
+        Qwen2Weights base = load_base_or_tiny(opt.model_path, opt.base_nf4, opt.seed);
+        bool hf_dir = !opt.model_path.empty() && opt.model_path.compare(0, 7, "random:") != 0 &&
+                      model_file_kind(opt.model_path) != ModelFileKind::BIN;
+        export_merged_hf_dir(opt.merge_dir, base, &final_lora, hf_dir ? opt.model_path : "");
+        printf("merged: wrote %s (the base merged with the adapter of step %d, bf16 HF directory)\n",
+               opt.merge_dir.c_str(), state.step);
+    }
     return 0;
 }
 

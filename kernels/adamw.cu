@@ -24,6 +24,7 @@ __device__ inline void adamw_element(float& p, float g, float& m, float& v, cons
 __global__ void adamw_vec4_kernel(float4* params, const float4* grads, float4* m, float4* v, size_t n4,
                                   AdamWStepConstants s, const float* grad_scale) {
     const float scale = grad_scale ? *grad_scale : 1.0f;
+    if (isnan(scale)) return;  // a non-finite gradient norm: the step is skipped (see grad_norm_finish_kernel)
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
         float4 p = params[i], g = grads[i], mi = m[i], vi = v[i];
         if (grad_scale) {
@@ -45,6 +46,7 @@ __global__ void adamw_vec4_kernel(float4* params, const float4* grads, float4* m
 // Elements [first, n) one per thread: the tail after the float4s, or everything when a buffer is unaligned.
 __global__ void adamw_scalar_kernel(float* params, const float* grads, float* m, float* v, size_t first, size_t n,
                                     AdamWStepConstants s, const float* grad_scale) {
+    if (grad_scale && isnan(*grad_scale)) return;  // the step is skipped, as in adamw_vec4_kernel
     for (size_t i = first + blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float g = grad_scale ? __fmul_rn(grads[i], *grad_scale) : grads[i];
         adamw_element(params[i], g, m[i], v[i], s);
@@ -97,6 +99,9 @@ __global__ void grad_norm_finish_kernel(float* norm_and_coef, const double* part
         const float total = (float)sqrt(total_sq);
         float coef = __fmul_rn(__fdiv_rn(1.0f, __fadd_rn(total, (float)1e-6)), max_norm);
         if (coef > 1.0f) coef = 1.0f;
+        // A NaN or inf norm (an overflowed gradient) makes the coefficient NaN, which adamw_cuda reads as "skip
+        // this step" (torch would give 0 for inf and then write NaN into the adapters).
+        if (!isfinite(total)) coef = __int_as_float(0x7fc00000);
         norm_and_coef[0] = total;
         norm_and_coef[1] = coef;
     }

@@ -39,8 +39,17 @@ public:
     virtual void backward(const std::vector<float>& dlogp) = 0;
 
     // Clips the global gradient norm to max_grad_norm, applies one AdamW step at lr, zeroes the gradients.
-    // Returns the norm before clipping (what TRL logs as grad_norm).
+    // Returns the norm before clipping (what TRL logs as grad_norm). When that norm is not finite (NaN or inf:
+    // some gradient overflowed) the step is skipped: parameters, moments and the step count stay as they were,
+    // and the gradients are still zeroed, so the next step starts clean.
     virtual float optimizer_step(double lr, double max_grad_norm, const AdamWConfig& adamw) = 0;
+
+    // Zeroes the accumulated gradients without an optimizer step (a step skipped before its last backward).
+    virtual void discard_gradients() = 0;
+
+    // Bytes this backend holds on its device for the run (the GPU's memory plan, all allocated at creation: its
+    // peak); 0 for the host backend.
+    virtual size_t device_memory_bytes() const { return 0; }
 
     // The adapters with their AdamW state, up to date on the host (for checkpoints).
     virtual const LoraWeights& lora() = 0;

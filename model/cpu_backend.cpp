@@ -1,4 +1,6 @@
 // cpu_backend.cpp: the Backend interface on the CPU reference model: KV-cache sampling, per-rollout log-probs and backward, AdamW.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "data/text.h"
@@ -93,10 +95,12 @@ public:
 
     float optimizer_step(double lr, double max_grad_norm, const AdamWConfig& adamw) override {
         float norm = lora_clip_grad_norm(&lora_, max_grad_norm);
-        lora_adamw_step(&lora_, adamw, lr);
-        std::fill(lora_.grads.begin(), lora_.grads.end(), 0.0f);
+        if (std::isfinite(norm)) lora_adamw_step(&lora_, adamw, lr);  // else skipped: see Backend::optimizer_step
+        discard_gradients();
         return norm;
     }
+
+    void discard_gradients() override { std::fill(lora_.grads.begin(), lora_.grads.end(), 0.0f); }
 
     const LoraWeights& lora() override { return lora_; }
 

@@ -1,5 +1,6 @@
 // gpu_backend.cu: the Backend interface on one GPU: batched KV-cache generation (model/gpu_generate.cu), rollouts packed into micro-batches for log-probs and the LoRA backward, the optimizer step on the device.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include "data/text.h"
@@ -71,8 +72,22 @@ public:
 
     float optimizer_step(double lr, double max_grad_norm, const AdamWConfig& adamw) override {
         lora_.adam_step++;  // torch increments state["step"] before the update uses it
-        return gpu_model_optimizer_step(model_, lr, max_grad_norm, adamw, lora_.adam_step);
+        // a non-finite norm makes the fused AdamW kernel a no-op on the device (grad_norm_cuda hands it a NaN clip
+        // coefficient, kernels/adamw.cuh); the gradients are zeroed either way, and the step count is taken back
+        float norm = gpu_model_optimizer_step(model_, lr, max_grad_norm, adamw, lora_.adam_step);
+        if (!std::isfinite(norm)) lora_.adam_step--;
+        return norm;
     }
+
+    void discard_gradients() override {
+        // rare (a step skipped for a non-finite loss after some of its backwards): a round trip through the host
+        // keeps gpu_model's interface as it is
+        gpu_model_lora_download(model_, &lora_);
+        std::fill(lora_.grads.begin(), lora_.grads.end(), 0.0f);
+        gpu_model_lora_upload(model_, lora_);
+    }
+
+    size_t device_memory_bytes() const override { return gpu_model_memory_plan(model_).total(); }
 
     const LoraWeights& lora() override {
         gpu_model_lora_download(model_, &lora_);

@@ -1,10 +1,12 @@
-// run_setup.h: what train_grpo and eval_gsm8k share before their loops: the base model (or the embedded tiny default) and the backend --device asks for.
+// run_setup.h: what train_grpo and eval_gsm8k share before their loops: the base model (or the embedded tiny default, or a random preset), the GPU memory plan chosen from the free memory, and the backend --device asks for.
 //
 // Header-only on purpose: nvcc builds it into the GPU programs, and g++ builds it with -DGRPO_CPU_ONLY into
 // their CPU-only twins, which have no CUDA backend to link.
 #pragma once
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -18,17 +20,25 @@
 #endif
 
 // The model at `path`; with an empty path, the embedded tiny random model (Qwen2.5's vocabulary, so the real
-// tokenizer, prompts and rewards all run), announced loudly so nobody mistakes it for a trained model.
+// tokenizer, prompts and rewards all run), announced loudly so nobody mistakes it for a trained model. The path
+// random:PRESET (random:7B, random:0.5B, ...) makes random weights of that preset's shape, for benchmarks.
 inline Qwen2Weights load_base_or_tiny(const std::string& path, bool quantize_nf4, uint64_t seed) {
     Qwen2Weights weights;
+    const LinearFormat format = quantize_nf4 ? LinearFormat::NF4 : LinearFormat::BF16;
     if (path.empty()) {
         Qwen2Config tiny = qwen2_preset("tiny");
         tiny.V = 151936;  // Qwen2.5's embedding rows, so the real tokenizer fits
         tiny.source = "the embedded tiny default";
-        weights = weights_random(tiny, quantize_nf4 ? LinearFormat::NF4 : LinearFormat::BF16, seed);
+        weights = weights_random(tiny, format, seed);
         printf("\n*** no -m given: running the embedded TINY RANDOM model (V %d, C %d, L %d) through the whole pipeline.\n"
                "*** It learns nothing useful. For real work pass -m MODEL (see README: Getting Qwen2.5 weights).\n\n",
                tiny.V, tiny.C, tiny.L);
+    } else if (path.compare(0, 7, "random:") == 0) {
+        Qwen2Config cfg = qwen2_preset(path.substr(7));  // throws naming the presets
+        cfg.source = path;
+        weights = weights_random(cfg, format, seed);
+        printf("\n*** -m %s: RANDOM WEIGHTS of the %s shape (%s linears), for timing only: nothing it generates "
+               "or learns means anything.\n\n", path.c_str(), path.substr(7).c_str(), linear_format_name(format));
     } else {
         ModelLoadOptions options;
         options.quantize_nf4 = quantize_nf4;
@@ -50,16 +60,74 @@ inline Tokenizer load_tokenizer_for(const std::string& path, const Qwen2Config& 
     return tokenizer;
 }
 
+// ---- the GPU memory plan --------------------------------------------------------------------------------
+
+// How much GPU memory a run may plan for: --gpu-memory-utilization (a share of the memory free at start, as
+// vLLM's gpu_memory_utilization) or --max-gpu-memory (GiB), and an optional fixed micro-batch size.
+struct GpuMemoryLimits {
+    double utilization = 0.9;   // of the free memory; the rest is headroom for the CUDA context and libraries
+    double max_gib = 0;         // > 0: plan for at most this many GiB instead (capped at what is free)
+    int micro_batch_tokens = 0; // > 0: use exactly this many tokens per policy micro-batch; 0: the largest that fits
+};
+
+struct MicroBatchChoice {
+    int max_tokens = 0;     // tokens per policy micro-batch
+    size_t plan_bytes = 0;  // the whole plan's bytes at that size
+};
+
+// The pure sizing decision, kept apart from the GPU so a CPU test can drive it with made-up numbers:
+// plan_bytes(t) is the memory plan's total with t tokens per micro-batch (non-decreasing in t, the KV cache and
+// weights included). Returns the largest t in [min_tokens, max_tokens] whose plan fits budget_bytes (more tokens
+// per micro-batch: fewer, larger GEMMs and no re-forward before the backward); a fixed size (fixed_tokens > 0)
+// is only checked. When even min_tokens (one longest rollout per micro-batch) does not fit, throws one GrpoError
+// naming the need, the limit (budget_detail says where it came from) and what to lower.
+inline MicroBatchChoice choose_micro_batch_tokens(const std::function<size_t(int)>& plan_bytes, size_t budget_bytes,
+                                                  const std::string& budget_detail, int min_tokens, int max_tokens,
+                                                  int fixed_tokens = 0) {
+    auto gib = [](size_t bytes) {
+        char buf[32];
+        snprintf(buf, sizeof(buf), "%.2f GiB", bytes / 1073741824.0);
+        return std::string(buf);
+    };
+    if (fixed_tokens > 0) {
+        if (fixed_tokens < min_tokens)
+            throw GrpoError("--micro-batch-tokens " + std::to_string(fixed_tokens) + " is less than the longest "
+                            "possible rollout (" + std::to_string(min_tokens) + " tokens: the longest prompt + "
+                            "--max-completion-length); raise it or lower the lengths");
+        min_tokens = max_tokens = fixed_tokens;
+    }
+    max_tokens = std::max(min_tokens, max_tokens);
+    const size_t smallest = plan_bytes(min_tokens);
+    if (smallest > budget_bytes)
+        throw GrpoError("GPU memory: the smallest plan (weights, LoRA state, the KV cache for every rollout of a "
+                        "step, and a policy micro-batch of " + std::to_string(min_tokens) + " tokens) needs " +
+                        gib(smallest) + " but the limit is " + gib(budget_bytes) + " (" + budget_detail +
+                        "); lower -g, --prompts-per-step, --max-prompt-length or --max-completion-length, or raise "
+                        "--gpu-memory-utilization / --max-gpu-memory if the GPU has room");
+    // binary search for the largest fitting size: plan_bytes is non-decreasing in the token count
+    int lo = min_tokens, hi = max_tokens;  // plan_bytes(lo) fits
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (plan_bytes(mid) <= budget_bytes) lo = mid;
+        else hi = mid - 1;
+    }
+    return {lo, plan_bytes(lo)};
+}
+
 // The backend for `device` ("cpu" or "cuda"), sized for up to `rollouts` sequences at once of at most
 // longest_prompt + max_new_tokens tokens. Without a usable GPU the message says so and offers --device cpu.
+// With `limits` the policy micro-batch is the largest that fits the limits (choose_micro_batch_tokens) and
+// the choice is printed; without, one micro-batch holds a step's rollouts up to the default token budget.
 inline std::unique_ptr<Backend> make_backend(const std::string& device, Qwen2Weights weights, LoraWeights lora,
-                                             int rollouts, int longest_prompt, int max_new_tokens) {
+                                             int rollouts, int longest_prompt, int max_new_tokens,
+                                             const GpuMemoryLimits* limits = nullptr) {
     if (device == "cpu") return make_cpu_backend(std::move(weights), std::move(lora));
     if (device != "cuda") throw GrpoError("--device: expected cuda or cpu, got '" + device + "'");
 #ifdef GRPO_CPU_ONLY
     (void)rollouts;
     (void)longest_prompt;
     (void)max_new_tokens;
+    (void)limits;
     throw GrpoError("this build has no CUDA backend (built with -DGRPO_CPU_ONLY); use --device cpu, or the nvcc build");
 #else
     int num_devices = 0;
@@ -67,13 +135,45 @@ inline std::unique_ptr<Backend> make_backend(const std::string& device, Qwen2Wei
     if (err != cudaSuccess || num_devices == 0)
         throw GrpoError(std::string("--device cuda: no usable CUDA device (") + cudaGetErrorString(err) +
                         "); run on a machine with an NVIDIA GPU, or pass --device cpu for a tiny model");
-    // one micro-batch holds all the rollouts of a step when they fit the default token budget; a longest
-    // possible rollout must always fit. The KV cache holds every rollout at its longest.
+    // The KV cache holds every rollout at its longest; a longest possible rollout must always fit a micro-batch.
     GpuOptions gpu;
     const int longest = longest_prompt + max_new_tokens;
-    gpu.max_tokens = std::max(longest, std::min(gpu.max_tokens, rollouts * longest));
+    const int64_t whole_step = (int64_t)rollouts * longest;
     gpu.max_rollouts = rollouts;
     gpu.max_sequence_length = longest;
+    if (!limits) {
+        gpu.max_tokens = std::max(longest, (int)std::min<int64_t>(gpu.max_tokens, whole_step));
+        return make_cuda_backend(std::move(weights), std::move(lora), gpu);
+    }
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaCheck(cudaMemGetInfo(&free_bytes, &total_bytes));
+    size_t budget = (size_t)(limits->utilization * (double)free_bytes);
+    char detail[160];
+    snprintf(detail, sizeof(detail), "%.2f GiB free x --gpu-memory-utilization %g", free_bytes / 1073741824.0,
+             limits->utilization);
+    if (limits->max_gib > 0) {
+        budget = std::min(free_bytes, (size_t)(limits->max_gib * 1073741824.0));
+        snprintf(detail, sizeof(detail), "--max-gpu-memory %g GiB, %.2f GiB free", limits->max_gib,
+                 free_bytes / 1073741824.0);
+    }
+    int64_t nf4_max_elements = 0;  // the dequantization scratch holds the largest NF4 linear, as gpu_model_create plans
+    for (const LayerWeights& layer : weights.layers)
+        for (const LinearWeight& linear : layer.linear)
+            if (linear.format == LinearFormat::NF4) nf4_max_elements = std::max(nf4_max_elements, linear.out * linear.in);
+    auto plan_bytes = [&](int tokens) {
+        GpuOptions o = gpu;
+        o.max_tokens = tokens;
+        return gpu_memory_plan(weights.config, weights.plan.total_bytes, nf4_max_elements, lora.lora, o).total();
+    };
+    // the whole step in one micro-batch is the most that helps; 1M tokens keeps every index in an int
+    const int most = (int)std::min<int64_t>(std::max<int64_t>(whole_step, longest), 1 << 20);
+    MicroBatchChoice choice = choose_micro_batch_tokens(plan_bytes, budget, detail, longest, most,
+                                                        limits->micro_batch_tokens);
+    gpu.max_tokens = choice.max_tokens;
+    printf("GPU memory: limit %.2f GiB (%s); policy micro-batch %d tokens (%s); plan %.2f GiB\n",
+           budget / 1073741824.0, detail, gpu.max_tokens,
+           gpu.max_tokens >= whole_step ? "a whole step at its longest in one" : "the largest that fits",
+           choice.plan_bytes / 1073741824.0);
     return make_cuda_backend(std::move(weights), std::move(lora), gpu);
 #endif
 }

@@ -32,14 +32,6 @@ std::string train_args(const std::string& out, int max_steps) {
            std::to_string(max_steps) + " --out " + out;
 }
 
-std::vector<JsonValue> read_log(const std::string& path) {
-    std::vector<JsonValue> lines;
-    std::ifstream in(path);
-    std::string line;
-    while (std::getline(in, line)) lines.push_back(json_parse(line, path));
-    return lines;
-}
-
 double metric(const JsonValue& line, const char* key) {
     const JsonValue* v = line.get(key);
     REQUIRE(v != nullptr);
@@ -153,6 +145,14 @@ TEST_CASE("train_grpo refuses bad options with one clear message", "[train]") {
         {"-m test/ref/qwen2/none --device cpu", "test/ref/qwen2/none"},
         // Qwen2.5's tokenizer has 151665 ids; the tiny model only 384 embedding rows
         {"-m " + kModel + " --device cpu --task gsm8k", "use the model's own tokenizer"},
+        // an over-long prompt: the tiny model has 128 positions
+        {"-m " + kModel + " --device cpu --task random-prompts:100 --max-completion-length 40",
+         "the longest prompt has 100 tokens and completions up to 40: together more than the model's 128 positions"},
+        {"-m " + kModel + " --device cpu --task random-prompts:0", "expected random-prompts:LEN"},
+        {"-m " + kModel + " --device cpu --grad-accum 0", "option --grad-accum: expected a number in [1, "},
+        {"-m " + kModel + " --device cpu --gpu-memory-utilization 2", "option --gpu-memory-utilization"},
+        {"-m " + kModel + " --device cpu --debug-nan-grad 2,x", "option --debug-nan-grad"},
+        {"-m random:13B --device cpu", "13B"},
     };
     for (const Bad& b : bad) {
         std::string command = std::string(kTrainer) + " " + b.args + " --out /tmp/grpo_never_written 2>&1";

@@ -5,12 +5,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
 
+#include "data/json.h"
 #include "data/text.h"
 #include "model/weights.h"
 #include "tokenizer/tokenizer.h"
@@ -70,6 +72,15 @@ inline std::string replace_once(std::string text, const std::string& from, const
     REQUIRE(at != std::string::npos);
     REQUIRE(text.find(from, at + 1) == std::string::npos);
     return text.replace(at, from.size(), to);
+}
+
+// The records of a JSONL file (a train_grpo log.jsonl, say), one per line.
+inline std::vector<JsonValue> read_log(const std::string& path) {
+    std::vector<JsonValue> lines;
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line)) lines.push_back(json_parse(line, path));
+    return lines;
 }
 
 // ---- errors and programs -----------------------------------------------------------------------------

@@ -297,13 +297,6 @@ TEST_CASE("gpu generate: train_grpo --device cuda runs GRPO steps, checkpoints a
     CommandResult run = run_shell(args + " --out " + out + " 2>&1");
     INFO(run.output);
     REQUIRE(run.exit_code == 0);
-    auto read_log = [](const std::string& path) {
-        std::vector<JsonValue> lines;
-        std::ifstream in(path);
-        std::string line;
-        while (std::getline(in, line)) lines.push_back(json_parse(line, path));
-        return lines;
-    };
     auto metric = [](const JsonValue& line, const char* key) {
         const JsonValue* v = line.get(key);
         REQUIRE(v != nullptr);

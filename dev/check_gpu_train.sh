@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# check_gpu_train.sh: on the GPU machine, train_grpo's run-level behaviour on the CUDA backend with the tiny test model and a random 7B: NaN steps skipped with the optimizer untouched, gradient accumulation with --merge, the memory plan and its refusal, and two identical runs giving identical logs.
+# Usage (repo root, after make train_grpo): bash dev/check_gpu_train.sh   (prints one line per check, PASS or FAIL)
+set -uo pipefail
+out="${OUT:-/tmp}/train_checks"
+rm -rf "$out"; mkdir -p "$out"
+A="-m test/ref/qwen2/tiny_tied/hf --task token-range:0:64 -g 8 --max-completion-length 16 --lora-r 8"
+verdict() { if [ "$2" = 0 ]; then echo "PASS $1"; else echo "FAIL $1"; fi; }
+
+# 1. non-finite gradient norms on steps 3, 5, 6, 7: skipped, and the third in a row stops the run (exit 3)
+./train_grpo --device cuda $A --prompts-per-step 2 --lr 1e-2 --warmup-ratio 0 --max-grad-norm 1 --beta 0.04 \
+    --max-steps 8 --save-every 1 --out "$out/nan" --debug-nan-grad 3,5,6,7 > "$out/nan.log" 2>&1
+rc=$?
+[ $rc = 3 ] && [ "$(grep -c SKIPPED "$out/nan.log")" = 4 ]; verdict "NaN policy: 4 steps skipped, exit 3 (rc $rc)" $?
+same=0; for f in adapter_model.safetensors optimizer.safetensors; do
+    cmp -s "$out/nan/checkpoint-2/$f" "$out/nan/checkpoint-3/$f" || same=1
+    cmp -s "$out/nan/checkpoint-3/$f" "$out/nan/checkpoint-4/$f" && same=1
+done
+verdict "NaN policy: skipped step 3 left adapters and AdamW state bit-identical, step 4 changed them" $same
+
+# 2. gradient accumulation and the merged export
+./train_grpo --device cuda $A --grad-accum 2 --max-steps 3 --out "$out/ga" --merge "$out/ga_merged" > "$out/ga.log" 2>&1
+[ $? = 0 ] && [ -f "$out/ga_merged/model.safetensors" ]; verdict "--grad-accum 2 --merge" $?
+
+# 3. the memory plan: printed, and a cap too small for the run refused at plan time with a suggestion
+./train_grpo --device cuda -m random:7B --task random-prompts:128 --ignore-stop -g 6 --max-steps 1 \
+    --max-completion-length 16 --out "$out/mp" > "$out/mp.log" 2>&1
+[ $? = 0 ] && grep -q "GPU memory" "$out/mp.log"; verdict "memory plan printed for a random 7B run" $?
+./train_grpo --device cuda -m random:7B --task random-prompts:128 -g 6 --max-steps 1 --max-gpu-memory 2 \
+    --out "$out/mp2" > "$out/mp2.log" 2>&1
+[ $? != 0 ] && grep -q "error" "$out/mp2.log"; verdict "memory cap of 2 GiB refused: $(grep -m1 error "$out/mp2.log" | cut -c1-150)" $?
+
+# 4. determinism: the same run twice gives the same log, and a run resumed from checkpoint-2 repeats steps 3 and 4
+#    of the uninterrupted one: every logged number except timings, and the checkpoint-4 files, bit for bit
+metrics() {  # the log without its timing, throughput and memory fields, one "step key value" per line
+    python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    for k, v in sorted(r.items()):
+        if not k.startswith(("time", "step_time", "tokens_per_s", "memory")):
+            print(r["step"], k, repr(v))' "$1"
+}
+B="$A --prompts-per-step 2 --lr 1e-2 --warmup-ratio 0 --max-grad-norm 1 --beta 0.04 --max-steps 4 --save-every 2"
+for r in a b; do ./train_grpo --device cuda $B --out "$out/det_$r" > /dev/null 2>&1; metrics "$out/det_$r/log.jsonl" > "$out/det_$r.txt"; done
+cmp -s "$out/det_a.txt" "$out/det_b.txt"; verdict "two identical GPU runs log identical metrics" $?
+./train_grpo --device cuda $B --out "$out/det_r" --resume "$out/det_a/checkpoint-2" > "$out/resume.log" 2>&1
+metrics "$out/det_r/log.jsonl" > "$out/det_r.txt"
+grep -E "^[34] " "$out/det_a.txt" > "$out/det_a34.txt"
+cmp -s "$out/det_a34.txt" "$out/det_r.txt"; verdict "resumed GPU run repeats steps 3-4 exactly" $?
+diff "$out/det_a34.txt" "$out/det_r.txt" | head -12
+same=0; for f in adapter_model.safetensors optimizer.safetensors; do
+    cmp -s "$out/det_a/checkpoint-4/$f" "$out/det_r/checkpoint-4/$f" || same=1
+done
+verdict "resumed GPU run's checkpoint-4 is bit-identical" $same
