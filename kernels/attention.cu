@@ -9,6 +9,7 @@
 #include "data/text.h"
 #include "kernels/attention.cuh"
 #include "kernels/cuda_common.cuh"
+#include "kernels/mma.cuh"
 
 typedef __nv_bfloat16 bf16;
 
@@ -45,20 +46,7 @@ __device__ inline void sequence_span(const int* cu_seqlens, int b, int T, int* s
     }
 }
 
-// D = C + A B on the tensor cores for one warp: A 16x16 (row-major), B 16x8 (column-major), bf16 in, fp32
-// accumulate. Per lane (g = lane / 4, t = lane % 4) the PTX ISA fixes which elements each register holds:
-//   A: a[0] = A[g][2t..2t+1], a[1] = A[g+8][2t..2t+1], a[2] = A[g][2t+8..2t+9], a[3] = A[g+8][2t+8..2t+9]
-//   B: b[0] = B[2t..2t+1][g], b[1] = B[2t+8..2t+9][g]
-//   C: c[0..1] = C[g][2t..2t+1], c[2..3] = C[g+8][2t..2t+1]
-// Two bf16 share a 32-bit register, the lower index in the lower half.
-__device__ inline void mma_bf16_16x8x16(float c[4], const uint32_t a[4], const uint32_t b[2]) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
+// The tensor-core products use mma_bf16_m16n8k16 (kernels/mma.cuh), whose header spells out the fragment layout.
 __device__ inline uint32_t load_pair(const bf16* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
 __device__ inline uint32_t pack_bf16(float lo, float hi) {
@@ -183,7 +171,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int j = 0; j < ATT_TILE / 8; j++) {
                 uint32_t bf[2];
                 load_b_frag(bf, Ks, STRIDE, j * 8, kk * 16);
-                mma_bf16_16x8x16(s[j], a, bf);
+                mma_bf16_m16n8k16(s[j], a, bf);
             }
         }
         // Scale into the log2 domain; only the diagonal tile has keys after some of its queries.
@@ -231,7 +219,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int dt = 0; dt < HD / 8; dt++) {
                 uint32_t bf[2];
                 load_b_frag_trans(bf, Vs, STRIDE, kk * 16, dt * 8);
-                mma_bf16_16x8x16(o[dt], a, bf);
+                mma_bf16_m16n8k16(o[dt], a, bf);
             }
         }
     }
@@ -343,9 +331,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int j = 0; j < ATT_TILE / 8; j++) {
                 uint32_t bf[2];
                 load_b_frag(bf, Ks, STRIDE, j * 8, kk * 16);
-                mma_bf16_16x8x16(s[j], aq, bf);
+                mma_bf16_m16n8k16(s[j], aq, bf);
                 load_b_frag(bf, Vs, STRIDE, j * 8, kk * 16);
-                mma_bf16_16x8x16(dp[j], ado, bf);
+                mma_bf16_m16n8k16(dp[j], ado, bf);
             }
         }
         // p = exp(scale s - lse) (0 after the diagonal), then ds = p (dp - D), kept in s
@@ -366,7 +354,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             for (int dt = 0; dt < HD / 8; dt++) {
                 uint32_t bf[2];
                 load_b_frag_trans(bf, Ks, STRIDE, kk * 16, dt * 8);
-                mma_bf16_16x8x16(acc[dt], a, bf);
+                mma_bf16_m16n8k16(acc[dt], a, bf);
             }
         }
     }
@@ -455,9 +443,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
                 for (int j = 0; j < QT / 8; j++) {
                     uint32_t bf[2];
                     load_b_frag(bf, Qs, STRIDE, j * 8, kk * 16);
-                    mma_bf16_16x8x16(s[j], ak, bf);
+                    mma_bf16_m16n8k16(s[j], ak, bf);
                     load_b_frag(bf, dOs, STRIDE, j * 8, kk * 16);
-                    mma_bf16_16x8x16(dp[j], av, bf);
+                    mma_bf16_m16n8k16(dp[j], av, bf);
                 }
             }
             // p^T (0 where the key comes after the query or the query is past the end), ds^T = p^T (dp^T - D)
@@ -481,9 +469,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
                 for (int dt = 0; dt < HD / 8; dt++) {
                     uint32_t bf[2];
                     load_b_frag_trans(bf, dOs, STRIDE, kk * 16, dt * 8);
-                    mma_bf16_16x8x16(dv_acc[dt], ap, bf);
+                    mma_bf16_m16n8k16(dv_acc[dt], ap, bf);
                     load_b_frag_trans(bf, Qs, STRIDE, kk * 16, dt * 8);
-                    mma_bf16_16x8x16(dk_acc[dt], ads, bf);
+                    mma_bf16_m16n8k16(dk_acc[dt], ads, bf);
                 }
             }
         }

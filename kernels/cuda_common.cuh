@@ -31,3 +31,20 @@ inline void nccl_check(ncclResult_t result, const char* file, int line) {
     exit(EXIT_FAILURE);
 }
 #define ncclCheck(result) nccl_check((result), __FILE__, __LINE__)
+
+#ifdef __CUDACC__
+// Programmatic dependent launch (sm_90): a kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization
+// may start while the kernel before it still runs, so it can load what no earlier kernel writes (weights, tables)
+// early; grid_dependency_wait() then blocks until every earlier kernel has finished and its writes are visible.
+// grid_launch_dependents() lets the next such kernel start early; both are no-ops for ordinary launches.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void grid_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+#endif

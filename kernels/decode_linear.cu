@@ -7,22 +7,29 @@
 // dequantization (the same for every M) being the fixed cost per weight.
 //
 // The layout trick: a dot product does not care in which order its k terms are summed, so each thread dequantizes
-// the 32 contiguous weights of one 16-byte load (NF4) and feeds them to 8 mma k-steps, and reads x in the same
+// the 32 contiguous weights of one 16-byte piece (NF4) and feeds them to 8 mma k-steps, and reads x in the same
 // permuted order. Logical k (2c, 2c+1, 2c+8, 2c+9) of mma k-step s, for thread c = lane % 4, is physical k
-// c*32 + 4s + (0, 1, 2, 3) for NF4 (one 16-byte load of codes per row) and (s/2)*32 + c*8 + (s%2)*4 + (0..3) for
-// bf16 (four 16-byte loads per row that a warp's 4 threads of a row read contiguously). Either way x is read as
-// four 16-byte loads per n-tile and chunk of 128 k, and each weight register pair feeds every n-tile.
+// c*32 + 4s + (0, 1, 2, 3) for NF4 and (s/2)*32 + c*8 + (s%2)*4 + (0..3) for bf16. Either way one 16-byte x read
+// per n-tile feeds two k-steps, and each dequantized weight pair feeds every n-tile.
 //
-// Work split: a block of 4 warps owns 128 output rows (2 m16 tiles per warp, so every x fragment feeds two mma),
-// and a range of 128-k chunks. When there are too few row tiles to fill the GPU (q, k, v, o, down at M <= 8),
-// the k chunks are split over gridDim.y blocks: each writes its fp32 partial tile to the workspace, and the last
-// block of a row tile to finish (a counter per tile) adds the partials in split order (so the bits never depend on
-// timing), then applies bias, the bf16 rounding, the LoRA term and the second rounding. The split count keeps
-// the partial traffic (L2 only) at most about the weight bytes.
+// Work split: a block of DL_WARPS warps owns a tile of output rows (32 per warp: 2 m16 tiles, so every x fragment
+// feeds two mma) and a range of k chunks, each 128 bytes of every row. Weights and x of the next chunks stream into
+// shared memory through a cp.async pipeline (DlShape) while the tensor cores work on the current one. When there
+// are too few row tiles to fill the GPU (q, k, v, o, down at M <= 8), the k chunks are split over gridDim.y
+// blocks: each writes its fp32 partial tile to the workspace, and the last block of a row tile to finish (a
+// counter per tile) adds the partials in split order (so the bits never depend on timing), then applies bias, the
+// bf16 rounding, the LoRA term and the second rounding. The kernel is a programmatic dependent launch: its blocks
+// start while the kernel before them finishes and load their first weights then.
 //
-// LoRA: ax = x A^T [M, G*R] is the same kernel with the bf16 A matrices as weights (one launch for the group),
-// rounded to bf16 as the training path rounds it; the main kernel's epilogue then computes ax B^T for its rows
-// with R/16 more mma per tile (B rows as the A operand), so the adapter costs reading A and B once.
+// What bounds it (measured, README performance table): at M <= 8 the NF4 dequantization in the inner loop (two
+// table lookups, two exact fp32 products and a pack per weight pair), not the reads: the same kernel streams bf16
+// weights at 82% of the HBM bandwidth, NF4 at about 17%.
+//
+// LoRA: ax = x A^T [M, G*R] comes from cuBLASLt when the caller passes a context (as in training; only G*R columns
+// over a long k, which this kernel's split-K serves poorly), else from this kernel with the bf16 A matrices as
+// weights; rounded to bf16 either way, as the training path rounds it. The main kernel's epilogue then computes
+// ax B^T for its rows with R/16 more mma per tile (B rows as the A operand), so the adapter costs reading A and B
+// once.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -30,14 +37,55 @@
 #include <cstdlib>
 
 #include "kernels/cuda_common.cuh"
+#include "kernels/mma.cuh"
 #include "kernels/decode_linear.cuh"
 
 typedef __nv_bfloat16 bf16;
 
-constexpr int DL_THREADS = 128;     // 4 warps
-constexpr int DL_MT = 2;            // m16 tiles per warp
-constexpr int DL_BLOCK_ROWS = 128;  // 4 warps x 2 tiles x 16 rows
-constexpr int DL_CHUNK = 128;       // k per step of a warp: 32 weights per thread and row
+// The tuning knobs, macros so that the lab (dev/cuda/decode_linear.cu) can compile this file again with other
+// values and time the variants side by side:
+//   DL_CFG_WARPS: warps per block (each owns 32 output rows);
+//   DL_CFG_STAGES_SMALL / _LARGE: cp.async pipeline depth for M <= 16 / more rows (x chunks grow with M, and
+//     fewer stages keep two blocks per SM);
+//   DL_CFG_BLOCKS_PER_SM: how many blocks per SM the split-K plan aims for over a launch;
+//   DL_CFG_MAX_SPLITS: the most k splits of a row tile (their partials are added by one block);
+//   DL_CFG_KSPLIT / _NF4: warps of a block that share rows and split each chunk's k at M <= 8 (half as many at
+//     M <= 16), for bf16 / NF4 weights. Measured on the H200 (lab): 4 helps the bf16 lm_head (longer row runs), 1
+//     is faster for NF4, whose time goes to dequantization rather than to the reads.
+#ifndef DL_CFG_WARPS
+#define DL_CFG_WARPS 4
+#endif
+#ifndef DL_CFG_STAGES_SMALL
+#define DL_CFG_STAGES_SMALL 3
+#endif
+#ifndef DL_CFG_STAGES_LARGE
+#define DL_CFG_STAGES_LARGE 2
+#endif
+#ifndef DL_CFG_BLOCKS_PER_SM
+#define DL_CFG_BLOCKS_PER_SM 4
+#endif
+#ifndef DL_CFG_MAX_SPLITS
+#define DL_CFG_MAX_SPLITS 16
+#endif
+#ifndef DL_CFG_KSPLIT
+#define DL_CFG_KSPLIT 4
+#endif
+#ifndef DL_CFG_KSPLIT_NF4
+#define DL_CFG_KSPLIT_NF4 1
+#endif
+
+constexpr int DL_WARPS = DL_CFG_WARPS;
+constexpr int DL_THREADS = DL_WARPS * 32;
+constexpr int DL_MT = 2;                            // m16 tiles per warp
+constexpr int DL_LOADS = 2;                         // 16-byte weight loads per thread, row and chunk
+
+// A chunk is the k range one block consumes per pipeline step. Each thread loads DL_LOADS 16-byte pieces of each of
+// its 4 weight rows (2 tiles x rows gq, gq+8), so a row's chunk is 4 threads x 2 x 16 = 128 contiguous bytes:
+// 256 NF4 weights (16 mma k-steps) or 64 bf16 weights (4 k-steps).
+template <bool NF4> struct DlChunk {
+    static constexpr int K = NF4 ? 256 : 64;  // k per chunk
+    static constexpr int UNITS = K / 8;       // 16-byte units of one x row in the chunk
+};
 
 // Everything one launch needs, by value (__grid_constant__: indexed by the linear without a local copy).
 struct DecodeParams {
@@ -70,21 +118,30 @@ __device__ __forceinline__ float dl_block_scale(const NF4View& t, const float* n
     return __fadd_rn(scaled, t.nested_offset);
 }
 
-// One code byte (element 2j in the high nibble) as the bf16 pair the mma reads: the lower k in the low half.
-// Each value is bf16(code[q] * absmax), nf4_view_dequantize's rounding.
-__device__ __forceinline__ uint32_t dl_nf4_pair(const float* code, uint32_t byte, float scale) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(__fmul_rn(code[byte >> 4], scale), __fmul_rn(code[byte & 15u], scale));
-    return *reinterpret_cast<uint32_t*>(&v);
+// The NF4 code tables of a launch's linears, in shared memory. File scope, so that its address is a constant and a
+// lookup needs no base register (dl_nf4_word).
+__shared__ float dl_code_table[DECODE_LINEAR_MAX_G][16];
+
+// One 32-bit word of codes (bytes 0..3, element 2j of a byte in its high nibble) as the four bf16 pairs the mma
+// reads, the lower k in the low half; each value bf16(code[q] * scale), nf4_view_dequantize's rounding.
+// Dequantization is what bounds this kernel at small M (the weights are streamed once, the products are few), so
+// it is written for instruction count: the table offsets of all four bytes are formed at once, each byte of
+// `first` being 64 lin + 4 * (its high nibble), the byte offset of that code in dl_code_table, and `second` the
+// same for the low nibbles; a lookup is then one byte extract and one shared load, and a pair two products and
+// one pack.
+__device__ __forceinline__ void dl_nf4_word(uint32_t out[4], uint32_t word, uint32_t lin_bytes, float scale) {
+    const uint32_t first = ((word >> 2) & 0x3C3C3C3Cu) | lin_bytes;
+    const uint32_t second = ((word << 2) & 0x3C3C3C3Cu) | lin_bytes;
+    const char* table = reinterpret_cast<const char*>(dl_code_table);
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+        const float lo = *reinterpret_cast<const float*>(table + __byte_perm(first, 0, 0x4440 | b));
+        const float hi = *reinterpret_cast<const float*>(table + __byte_perm(second, 0, 0x4440 | b));
+        __nv_bfloat162 v = __floats2bfloat162_rn(__fmul_rn(lo, scale), __fmul_rn(hi, scale));
+        out[b] = *reinterpret_cast<uint32_t*>(&v);
+    }
 }
 
-// d += a (16x16 bf16, row-major) . b (16x8 bf16, column-major), fp32 accumulators.
-__device__ __forceinline__ void dl_mma(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                       uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 // Elements i and i+1 of a bf16 row as a pair, zero past `limit` (the rank-R operands need no alignment).
 __device__ __forceinline__ uint32_t dl_pair(const bf16* row, int i, int limit) {
@@ -108,31 +165,180 @@ __device__ __forceinline__ bf16 dl_output(float sum, const bf16* bias, int j, bo
     return out;
 }
 
-// The tensor-core kernel. NT n-tiles of 8 rows of x (M <= 8 NT). Grid: (row tiles of 128, k splits).
+// cp.async of one 16-byte unit, or 16 zero bytes when !valid (rows past M or total_rows, k past K: zeros keep
+// 0 * garbage, which could be NaN, out of the sums).
+__device__ __forceinline__ void dl_cp_async16(void* smem, const void* global, bool valid) {
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void dl_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Waits until at most N committed groups are still in flight: the pipeline keeps the N chunks after the one
+// being computed in flight.
+template <int N>
+__device__ __forceinline__ void dl_cp_async_wait_all_but() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Where 16-byte unit u of x row n sits in a shared x chunk. A warp's 16-byte reads of one k-step pair take units
+// that differ in c = lane % 4 (rows gq, gq+1 in one phase of 8 lanes); with a row stride that is a multiple of 128
+// bytes they would share banks, and the XOR (inside each group of 8 units) spreads the 8 readers of a phase over
+// all 32 banks.
+template <bool NF4>
+__device__ __forceinline__ int dl_x_slot(int n, int u) {
+    return NF4 ? u ^ ((((u >> 3) & 1) << 1) | (n & 1)) : u ^ ((n & 1) << 2);
+}
+// The same for the weight tile: thread c of a warp reads unit 8 kw + 4 j + c of rows gq and gq+1.
+__device__ __forceinline__ int dl_w_slot(int row, int u) { return u ^ ((row & 1) << 2); }
+
+// How a block of the tensor-core kernel is shaped for NT n-tiles. Its DL_WARPS warps form RG row groups of 32
+// output rows times KW k groups: at small M each row's chunk is then KW * 128 contiguous bytes read by KW warps
+// (long runs keep HBM efficient), and the KW partial sums are added in shared memory at the end; at large M
+// (NT > 2) the x chunk grows with M, so KW = 1.
+template <bool NF4, int NT>
+struct DlShape {
+    static constexpr int KSPLIT = NF4 ? DL_CFG_KSPLIT_NF4 : DL_CFG_KSPLIT;
+    static constexpr int KW = NT == 1 ? KSPLIT : NT == 2 ? (KSPLIT > 1 ? KSPLIT / 2 : 1) : 1;
+    static constexpr int RG = DL_WARPS / KW;
+    static constexpr int ROWS = RG * 32;                           // output rows of a block
+    static constexpr int CK = DlChunk<NF4>::K;                     // k of one warp's part of a chunk
+    static constexpr int KCH = KW * CK;                            // k of a block's chunk
+    static constexpr int W_ROW_UNITS = KW * 8;                     // 16-byte units of a weight row's chunk
+    static constexpr int X_ROW_UNITS = KW * DlChunk<NF4>::UNITS;   // ... of an x row's chunk
+    static constexpr int W_UNITS = ROWS * W_ROW_UNITS, X_UNITS = NT * 8 * X_ROW_UNITS;
+    static constexpr int S = NT <= 2 ? DL_CFG_STAGES_SMALL : DL_CFG_STAGES_LARGE;
+    static constexpr int W_PER_THREAD = W_UNITS / DL_THREADS, X_PER_THREAD = (X_UNITS + DL_THREADS - 1) / DL_THREADS;
+    static_assert(DL_WARPS % KW == 0, "k groups must divide the warps");
+    static_assert(W_UNITS % DL_THREADS == 0 && DL_THREADS % W_ROW_UNITS == 0, "each thread stages whole columns");
+    static_assert(DL_THREADS % X_ROW_UNITS == 0, "each thread stages whole columns");
+};
+
+// A thread's weight pieces in a chunk: DL_PIECES = its 4 rows (m-tile mt, half h) x DL_LOADS 16-byte loads j, each
+// 32 NF4 weights of one 64-block; piece (mt, h, j) is number (mt * 2 + h) * DL_LOADS + j.
+constexpr int DL_PIECES = DL_MT * 2 * DL_LOADS;
+
+// The raw block scales of one NF4 chunk's pieces: the fp32 absmax, or with double quantization the 8-bit code and
+// the nested absmax. Loaded a chunk ahead and converted (dl_piece_scale) when the chunk is used.
+struct DlScales {
+    float absmax[DL_PIECES];
+    uint32_t code[DL_PIECES];
+};
+
+__device__ __forceinline__ void dl_load_scales(DlScales& s, const DecodeParams& p, const int* lin, const int* row0,
+                                               const bool* active, int gq, int c, int k_base) {
+#pragma unroll
+    for (int piece = 0; piece < DL_PIECES; piece++) {
+        const int mt = piece / (2 * DL_LOADS), h = piece / DL_LOADS % 2, j = piece % DL_LOADS;
+        const int k = k_base + j * 128 + c * 32;
+        s.absmax[piece] = 0.0f;
+        s.code[piece] = 0;
+        if (active[mt] && k < p.K) {
+            const NF4View& t = p.nf4[lin[mt]];
+            const int64_t block = ((int64_t)(row0[mt] + gq + 8 * h) * p.K + k) / NF4_BLOCK;
+            if (t.double_quant) {
+                s.code[piece] = __ldg(t.absmax_q + block);
+                s.absmax[piece] = __ldg(t.nested_absmax + block / NF4_NESTED_BLOCK);
+            } else {
+                s.absmax[piece] = __ldg(t.absmax_f32 + block);
+            }
+        }
+    }
+}
+
+// A piece's block scale, rounded as nf4_dequant.cu rounds it.
+__device__ __forceinline__ float dl_piece_scale(const NF4View& t, const float* nested_code, const DlScales& s,
+                                                int piece) {
+    if (!t.double_quant) return s.absmax[piece];
+    return __fadd_rn(__fmul_rn(nested_code[s.code[piece]], s.absmax[piece]), t.nested_offset);
+}
+
+// The tensor-core kernel. NT n-tiles of 8 rows of x (M <= 8 NT). Grid: (row tiles of DlShape::ROWS, k splits).
+// Each block runs its range of chunks through an S-stage cp.async pipeline (weights and x of the next S-1 chunks in
+// flight to shared memory while the tensor cores work on the current one). It is launched as a programmatic
+// dependent launch: the code tables, the first chunks' weights and the first scales are requested before
+// grid_dependency_wait(), overlapping the previous kernel; x, ax and the workspace are touched only after it.
 template <bool NF4, int NT>
 __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __grid_constant__ DecodeParams p) {
-    __shared__ float code[DECODE_LINEAR_MAX_G][16];
+    typedef DlShape<NF4, NT> Sh;
+    constexpr int S = Sh::S, UNITS = DlChunk<NF4>::UNITS;
+    extern __shared__ uint4 dl_smem[];  // [S][W_UNITS] weight chunks, then [S][X_UNITS] x chunks
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
     __shared__ int last_block;
-    if (NF4) {  // per linear: a checkpoint's stored tables are authoritative
-        for (int g = 0; g < p.G; g++) {
-            if (threadIdx.x < 16) code[g][threadIdx.x] = p.nf4[g].code[threadIdx.x];
-            if (p.nf4[g].double_quant)
-                for (int i = threadIdx.x; i < 256; i += DL_THREADS) nested_code[g][i] = p.nf4[g].nested_code[i];
-        }
-        __syncthreads();
-    }
+    grid_launch_dependents();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, c = lane % 4;
-    const int tile = blockIdx.x, split = blockIdx.y, K = p.K, M = p.M;
+    const int rg = warp / Sh::KW, kw = warp % Sh::KW, rthread = rg * 32 + lane;
+    const int tile = blockIdx.x, split = blockIdx.y, M = p.M;
+    const int chunks = (p.K + Sh::KCH - 1) / Sh::KCH;
+    const int chunk_begin = split * p.chunks_per_split, chunk_end = min(chunks, chunk_begin + p.chunks_per_split);
+    const int n_chunks = max(0, chunk_end - chunk_begin);
+    auto w_stage = [&](int i) { return dl_smem + (i % S) * Sh::W_UNITS; };
+    auto x_stage = [&](int i) { return dl_smem + S * Sh::W_UNITS + (i % S) * Sh::X_UNITS; };
 
     int lin[DL_MT], row0[DL_MT];
     bool active[DL_MT];
 #pragma unroll
     for (int mt = 0; mt < DL_MT; mt++) {
-        int v = tile * DL_BLOCK_ROWS + warp * 32 + mt * 16;  // every out_g is a multiple of 16: a tile is one linear's
+        int v = tile * Sh::ROWS + rg * 32 + mt * 16;  // every out_g is a multiple of 16: an m-tile is one linear's
         active[mt] = v < p.total_rows;
         lin[mt] = dl_linear_of(p, v);
         row0[mt] = v - p.row_start[lin[mt]];
+    }
+
+    // What this thread stages each chunk: the same unit column of W_PER_THREAD weight rows and X_PER_THREAD x rows
+    // (the block's threads tile each row), so the row addresses are worked out once here and a chunk only adds
+    // its k offset.
+    const int w_unit = threadIdx.x % Sh::W_ROW_UNITS, w_row0 = threadIdx.x / Sh::W_ROW_UNITS;
+    constexpr int W_ROW_STEP = DL_THREADS / Sh::W_ROW_UNITS;
+    const char* w_src[Sh::W_PER_THREAD];
+#pragma unroll
+    for (int it = 0; it < Sh::W_PER_THREAD; it++) {
+        const int v = tile * Sh::ROWS + w_row0 + it * W_ROW_STEP;
+        w_src[it] = nullptr;
+        if (v < p.total_rows) {
+            const int g = dl_linear_of(p, v);
+            const int64_t e = (int64_t)(v - p.row_start[g]) * p.K + w_unit * (NF4 ? 32 : 8);
+            w_src[it] = NF4 ? (const char*)(p.nf4[g].packed + e / 2) : (const char*)(p.w[g] + e);
+        }
+    }
+    auto stage_weights = [&](uint4* ws, int ch) {  // chunk ch: 128 bytes per row and k group from each row start
+        const bool k_ok = ch * Sh::KCH + w_unit * (NF4 ? 32 : 8) < p.K;
+        const size_t offset = (size_t)ch * Sh::W_ROW_UNITS * 16;
+#pragma unroll
+        for (int it = 0; it < Sh::W_PER_THREAD; it++) {
+            const int r = w_row0 + it * W_ROW_STEP;
+            const bool valid = k_ok && w_src[it] != nullptr;
+            dl_cp_async16(ws + r * Sh::W_ROW_UNITS + dl_w_slot(r, w_unit), valid ? w_src[it] + offset : (const char*)p.x,
+                          valid);
+        }
+    };
+    const int x_unit = threadIdx.x % Sh::X_ROW_UNITS, x_row0 = threadIdx.x / Sh::X_ROW_UNITS;
+    constexpr int X_ROW_STEP = DL_THREADS / Sh::X_ROW_UNITS;
+    auto stage_x = [&](uint4* xs, int ch) {
+        const int k = ch * Sh::KCH + x_unit * 8;
+#pragma unroll
+        for (int it = 0; it < Sh::X_PER_THREAD; it++) {
+            const int n = x_row0 + it * X_ROW_STEP;
+            if (n >= NT * 8) break;  // the last round when the rows do not divide evenly
+            const bool valid = n < M && k < p.K;
+            dl_cp_async16(xs + n * Sh::X_ROW_UNITS + dl_x_slot<NF4>(n, x_unit), valid ? p.x + (int64_t)n * p.K + k : p.x,
+                          valid);
+        }
+    };
+
+    // before the dependency: what no earlier kernel writes
+    if (NF4) {  // per linear: a checkpoint's stored tables are authoritative
+        for (int g = 0; g < p.G; g++) {
+            if (threadIdx.x < 16) dl_code_table[g][threadIdx.x] = p.nf4[g].code[threadIdx.x];
+            if (p.nf4[g].double_quant)
+                for (int i = threadIdx.x; i < 256; i += DL_THREADS) nested_code[g][i] = p.nf4[g].nested_code[i];
+        }
+    }
+    for (int i = 0; i < S - 1 && i < n_chunks; i++) stage_weights(w_stage(i), chunk_begin + i);
+    DlScales scales_now, scales_next;
+    if (NF4 && n_chunks > 0)
+        dl_load_scales(scales_now, p, lin, row0, active, gq, c, chunk_begin * Sh::KCH + kw * Sh::CK);
+    grid_dependency_wait();
+    // group 0: the weights of chunks 0 .. S-2 and x of chunk 0; group i < S-1: x of chunk i
+    for (int i = 0; i < S - 1; i++) {
+        if (i < n_chunks) stage_x(x_stage(i), chunk_begin + i);
+        dl_cp_async_commit();
     }
 
     float acc[DL_MT][NT][4];
@@ -143,98 +349,145 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[mt][t][e] = 0.0f;
 
-    const int chunks = (K + DL_CHUNK - 1) / DL_CHUNK;
-    const int chunk_end = min(chunks, (split + 1) * p.chunks_per_split);
-    for (int ch = split * p.chunks_per_split; ch < chunk_end; ch++) {
-        const int k0 = ch * DL_CHUNK;
-        // the weights of rows gq and gq+8 of both tiles, as the 16 bf16 pairs of the 8 k-steps
-        uint32_t wf[DL_MT][2][16];
+    for (int i = 0; i < n_chunks; i++) {
+        // chunk i+S-1 into the stage chunk i-1 used (every warp left it at the last barrier); an empty group at
+        // the end keeps the count of groups in flight the same
+        if (i + S - 1 < n_chunks) {
+            stage_weights(w_stage(i + S - 1), chunk_begin + i + S - 1);
+            stage_x(x_stage(i + S - 1), chunk_begin + i + S - 1);
+        }
+        dl_cp_async_commit();
+        if (NF4 && i + 1 < n_chunks)
+            dl_load_scales(scales_next, p, lin, row0, active, gq, c, (chunk_begin + i + 1) * Sh::KCH + kw * Sh::CK);
+        dl_cp_async_wait_all_but<S - 1>();
+        __syncthreads();  // chunk i (and, the first time, the code tables) visible to every warp
+        const uint4* ws = w_stage(i);
+        const uint4* xs = x_stage(i);
+
+        // the block scales of this chunk's pieces
+        float scale[DL_PIECES];
+        if (NF4)
+#pragma unroll
+            for (int piece = 0; piece < DL_PIECES; piece++) {
+                const int g = lin[piece / (2 * DL_LOADS)];
+                scale[piece] = dl_piece_scale(p.nf4[g], nested_code[g], scales_now, piece);
+            }
+
+        // k-step pairs of this warp's k group: one 16-byte x read per n-tile feeds two k-steps of both m-tiles
+        constexpr int PAIRS = DlChunk<NF4>::K / 32;
+        uint4 wpiece[DL_MT][2];
+#pragma unroll
+        for (int q = 0; q < PAIRS; q++) {
+            const int j = NF4 ? q / 4 : q;  // which 16-byte weight piece of the thread's rows
+            if (!NF4 || q % 4 == 0)
+#pragma unroll
+                for (int mt = 0; mt < DL_MT; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int r = rg * 32 + mt * 16 + gq + 8 * h;
+                        wpiece[mt][h] = ws[r * Sh::W_ROW_UNITS + dl_w_slot(r, kw * 8 + j * 4 + c)];
+                    }
+            // which x unit (physical k / 8 within the chunk)
+            const int u = kw * UNITS + (NF4 ? j * 16 + c * 4 + q % 4 : q * 4 + c);
+            uint4 xf[NT];
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const int n = t * 8 + gq;
+                xf[t] = xs[n * Sh::X_ROW_UNITS + dl_x_slot<NF4>(n, u)];
+            }
+            // the weights of the two k-steps: NF4 word q % 4 of each row's piece j (bytes 2 sub, 2 sub + 1 feed
+            // k-step sub), or bf16 words 2 sub, 2 sub + 1
+            uint32_t w_pairs[DL_MT][2][4];
+#pragma unroll
+            for (int mt = 0; mt < DL_MT; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const uint4 w = wpiece[mt][h];
+                    if (NF4) {
+                        const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+                        dl_nf4_word(w_pairs[mt][h], words[q % 4], (uint32_t)lin[mt] * 0x40404040u,
+                                    scale[(mt * 2 + h) * DL_LOADS + j]);
+                    } else {
+                        w_pairs[mt][h][0] = w.x;
+                        w_pairs[mt][h][1] = w.y;
+                        w_pairs[mt][h][2] = w.z;
+                        w_pairs[mt][h][3] = w.w;
+                    }
+                }
+#pragma unroll
+            for (int sub = 0; sub < 2; sub++)
+#pragma unroll
+                for (int t = 0; t < NT; t++) {
+                    const uint32_t b[2] = {sub ? xf[t].z : xf[t].x, sub ? xf[t].w : xf[t].y};
+#pragma unroll
+                    for (int mt = 0; mt < DL_MT; mt++) {
+                        const uint32_t a[4] = {w_pairs[mt][0][2 * sub], w_pairs[mt][1][2 * sub],
+                                               w_pairs[mt][0][2 * sub + 1], w_pairs[mt][1][2 * sub + 1]};
+                        mma_bf16_m16n8k16(acc[mt][t], a, b);
+                    }
+                }
+        }
+        __syncthreads();  // every warp is done with stage i % S before iteration i+1 refills it
+        if (NF4) scales_now = scales_next;
+    }
+
+    // the k groups' sums into the k group 0 warps, in k group order (the pipeline's shared memory is free now:
+    // every group committed since the last chunk is empty)
+    if (Sh::KW > 1) {
+        constexpr int F = DL_MT * NT * 4;
+        float* red = reinterpret_cast<float*>(dl_smem);  // [KW][RG][F][32]
+        __syncthreads();
 #pragma unroll
         for (int mt = 0; mt < DL_MT; mt++)
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int g = lin[mt];
-                const int64_t row = row0[mt] + gq + 8 * h;
-                if (NF4) {
-                    const int k = k0 + c * 32;
-                    const bool ok = active[mt] && k < K;  // K % 32 == 0: 32 weights of one 64-block, 16-byte aligned
-                    uint4 raw = make_uint4(0, 0, 0, 0);
-                    float scale = 0.0f;
-                    if (ok) {
-                        const int64_t e = row * K + k;
-                        raw = __ldcs(reinterpret_cast<const uint4*>(p.nf4[g].packed + e / 2));  // streamed: read once
-                        scale = dl_block_scale(p.nf4[g], nested_code[g], e / NF4_BLOCK);
+            for (int t = 0; t < NT; t++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) red[((kw * Sh::RG + rg) * F + (mt * NT + t) * 4 + e) * 32 + lane] = acc[mt][t][e];
+        __syncthreads();
+        if (kw == 0)
+#pragma unroll
+            for (int mt = 0; mt < DL_MT; mt++)
+#pragma unroll
+                for (int t = 0; t < NT; t++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float sum = acc[mt][t][e];
+                        for (int other = 1; other < Sh::KW; other++)
+                            sum += red[((other * Sh::RG + rg) * F + (mt * NT + t) * 4 + e) * 32 + lane];
+                        acc[mt][t][e] = sum;
                     }
-                    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-                    for (int i = 0; i < 4; i++)
-#pragma unroll
-                        for (int j = 0; j < 4; j++)  // little-endian: byte j of the word is the (4i+j)-th code byte
-                            wf[mt][h][4 * i + j] = dl_nf4_pair(code[g], (words[i] >> (8 * j)) & 0xFFu, scale);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const int k = k0 + i * 32 + c * 8;
-                        uint4 raw = make_uint4(0, 0, 0, 0);
-                        if (active[mt] && k < K)  // K % 8 == 0
-                            raw = __ldcs(reinterpret_cast<const uint4*>(p.w[g] + row * K + k));
-                        wf[mt][h][4 * i + 0] = raw.x;
-                        wf[mt][h][4 * i + 1] = raw.y;
-                        wf[mt][h][4 * i + 2] = raw.z;
-                        wf[mt][h][4 * i + 3] = raw.w;
-                    }
-                }
-            }
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            const int m = t * 8 + gq;
-            uint32_t xr[16];
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int k = NF4 ? k0 + c * 32 + i * 8 : k0 + i * 32 + c * 8;
-                uint4 raw = make_uint4(0, 0, 0, 0);
-                if (m < M && k < K) raw = __ldg(reinterpret_cast<const uint4*>(p.x + (int64_t)m * K + k));
-                xr[4 * i + 0] = raw.x;
-                xr[4 * i + 1] = raw.y;
-                xr[4 * i + 2] = raw.z;
-                xr[4 * i + 3] = raw.w;
-            }
-#pragma unroll
-            for (int s = 0; s < 8; s++)
-#pragma unroll
-                for (int mt = 0; mt < DL_MT; mt++)
-                    dl_mma(acc[mt][t], wf[mt][0][2 * s], wf[mt][1][2 * s], wf[mt][0][2 * s + 1], wf[mt][1][2 * s + 1],
-                           xr[2 * s], xr[2 * s + 1]);
-        }
     }
 
     // split-K: publish this block's partial tile; the last block of the tile adds them all, in split order
+    constexpr int ROW_THREADS = Sh::RG * 32;  // the threads that hold the block's sums (k group 0)
     if (p.splits > 1) {
         const size_t tile_base = ((size_t)split * gridDim.x + tile) * (DL_MT * NT);
+        if (kw == 0)
 #pragma unroll
-        for (int mt = 0; mt < DL_MT; mt++)
+            for (int mt = 0; mt < DL_MT; mt++)
 #pragma unroll
-            for (int t = 0; t < NT; t++) {
-                float4* slot = reinterpret_cast<float4*>(p.partials) + (tile_base + mt * NT + t) * DL_THREADS + threadIdx.x;
-                __stcg(slot, make_float4(acc[mt][t][0], acc[mt][t][1], acc[mt][t][2], acc[mt][t][3]));
-            }
+                for (int t = 0; t < NT; t++) {
+                    float4* slot = reinterpret_cast<float4*>(p.partials) + (tile_base + mt * NT + t) * ROW_THREADS + rthread;
+                    __stcg(slot, make_float4(acc[mt][t][0], acc[mt][t][1], acc[mt][t][2], acc[mt][t][3]));
+                }
         __threadfence();
         __syncthreads();
         if (threadIdx.x == 0) last_block = atomicAdd(&p.counters[tile], 1) == p.splits - 1;
         __syncthreads();
-        if (!last_block) return;
+        if (!last_block || kw != 0) return;
         __threadfence();
 #pragma unroll
         for (int mt = 0; mt < DL_MT; mt++)
 #pragma unroll
             for (int t = 0; t < NT; t++) {
                 float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                for (int sp = 0; sp < p.splits; sp++) {
+#pragma unroll 8
+                for (int sp = 0; sp < p.splits; sp++) {  // unrolled: several partials in flight from L2
                     float4 v = make_float4(acc[mt][t][0], acc[mt][t][1], acc[mt][t][2], acc[mt][t][3]);
                     if (sp != split) {
                         const size_t base = ((size_t)sp * gridDim.x + tile) * (DL_MT * NT);
-                        v = __ldcg(reinterpret_cast<const float4*>(p.partials) + (base + mt * NT + t) * DL_THREADS +
-                                   threadIdx.x);
+                        v = __ldcg(reinterpret_cast<const float4*>(p.partials) + (base + mt * NT + t) * ROW_THREADS +
+                                   rthread);
                     }
                     sum.x += v.x;
                     sum.y += v.y;
@@ -246,8 +499,9 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
                 acc[mt][t][2] = sum.z;
                 acc[mt][t][3] = sum.w;
             }
-        if (threadIdx.x == 0) p.counters[tile] = 0;  // ready for the next launch
+        if (rthread == 0) p.counters[tile] = 0;  // ready for the next launch
     }
+    if (kw != 0) return;
 
     // epilogue: the adapter term ax B^T of this tile's rows on the tensor cores, then the two roundings
 #pragma unroll
@@ -264,18 +518,18 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
             const bf16* b_lo = p.B[g] + (int64_t)(row0[mt] + gq) * p.R;
             const bf16* b_hi = b_lo + 8 * (int64_t)p.R;
             for (int r0 = 0; r0 < p.R; r0 += 16) {
-                const uint32_t a0 = dl_pair(b_lo, r0 + 2 * c, p.R), a1 = dl_pair(b_hi, r0 + 2 * c, p.R);
-                const uint32_t a2 = dl_pair(b_lo, r0 + 2 * c + 8, p.R), a3 = dl_pair(b_hi, r0 + 2 * c + 8, p.R);
+                const uint32_t a[4] = {dl_pair(b_lo, r0 + 2 * c, p.R), dl_pair(b_hi, r0 + 2 * c, p.R),
+                                       dl_pair(b_lo, r0 + 2 * c + 8, p.R), dl_pair(b_hi, r0 + 2 * c + 8, p.R)};
 #pragma unroll
                 for (int t = 0; t < NT; t++) {
                     const int m = t * 8 + gq;
-                    uint32_t b0 = 0, b1 = 0;
+                    uint32_t b[2] = {0, 0};
                     if (m < M) {
                         const bf16* ax_row = p.ax + (int64_t)m * p.ld_ax + p.ax_col[g];
-                        b0 = dl_pair(ax_row, r0 + 2 * c, p.R);
-                        b1 = dl_pair(ax_row, r0 + 2 * c + 8, p.R);
+                        b[0] = dl_pair(ax_row, r0 + 2 * c, p.R);
+                        b[1] = dl_pair(ax_row, r0 + 2 * c + 8, p.R);
                     }
-                    dl_mma(lo[t], a0, a1, a2, a3, b0, b1);
+                    mma_bf16_m16n8k16(lo[t], a, b);
                 }
             }
         }
@@ -359,20 +613,44 @@ struct DlPlan {
     size_t partial_floats = 0;
 };
 
+// The block shape (DlShape) of an instantiation, on the host: output rows per block and k per chunk.
+template <bool NF4, int NT>
+static void dl_shape_of(int* rows, int* kch) {
+    *rows = DlShape<NF4, NT>::ROWS;
+    *kch = DlShape<NF4, NT>::KCH;
+}
+
+static void dl_shape(bool nf4, int NT, int* rows, int* kch) {
+    switch (NT) {
+        case 1: nf4 ? dl_shape_of<true, 1>(rows, kch) : dl_shape_of<false, 1>(rows, kch); break;
+        case 2: nf4 ? dl_shape_of<true, 2>(rows, kch) : dl_shape_of<false, 2>(rows, kch); break;
+        case 4: nf4 ? dl_shape_of<true, 4>(rows, kch) : dl_shape_of<false, 4>(rows, kch); break;
+        case 6: nf4 ? dl_shape_of<true, 6>(rows, kch) : dl_shape_of<false, 6>(rows, kch); break;
+        default: nf4 ? dl_shape_of<true, 8>(rows, kch) : dl_shape_of<false, 8>(rows, kch); break;
+    }
+}
+
 static DlPlan dl_plan(bool nf4, int total_rows, int K, int M) {
     DlPlan plan;
     plan.NT = dl_n_tiles(M);
-    plan.tiles = (total_rows + DL_BLOCK_ROWS - 1) / DL_BLOCK_ROWS;
-    plan.chunks = (K + DL_CHUNK - 1) / DL_CHUNK;
-    // enough blocks for 4 per SM (16 warps: enough loads in flight to cover HBM latency) ...
-    int want = (4 * dl_num_sms() + plan.tiles - 1) / plan.tiles;
-    // ... but the partials (written and read back, 8 * rows * 8 NT bytes per split) at most the weight bytes
-    double row_bytes = K * (nf4 ? 0.5 : 2.0);
-    int traffic = std::max(1, (int)(row_bytes / (8.0 * 8 * plan.NT)));
-    int splits = std::max(1, std::min(std::min(want, traffic), plan.chunks));
+    int rows = 0, chunk_k = 0;
+    dl_shape(nf4, plan.NT, &rows, &chunk_k);
+    plan.tiles = (total_rows + rows - 1) / rows;
+    plan.chunks = (K + chunk_k - 1) / chunk_k;
+    // about DL_CFG_BLOCKS_PER_SM blocks per SM over the launch, so that enough weight bytes are in flight to
+    // cover HBM latency ...
+    int want = (DL_CFG_BLOCKS_PER_SM * dl_num_sms() + plan.tiles - 1) / plan.tiles;
+    // ... but the partials (written and read back, fp32) at most twice the weight bytes, and at most
+    // DL_CFG_MAX_SPLITS splits, whose partials the last block of a tile adds up alone; a launch of one or two tiles
+    // (an adapter's x A^T: G*R rows over a long k) may take 4x more, or its few blocks would walk k alone
+    double tile_weight_bytes = (double)rows * K * (nf4 ? 0.5 : 2.0);
+    double tile_partial_bytes = 2.0 * rows * 8 * plan.NT * sizeof(float);
+    int traffic = std::max(1, (int)(2.0 * tile_weight_bytes / tile_partial_bytes));
+    const int most_splits = plan.tiles <= 2 ? 4 * DL_CFG_MAX_SPLITS : DL_CFG_MAX_SPLITS;
+    int splits = std::max(1, std::min(std::min(std::min(want, traffic), plan.chunks), most_splits));
     plan.chunks_per_split = (plan.chunks + splits - 1) / splits;
     plan.splits = (plan.chunks + plan.chunks_per_split - 1) / plan.chunks_per_split;
-    if (plan.splits > 1) plan.partial_floats = (size_t)plan.splits * plan.tiles * DL_BLOCK_ROWS * 8 * plan.NT;
+    if (plan.splits > 1) plan.partial_floats = (size_t)plan.splits * plan.tiles * rows * 8 * plan.NT;
     return plan;
 }
 
@@ -465,6 +743,33 @@ static bool dl_fast_ok(const DecodeParams& p, bool nf4) {
     return true;
 }
 
+// One launch of the tensor-core kernel for NT n-tiles: shared memory above 48 KB is opted into once per
+// instantiation, and the launch is a programmatic dependent launch (see the kernel).
+template <bool NF4, int NT>
+static void dl_launch_mma_nt(const DecodeParams& p, dim3 grid, cudaStream_t stream) {
+    typedef DlShape<NF4, NT> Sh;
+    const size_t smem = (size_t)Sh::S * (Sh::W_UNITS + Sh::X_UNITS) * sizeof(uint4);
+    static bool opted_in = false;
+    if (!opted_in) {  // and the whole L1 as shared memory, so that several blocks fit on an SM
+        cudaCheck(cudaFuncSetAttribute(decode_linear_mma_kernel<NF4, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)smem));
+        cudaCheck(cudaFuncSetAttribute(decode_linear_mma_kernel<NF4, NT>,
+                                       cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+        opted_in = true;
+    }
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(DL_THREADS);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    cudaCheck(cudaLaunchKernelEx(&config, decode_linear_mma_kernel<NF4, NT>, p));
+}
+
 template <bool NF4>
 static void dl_launch_mma(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
     DlPlan plan = dl_plan(NF4, p.total_rows, p.K, p.M);
@@ -474,13 +779,12 @@ static void dl_launch_mma(DecodeParams p, const DlWorkspace& ws, cudaStream_t st
     p.counters = ws.counters;
     dim3 grid(plan.tiles, plan.splits);
     switch (plan.NT) {
-        case 1: decode_linear_mma_kernel<NF4, 1><<<grid, DL_THREADS, 0, stream>>>(p); break;
-        case 2: decode_linear_mma_kernel<NF4, 2><<<grid, DL_THREADS, 0, stream>>>(p); break;
-        case 4: decode_linear_mma_kernel<NF4, 4><<<grid, DL_THREADS, 0, stream>>>(p); break;
-        case 6: decode_linear_mma_kernel<NF4, 6><<<grid, DL_THREADS, 0, stream>>>(p); break;
-        default: decode_linear_mma_kernel<NF4, 8><<<grid, DL_THREADS, 0, stream>>>(p); break;
+        case 1: dl_launch_mma_nt<NF4, 1>(p, grid, stream); break;
+        case 2: dl_launch_mma_nt<NF4, 2>(p, grid, stream); break;
+        case 4: dl_launch_mma_nt<NF4, 4>(p, grid, stream); break;
+        case 6: dl_launch_mma_nt<NF4, 6>(p, grid, stream); break;
+        default: dl_launch_mma_nt<NF4, 8>(p, grid, stream); break;
     }
-    cudaCheck(cudaGetLastError());
 }
 
 static void dl_launch(const DecodeParams& p, bool nf4, bool simple, const DlWorkspace& ws, cudaStream_t stream) {
@@ -498,7 +802,8 @@ static void dl_launch(const DecodeParams& p, bool nf4, bool simple, const DlWork
 
 // One pass of at most 64 rows: ax = x A^T for the adapted linears (bf16 weights, no adapter), then the group.
 static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, int M, int R, float scale,
-                            bf16* const* y, const DlWorkspace& ws, bool simple, cudaStream_t stream) {
+                            bf16* const* y, const DlWorkspace& ws, bool simple, MatmulContext* ctx,
+                            cudaStream_t stream) {
     const int in = (int)linears[0].base->in, adapted = dl_adapted(linears, G);
     DecodeParams params;
     params.G = G;
@@ -523,7 +828,19 @@ static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, 
             params.B[g] = linears[g].B;
         }
         ax.row_start[ax.G] = ax.total_rows = adapted * R;
-        dl_launch(ax, false, simple, ws, stream);
+        if (ctx) {  // cuBLASLt, as the training forward computes x A^T: one GEMM when the A copies are consecutive
+            bool consecutive = true;
+            for (int a = 1; a < ax.G; a++) consecutive &= ax.w[a] == ax.w[0] + (size_t)a * R * in;
+            if (consecutive)
+                matmul(ctx, ws.ax, false, adapted * R, x, false, in, ax.w[0], true, in, M, adapted * R, in, 1.0f, 0.0f,
+                       nullptr, stream);
+            else
+                for (int a = 0; a < ax.G; a++)
+                    matmul(ctx, ws.ax + a * R, false, adapted * R, x, false, in, ax.w[a], true, in, M, R, in, 1.0f, 0.0f,
+                           nullptr, stream);
+        } else {
+            dl_launch(ax, false, simple, ws, stream);
+        }
         params.ax = ws.ax;
         params.ld_ax = adapted * R;
     }
@@ -541,7 +858,7 @@ static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, 
 }
 
 static void dl_forward(const LoraLinearGpu* linears, int G, const bf16* x, int M, int R, float scale, bf16* const* y,
-                       void* workspace, size_t workspace_bytes, bool simple, cudaStream_t stream) {
+                       void* workspace, size_t workspace_bytes, bool simple, MatmulContext* ctx, cudaStream_t stream) {
     if (G < 1 || G > DECODE_LINEAR_MAX_G) dl_fail("a group has 1 to 3 linears");
     if (M < 1) return;
     for (int g = 0; g < G; g++) {
@@ -551,7 +868,7 @@ static void dl_forward(const LoraLinearGpu* linears, int G, const bf16* x, int M
     for (int g = 1; g < G; g++)
         if (linears[g].base->format != linears[0].base->format) {  // a mixed group: one linear at a time
             for (int i = 0; i < G; i++)
-                dl_forward(linears + i, 1, x, M, R, scale, y + i, workspace, workspace_bytes, simple, stream);
+                dl_forward(linears + i, 1, x, M, R, scale, y + i, workspace, workspace_bytes, simple, ctx, stream);
             return;
         }
     DlWorkspace ws = dl_workspace(linears, G, R, std::min(M, DECODE_LINEAR_MAX_M), workspace, workspace_bytes);
@@ -560,18 +877,19 @@ static void dl_forward(const LoraLinearGpu* linears, int G, const bf16* x, int M
         bf16* y_pass[DECODE_LINEAR_MAX_G];
         for (int g = 0; g < G; g++) y_pass[g] = y[g] + (size_t)m0 * linears[g].base->out;
         dl_forward_pass(linears, G, x + (size_t)m0 * in, std::min(DECODE_LINEAR_MAX_M, M - m0), R, scale, y_pass, ws,
-                        simple, stream);
+                        simple, ctx, stream);
     }
 }
 
 void decode_linear_forward(const LoraLinearGpu* linears, int G, const bf16* x, int M, int R, float scale,
-                           bf16* const* y, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-    dl_forward(linears, G, x, M, R, scale, y, workspace, workspace_bytes, false, stream);
+                           bf16* const* y, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                           MatmulContext* ctx) {
+    dl_forward(linears, G, x, M, R, scale, y, workspace, workspace_bytes, false, ctx, stream);
 }
 
 void decode_linear_forward_simple(const LoraLinearGpu* linears, int G, const bf16* x, int M, int R, float scale,
                                   bf16* const* y, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
-    dl_forward(linears, G, x, M, R, scale, y, workspace, workspace_bytes, true, stream);
+    dl_forward(linears, G, x, M, R, scale, y, workspace, workspace_bytes, true, nullptr, stream);
 }
 
 double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
@@ -593,3 +911,12 @@ double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
     }
     return bytes;
 }
+
+// the knobs end here, so that the lab can include this file again with other values
+#undef DL_CFG_WARPS
+#undef DL_CFG_STAGES_SMALL
+#undef DL_CFG_STAGES_LARGE
+#undef DL_CFG_BLOCKS_PER_SM
+#undef DL_CFG_MAX_SPLITS
+#undef DL_CFG_KSPLIT
+#undef DL_CFG_KSPLIT_NF4

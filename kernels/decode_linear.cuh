@@ -26,8 +26,12 @@ constexpr int DECODE_LINEAR_MAX_G = 3;
 // on R alone, so one workspace of the largest size over a model's groups serves them all. One stream at a time may
 // use a workspace. Nothing is allocated.
 size_t decode_linear_workspace_bytes(const LoraLinearGpu* linears, int G, int R, int max_M);
+// ctx: with a cuBLASLt context, the adapters' x A^T (a GEMM of only G*R columns over a long k, which the decode
+// kernel's split-K handles poorly) runs through matmul, as the training forward computes it; without one, through
+// the decode kernel with the A matrices as bf16 weights. Both round x A^T to bf16 once.
 void decode_linear_forward(const LoraLinearGpu* linears, int G, const __nv_bfloat16* x, int M, int R, float scale,
-                           __nv_bfloat16* const* y, void* workspace, size_t workspace_bytes, cudaStream_t stream);
+                           __nv_bfloat16* const* y, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                           MatmulContext* ctx = nullptr);
 
 // The same result from the simple CUDA-core kernel (one warp per output row, each weight dequantized on its own):
 // the path decode_linear_forward takes for shapes its tensor-core kernel cannot read (in not a multiple of 32 for

@@ -24,6 +24,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 __global__ void rmsnorm_forward_kernel(__nv_bfloat16* out, float* rstd, __nv_bfloat16* resid_out,
                                        const __nv_bfloat16* x, const __nv_bfloat16* y, const __nv_bfloat16* w,
                                        int N, int C, float eps) {
+    grid_launch_dependents();  // a decode linear launched next may start loading its weights now
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
     if (row >= N) return;

@@ -13,6 +13,7 @@
 __device__ __forceinline__ float silu_bf16(float g) { return __bfloat162float(__float2bfloat16_rn(g / (1.0f + expf(-g)))); }
 
 __global__ void swiglu_forward_kernel(uint4* out, const uint4* g, const uint4* u, size_t n8) {
+    grid_launch_dependents();  // a decode linear launched next may start loading its weights now
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= n8) return;
     uint4 g_raw = g[idx], u_raw = u[idx], out_raw;

@@ -6,14 +6,16 @@
 //      final norm's output at each prompt's last position is copied to its G rows: the lm_head gives the logits
 //      of the first completion token.
 //   2. decode: while some rollout is unfinished and fewer than max_new_tokens tokens are drawn: sample_tokens on
-//      the [S, V] bf16 logits, then one decode step for all S rows (the token just drawn at its own position):
-//      embedding, per layer rmsnorm, q/k/v (one decode_linear group), RoPE, kv_cache_append, decode_attention, o,
+//      the [S, V] bf16 logits, decode_advance, then one decode step for all S rows (the token just drawn at its
+//      own position): embedding, per layer rmsnorm, q/k/v (one decode_linear group), RoPE, kv_cache_append, decode_attention, o,
 //      residual + rmsnorm, gate/up, SwiGLU, down, residual; the final norm and the lm_head.
-// Finished rollouts stay in the batch (no compaction): sample_tokens gives them the pad token and draws nothing, so
-// their rows compute something nobody reads. Simple, and the positions of every row advance together; compacting
-// the batch would save their GEMM rows and attention once many are done (left for the speed work).
-// The tokens come back to the host after every step (the stop test and the completions); CUDA graphs and a device
-// side stop test are the speed work left.
+// Finished rollouts stay in the batch until the unfinished ones fit in fewer 8-row n-tiles of the decode GEMMs;
+// then they are compacted away (rows are mapped to cache slots). In between, sample_tokens gives finished rows the
+// pad token and draws nothing, so their rows compute something nobody reads; within one n-tile that costs nothing,
+// since a decode step reads every weight once whatever the rows.
+// Every row's state (position, length, draw count) lives on the GPU and is advanced there (decode_advance), so a
+// step has no host input: it is captured once as a CUDA graph and replayed for every token. The host polls the
+// count of unfinished rows two steps late and reads the tokens once, at the end.
 #include "model/gpu_generate.h"
 
 #include <algorithm>
@@ -25,6 +27,7 @@
 
 #include "data/text.h"
 #include "kernels/cuda_common.cuh"
+#include "kernels/decode_advance.cuh"
 #include "kernels/decode_attention.cuh"
 #include "kernels/decode_linear.cuh"
 #include "kernels/embedding.cuh"
@@ -48,7 +51,9 @@ struct GenBuffers {
     bf16 *x = nullptr, *ln = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *att = nullptr, *proj = nullptr;
     bf16 *gate = nullptr, *up = nullptr, *mlp = nullptr, *logits = nullptr;
     int *tokens = nullptr, *finished = nullptr;
-    int* step_info = nullptr;  // [3][S]: positions, lens (positions + 1), sampling steps
+    int* step_info = nullptr;  // [4][S]: positions, lens (positions + 1), sampling steps, prompt lengths
+    int* completions = nullptr;  // [S][max_T]: the tokens drawn, read by the host once at the end
+    int* slots = nullptr;        // [S]: the rollout (cache slot) of each decode row, all of them until compaction
     int* stop_ids = nullptr;   // [MAX_STOP_IDS]
     int *prefill_cu = nullptr, *prefill_slots = nullptr;  // [S + 1] and [S]: one prefill micro-batch
     void* linear_workspace = nullptr;                     // decode_linear's, zeroed at creation
@@ -130,7 +135,9 @@ static size_t layout_generation(const Qwen2Config& cfg, const LoraConfig& lora, 
     b->logits = (bf16*)take(S * cfg.V * sizeof(bf16));
     b->tokens = (int*)take(S * sizeof(int));
     b->finished = (int*)take(S * sizeof(int));
-    b->step_info = (int*)take(3 * S * sizeof(int));
+    b->step_info = (int*)take(4 * S * sizeof(int));
+    b->completions = (int*)take(S * max_T * sizeof(int));
+    b->slots = (int*)take(S * sizeof(int));
     b->stop_ids = (int*)take(MAX_STOP_IDS * sizeof(int));
     b->prefill_cu = (int*)take((S + 1) * sizeof(int));
     b->prefill_slots = (int*)take(S * sizeof(int));
@@ -185,7 +192,8 @@ struct Generator {
                cfg.C, M, cfg.V, cfg.C, 1.0f, 0.0f, nullptr, stream);
     }
 
-    // One token for each of the M rows: b.tokens at positions/lens in step_info; leaves the logits in b.logits.
+    // One token for each of the M rows: b.tokens at positions/lens in step_info, row m being rollout b.slots[m] (its
+    // cache slot); leaves the logits in b.logits.
     void decode_step(int M, int max_len) {
         const Qwen2Weights& w = *parts.weights;
         const int C = cfg.C, R = parts.lora->R, max_T = options.max_sequence_length;
@@ -206,27 +214,27 @@ struct Generator {
             gpu_model_linear_group(model, l, LIN_Q, 3, true, group);
             bf16* qkv[3] = {b.q, b.k, b.v};
             decode_linear_forward(group, 3, b.ln, M, R, scale, qkv, b.linear_workspace, b.linear_workspace_bytes,
-                                  stream);
+                                  stream, parts.matmul);
             rope_forward(b.q, b.q, positions, rope_cos, rope_sin, M, cfg.NH, cfg.HD, stream);
             rope_forward(b.k, b.k, positions, rope_cos, rope_sin, M, cfg.KVH, cfg.HD, stream);
-            kv_cache_append(k_cache(l), v_cache(l), b.k, b.v, nullptr, positions, M, cfg.KVH, cfg.HD, max_T, stream);
-            decode_attention_forward(b.att, b.q, k_cache(l), v_cache(l), nullptr, lens, M, cfg.NH, cfg.KVH, cfg.HD,
+            kv_cache_append(k_cache(l), v_cache(l), b.k, b.v, b.slots, positions, M, cfg.KVH, cfg.HD, max_T, stream);
+            decode_attention_forward(b.att, b.q, k_cache(l), v_cache(l), b.slots, lens, M, cfg.NH, cfg.KVH, cfg.HD,
                                      max_T, max_len, splits, b.attention_scratch, stream);
             gpu_model_linear_group(model, l, LIN_O, 1, true, group);
             bf16* o[1] = {b.proj};
             decode_linear_forward(group, 1, b.att, M, R, scale, o, b.linear_workspace, b.linear_workspace_bytes,
-                                  stream);
+                                  stream, parts.matmul);
             residual_rmsnorm_forward(b.x, b.ln, nullptr, b.x, b.proj, (const bf16*)lw.post_attention_norm, M, C, eps,
                                      stream);
             gpu_model_linear_group(model, l, LIN_GATE, 2, true, group);
             bf16* gu[2] = {b.gate, b.up};
             decode_linear_forward(group, 2, b.ln, M, R, scale, gu, b.linear_workspace, b.linear_workspace_bytes,
-                                  stream);
+                                  stream, parts.matmul);
             swiglu_forward(b.mlp, b.gate, b.up, (size_t)M * cfg.I, stream);
             gpu_model_linear_group(model, l, LIN_DOWN, 1, true, group);
             bf16* down[1] = {b.proj};
             decode_linear_forward(group, 1, b.mlp, M, R, scale, down, b.linear_workspace, b.linear_workspace_bytes,
-                                  stream);
+                                  stream, parts.matmul);
             residual_forward(b.x, b.x, b.proj, (size_t)M * C, stream);
         }
         rmsnorm_forward(b.ln, nullptr, b.x, (const bf16*)w.final_norm, M, C, eps, stream);
@@ -334,42 +342,130 @@ std::vector<Rollout> gpu_generate(GpuModel* model, const std::vector<std::vector
     gen.prefill(prompts, G);
     gen.lm_head(S);
 
-    // step_info: positions, lens, sampling steps ([3][max_rollouts]); host copy uploaded before each step
+    // The state of every row lives on the GPU (kernels/decode_advance.cuh): step_info holds positions, lens,
+    // draw counts and prompt lengths ([4][max_rollouts]), so a decode step has no host input and is captured once
+    // as a CUDA graph, then replayed for every token. The host only polls the count of unfinished rows (mapped
+    // memory, written by decode_advance), two steps behind so that the GPU always has the next steps queued.
+    // Decode row m is rollout slots[m]: when the unfinished rows fit in fewer n-tiles of the decode GEMMs (8 rows
+    // each), the finished ones are compacted away and the graph is captured again for the smaller batch. The draws
+    // do not change: rollout n's t-th uniform number is splitmix64(seed, n, t) whatever row it sits in.
     const int SR = options.max_rollouts;
-    std::vector<int> info((size_t)3 * SR, 0), tokens(S);
-    std::vector<bool> done(S, false);
-    for (int t = 0;; t++) {
-        // draw token t of every unfinished rollout
-        for (int n = 0; n < S; n++) info[(size_t)2 * SR + n] = t;
-        cudaCheck(cudaMemcpyAsync(b.step_info + 2 * SR, info.data() + 2 * SR, S * sizeof(int), cudaMemcpyHostToDevice,
-                                  stream));
-        sample_tokens(b.tokens, b.finished, b.logits, S, cfg.V, sampler, seed, nullptr, b.step_info + 2 * SR,
-                      b.stop_ids, (int)stop_ids.size(), 0, stream);
-        cudaCheck(cudaMemcpyAsync(tokens.data(), b.tokens, S * sizeof(int), cudaMemcpyDeviceToHost, stream));
+    int* positions = b.step_info;
+    int* lens = b.step_info + SR;
+    int* steps = b.step_info + 2 * SR;
+    int* prompt_lens = b.step_info + 3 * SR;
+    std::vector<int> host_prompt_lens(S), host_slots(S);
+    int longest_prompt = 0;
+    for (int n = 0; n < S; n++) {
+        host_prompt_lens[n] = (int)rollouts[n].prompt->size();
+        host_slots[n] = n;
+        longest_prompt = std::max(longest_prompt, host_prompt_lens[n]);
+    }
+    cudaCheck(cudaMemcpyAsync(prompt_lens, host_prompt_lens.data(), S * sizeof(int), cudaMemcpyHostToDevice, stream));
+    cudaCheck(cudaMemcpyAsync(b.slots, host_slots.data(), S * sizeof(int), cudaMemcpyHostToDevice, stream));
+    cudaCheck(cudaMemsetAsync(steps, 0, S * sizeof(int), stream));
+    // decode attention's launch shape from the longest length any step reaches, the same for every step
+    const int max_len = longest_prompt + max_new_tokens;
+    int* unfinished = nullptr;  // host-mapped
+    int* unfinished_device = nullptr;
+    cudaCheck(cudaHostAlloc((void**)&unfinished, sizeof(int), cudaHostAllocMapped));
+    cudaCheck(cudaHostGetDevicePointer((void**)&unfinished_device, unfinished, 0));
+    *(volatile int*)unfinished = S;
+
+    // draw the next token of every row (finished rows draw nothing) and record it
+    auto draw = [&](int M) {
+        sample_tokens(b.tokens, b.finished, b.logits, M, cfg.V, sampler, seed, b.slots, steps, b.stop_ids,
+                      (int)stop_ids.size(), 0, stream);
+        decode_advance(b.completions, options.max_sequence_length, b.slots, b.tokens, b.finished, positions, lens,
+                       steps, prompt_lens, M, unfinished_device, stream);
+    };
+    // keeps the unfinished rows (in order) at the front of every per-row array; returns their number
+    auto compact = [&](int M) {
+        int* arrays[7] = {b.tokens, b.finished, positions, lens, steps, prompt_lens, b.slots};
+        std::vector<int> host((size_t)7 * M);
+        for (int a = 0; a < 7; a++)
+            cudaCheck(cudaMemcpyAsync(host.data() + (size_t)a * M, arrays[a], M * sizeof(int), cudaMemcpyDeviceToHost,
+                                      stream));
         cudaCheck(cudaStreamSynchronize(stream));
-        bool all_done = true;
-        for (int n = 0; n < S; n++) {
-            if (done[n]) continue;
-            if (tokens[n] < 0 || tokens[n] >= cfg.V)
+        std::vector<int> keep;
+        for (int m = 0; m < M; m++)
+            if (host[(size_t)M + m] == 0) keep.push_back(m);
+        const int kept = (int)keep.size();
+        if (kept == M || kept == 0) return kept;
+        std::vector<int> packed((size_t)7 * kept);
+        for (int a = 0; a < 7; a++)
+            for (int i = 0; i < kept; i++) packed[(size_t)a * kept + i] = host[(size_t)a * M + keep[i]];
+        for (int a = 0; a < 7; a++)
+            cudaCheck(cudaMemcpyAsync(arrays[a], packed.data() + (size_t)a * kept, kept * sizeof(int),
+                                      cudaMemcpyHostToDevice, stream));
+        return kept;
+    };
+    auto n_tiles = [](int rows) { return (std::min(rows, DECODE_LINEAR_MAX_M) + 7) / 8; };
+
+    const int EVENTS = 4;
+    cudaEvent_t done_event[EVENTS];
+    for (cudaEvent_t& e : done_event) cudaCheck(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t graph_exec = nullptr;
+    auto drop_graph = [&]() {
+        if (graph_exec) cudaCheck(cudaGraphExecDestroy(graph_exec));
+        if (graph) cudaCheck(cudaGraphDestroy(graph));
+        graph_exec = nullptr;
+        graph = nullptr;
+    };
+    int M = S;
+    draw(M);  // token 0, from the prefill's logits
+    cudaCheck(cudaEventRecord(done_event[0], stream));
+    int drawn = 1;
+    bool eager = true;  // the first step at a batch size runs eagerly: first uses set kernel attributes, which a
+                        // capture must not see
+    for (int t = 1; t < max_new_tokens; t++) {
+        if (t >= 2) {  // stop once every row is done (polled two steps late: at most two wasted steps)
+            cudaCheck(cudaEventSynchronize(done_event[(t - 2) % EVENTS]));
+            const int open = *(volatile int*)unfinished;
+            if (open == 0) break;
+            if (n_tiles(open) < n_tiles(M)) {
+                M = compact(M);
+                if (M == 0) break;
+                drop_graph();
+                eager = true;
+            }
+        }
+        if (eager) {
+            gen.decode_step(M, max_len);
+            draw(M);
+            eager = false;
+        } else {
+            if (!graph_exec) {
+                cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+                gen.decode_step(M, max_len);
+                draw(M);
+                cudaCheck(cudaStreamEndCapture(stream, &graph));
+                cudaCheck(cudaGraphInstantiate(&graph_exec, graph, 0));
+            }
+            cudaCheck(cudaGraphLaunch(graph_exec, stream));
+        }
+        cudaCheck(cudaEventRecord(done_event[t % EVENTS], stream));
+        drawn = t + 1;
+    }
+    std::vector<int> completions((size_t)S * options.max_sequence_length);
+    cudaCheck(cudaMemcpyAsync(completions.data(), b.completions, completions.size() * sizeof(int),
+                              cudaMemcpyDeviceToHost, stream));
+    cudaCheck(cudaStreamSynchronize(stream));
+    drop_graph();
+    for (cudaEvent_t& e : done_event) cudaCheck(cudaEventDestroy(e));
+    cudaCheck(cudaFreeHost(unfinished));
+
+    // each completion: the tokens up to and including its first stop id (later draws are the pad id)
+    for (int n = 0; n < S; n++) {
+        const int* row = completions.data() + (size_t)n * options.max_sequence_length;
+        for (int t = 0; t < drawn; t++) {
+            if (row[t] < 0 || row[t] >= cfg.V)
                 throw GrpoError("generate: rollout " + std::to_string(n) + " step " + std::to_string(t) +
                                 " has no token to draw (every allowed logit is -inf or NaN)");
-            rollouts[n].completion.push_back(tokens[n]);
-            done[n] = is_stop_token(tokens[n], stop_ids);
-            all_done = all_done && done[n];
+            rollouts[n].completion.push_back(row[t]);
+            if (is_stop_token(row[t], stop_ids)) break;
         }
-        if (all_done || t + 1 == max_new_tokens) break;
-        // feed token t at position P + t (finished rows feed the pad token the sampler gave them)
-        int max_len = 0;
-        for (int n = 0; n < S; n++) {
-            const int P = (int)rollouts[n].prompt->size();
-            info[n] = P + t;
-            info[(size_t)SR + n] = P + t + 1;
-            max_len = std::max(max_len, P + t + 1);
-        }
-        cudaCheck(cudaMemcpyAsync(b.step_info, info.data(), S * sizeof(int), cudaMemcpyHostToDevice, stream));
-        cudaCheck(cudaMemcpyAsync(b.step_info + SR, info.data() + SR, S * sizeof(int), cudaMemcpyHostToDevice,
-                                  stream));
-        gen.decode_step(S, max_len);
     }
     return rollouts;
 }

@@ -20,7 +20,8 @@ size_t gpu_generation_plan(const Qwen2Config& cfg, const LoraConfig& lora, const
 // sampled ids up to and including the first stop id, or max_new_tokens ids. Each prompt runs through the forward
 // once and its keys and values are copied to its G cache slots. Rollout n = p * G + g draws its t-th token with
 // the uniform number splitmix64(seed, n, t) (kernels/sample.cuh), so a seed reproduces the rollouts. Finished
-// sequences stay in the batch (their rows compute on a pad token and draw nothing) until all are done.
+// sequences compute on a pad token and draw nothing until the unfinished ones fit in fewer 8-row tiles of the
+// decode GEMMs; then they are compacted away (the draws do not change: they depend on n and t alone).
 // Throws GrpoError when the request does not fit the model's GpuOptions::max_rollouts / max_sequence_length.
 std::vector<Rollout> gpu_generate(GpuModel* model, const std::vector<std::vector<int32_t>>& prompts, int G,
                                   int max_new_tokens, const SamplerConfig& sampler, const std::vector<int>& stop_ids,

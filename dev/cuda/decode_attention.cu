@@ -1,16 +1,22 @@
 // decode_attention.cu (lab): decode-time GQA attention over the bf16 KV cache, validated against cpu_attention_forward used as the KV-cache path calls it, and timed against the HBM roofline at Qwen2.5-7B decode shapes.
 // Build and run: make build/lab_decode_attention && ./build/lab_decode_attention
 //
-// Both versions are kernels/decode_attention.cu's kernel (the launcher the backend calls), with a different split plan:
-// Version 1 (1 split): one block per (sequence, KV head); the block scores its whole cache for the NH/KVH query
-//   heads sharing the KV head (each key read once for the group), softmaxes in fp32, accumulates p v, writes out.
-//   M = 6 sequences x 4 KV heads is only 24 blocks for 132 SMs: latency-bound when M is small.
-// Version 2 (auto splits, flash-decoding): the cache length is also split so that there are ~2 blocks per SM
-//   (no split under 64 keys); each block writes an unnormalized partial and its (max, sum), and a combine kernel
-//   rescales and merges them. Costs one more launch and M*NH*splits*(HD+2) floats of traffic.
+// Both versions live in kernels/decode_attention.cu (decode_attention_forward_version picks one; the launcher the
+// backend calls runs DECODE_ATT_DEFAULT_VERSION, 2):
+// Version 1 (CUDA cores, the fallback): one block per (sequence, KV head, split), 128 threads, three phases: every
+//   thread dots whole key rows with the group's queries read from shared memory (2 float4 loads per 8 FMAs, each
+//   thread reading a 256-byte row: poorly coalesced), a [G][chunk] score buffer softmaxed in place, then p v.
+//   Its plan splits the cache for ~2 blocks per SM, so it always pays the combine kernel.
+// Version 2 (tensor cores, flash-decoding): the same blocks, 4 warps each taking 16-key tiles in turn, streamed
+//   through shared memory with cp.async (3 tiles per warp, no block barrier in the loop); S = Q K^T and O += P V
+//   on mma.sync m16n8k16 with the <= 8 query heads as the rows, an online softmax in fp32 registers, P carried as
+//   bf16 hi + lo in the tile's otherwise idle rows (fp32-class probabilities at no extra mma), the warps merged in
+//   shared memory at the end. Its plan takes no split once M * KVH blocks fill the SMs (one kernel), else ~2
+//   blocks per SM. The "alt" line runs version 2 with the other choice (2 splits, or 1) to show what the plan buys.
 // Bytes: the K and V rows read (M * KVH * len * HD * 2 bf16 each) + q read + out written; the roofline is those
 // bytes at the measured 4.27 TB/s. Tolerance: see test/gpu/test_decode.cpp (abs 1e-5, rel 2^-8: the bf16
-// rounding of out, at most 2^-8 relative, on top of fp32 reordering; the probabilities stay fp32 like the FP32 reference).
+// rounding of out, at most 2^-8 relative, on top of fp32 reordering; both versions keep the probabilities to
+// 2^-18 relative, like the FP32 reference).
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -27,17 +33,21 @@
 #include <algorithm>
 #include <cstdint>
 #include "data/text.h"
+#include "kernels/mma.cuh"
 namespace mutant {
 #define DEC_DROP_KEYS 1
 #include "kernels/decode_attention.cu"
 }  // namespace mutant
 
-typedef void (*DecodeFn)(__nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, const int*,
-                         const int*, int, int, int, int, int, int, int, void*, cudaStream_t);
+typedef void (*DecodeFn)(int, __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*,
+                         const int*, const int*, int, int, int, int, int, int, int, void*, cudaStream_t);
 
 struct Case { int M, NH, KVH, HD, len; };
+struct Run { int version, splits; std::string label; };
 
-static bool run_case(const Case& c, Rng& rng, DecodeFn fn = decode_attention_forward, bool timed = true) {
+// Validates (and when timed, benchmarks) the versions on one shape; only_version > 0 runs just that version.
+static bool run_case(const Case& c, Rng& rng, DecodeFn fn = decode_attention_forward_version, bool timed = true,
+                     int only_version = 0) {
     const int M = c.M, NH = c.NH, KVH = c.KVH, HD = c.HD, L = c.len, max_T = L;
     std::vector<float> q((size_t)M * NH * HD), kc(kv_cache_layer_elems(M, KVH, max_T, HD)), vc(kc.size());
     fill_uniform(q, rng, -2.0f, 2.0f);
@@ -51,8 +61,10 @@ static bool run_case(const Case& c, Rng& rng, DecodeFn fn = decode_attention_for
     cudaCheck(cudaMalloc(&d_out, (size_t)M * NH * HD * 2));
     int* d_lens = to_device(std::vector<int>(M, L));
     const int auto_splits = decode_attention_auto_splits(M, KVH, L);
+    // enough for any plan here: neither version's automatic choice exceeds one split per 32 keys
+    const int most_splits = std::max(2, (L + 31) / 32);
     void* d_scratch;
-    cudaCheck(cudaMalloc(&d_scratch, std::max<size_t>(16, decode_attention_scratch_bytes(M, NH, HD, auto_splits))));
+    cudaCheck(cudaMalloc(&d_scratch, std::max<size_t>(16, decode_attention_scratch_bytes(M, NH, HD, most_splits))));
 
     // the CPU reference on three rows (first, middle, last): the cache rows of a slot back in [len, KVH*HD] order
     const int check_rows[3] = {0, M / 2, M - 1};
@@ -68,22 +80,26 @@ static bool run_case(const Case& c, Rng& rng, DecodeFn fn = decode_attention_for
         cpu_attention_forward(ref.data() + (size_t)i * NH * HD, nullptr, q.data() + (size_t)m * NH * HD, kseq.data(),
                               vseq.data(), 1, 1, L - 1, L, NH, KVH, HD, CpuPrecision::FP32);
     }
-    printf("M %2d, len %4d (NH %d, KVH %d, HD %d): auto plan %d splits\n", M, L, NH, KVH, HD, auto_splits);
+    printf("M %2d, len %4d (NH %d, KVH %d, HD %d): default plan %d split%s\n", M, L, NH, KVH, HD, auto_splits,
+           auto_splits > 1 ? "s" : "");
     const double bytes = (double)M * KVH * L * HD * 2 * 2 + 2.0 * M * NH * HD * 2;
+    std::vector<Run> runs = {{1, 0, "v1 cuda cores, auto plan"},
+                             {2, 0, "v2 tensor cores, " + std::to_string(auto_splits) + " split" + (auto_splits > 1 ? "s" : "")}};
+    const int alt = auto_splits > 1 ? 1 : 2;  // the other side of the plan's choice
+    if (timed && (alt > 1 || L <= DECODE_ATT_MAX_CHUNK))
+        runs.push_back({2, alt, "v2 alt, " + std::to_string(alt) + " split" + (alt > 1 ? "s" : "")});
     bool ok = true;
-    for (int version = 1; version <= 2; version++) {
-        if (version == 1 && L > DECODE_ATT_MAX_CHUNK) continue;  // one block cannot hold more keys
-        const int splits = version == 1 ? 1 : 0;
+    for (const Run& r : runs) {
+        if (only_version > 0 && r.version != only_version) continue;
         auto launch = [&]() {
-            fn(d_out, d_q, d_k, d_v, nullptr, d_lens, M, NH, KVH, HD, max_T, L, splits, d_scratch, 0);
+            fn(r.version, d_out, d_q, d_k, d_v, nullptr, d_lens, M, NH, KVH, HD, max_T, L, r.splits, d_scratch, 0);
         };
         cudaCheck(cudaMemset(d_out, 0xff, (size_t)M * NH * HD * 2));
         launch();
         std::vector<float> got = bf16_to_floats(to_host((bf16_bits*)d_out, (size_t)M * NH * HD)), sub;
         for (int m : check_rows) sub.insert(sub.end(), got.begin() + (size_t)m * NH * HD, got.begin() + (size_t)(m + 1) * NH * HD);
-        std::string label = version == 1 ? "v1 1 split" : "v2 " + std::to_string(auto_splits) + " splits";
-        ok &= validate(label.c_str(), sub.data(), ref.data(), ref.size(), 1e-5f, 1.0f / 256.0f);
-        if (timed) report(label.c_str(), time_kernel_ms(launch), bytes, 0);
+        ok &= validate(r.label.c_str(), sub.data(), ref.data(), ref.size(), 1e-5f, 1.0f / 256.0f);
+        if (timed) report(r.label.c_str(), time_kernel_ms(launch), bytes, 0);
     }
     if (timed) printf("  %-28s %9.4f ms  (the KV bytes at 4.27 TB/s)\n", "roofline", bytes / 4.27e9);
     cudaFree(d_q); cudaFree(d_k); cudaFree(d_v); cudaFree(d_out); cudaFree(d_lens); cudaFree(d_scratch);
@@ -98,9 +114,15 @@ int main() {
         for (int L : {256, 512, 768}) ok &= run_case({M, 28, 4, 128, L}, rng);  // Qwen2.5-7B
     ok &= run_case({64, 14, 2, 64, 512}, rng);                                  // Qwen2.5-0.5B
     ok &= run_case({64, 28, 4, 128, 2048}, rng);                                // a long cache: splits forced
+    ok &= run_case({5, 4, 2, 16, 300}, rng);                                    // the small-head path
     printf("\ndeliberate break (the newest key ignored; its FAIL lines are expected):\n");
-    const bool caught = !run_case({6, 28, 4, 128, 256}, rng, mutant::decode_attention_forward, false);
-    printf("  %-28s %s\n", "mutant rejected", caught ? "ok" : "FAIL: validation accepted a dropped key");
+    bool caught = true;
+    for (int version : {1, 2}) {
+        const bool rejected = !run_case({6, 28, 4, 128, 256}, rng, mutant::decode_attention_forward_version, false, version);
+        printf("  %-28s %s\n", ("v" + std::to_string(version) + " mutant rejected").c_str(),
+               rejected ? "ok" : "FAIL: validation accepted a dropped key");
+        caught &= rejected;
+    }
     ok &= caught;
     printf("%s\n", ok ? "decode attention: all versions ok" : "decode attention: FAIL");
     return ok ? 0 : 1;

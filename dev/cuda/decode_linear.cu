@@ -5,16 +5,20 @@
 // Roofline: each weight byte (NF4 codes + block scales, or bf16), bias, A and B read once, x read once, y written
 // once, over 4.27 TB/s. At M = 64 an NF4 layer is also near the tensor-core ceiling (4*M flops per weight byte:
 // 256 at M = 64 against a ridge of 187), so the memory share printed there is not reachable.
+// version 0 (this file): no arithmetic, the NF4 code bytes streamed once by a grid-stride loop: what reading the
+//   same bytes costs at that size, the ceiling the others are read against.
 // version 1 (kernels/decode_linear.cu, decode_linear_forward_simple): one warp per output row, lanes striding over
 //   k, each weight dequantized alone from global tables; the fallback for shapes the fast path cannot read.
 // version 2 (this file): CUDA cores, one warp per row, each lane dequantizing 32 weights of one 16-byte load into
 //   fp32 registers and multiplying them with 8 rows of x at a time (x from L1): weights read once at M <= 8,
 //   but 2*M fp32 flops per weight on 67 TFLOP/s of FMA units.
 // version 3 (kernels/decode_linear.cu, decode_linear_forward, production): tensor cores (mma.sync m16n8k16, the
-//   weights as the A operand, 8 rows of x per n-tile), split-K summed in a fixed order by the last block of each
-//   row tile, bias + LoRA + the two roundings in the epilogue; "+lora" adds the x A^T launch and the adapter term.
+//   weights as the A operand, 8 rows of x per n-tile), weights and x through a cp.async pipeline in shared memory,
+//   split-K summed in a fixed order by the last block of each row tile, bias + LoRA + the two roundings in the
+//   epilogue; "+lora" adds the x A^T launch (the decode kernel, or cuBLASLt as generation runs it).
+// Tuning: version 3 compiled again with other knobs (warps, k split across warps, split-K plan), side by side.
 // Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
-// plus the bf16 lm_head, per decode step, launched one by one and as a CUDA graph.
+// plus the bf16 lm_head (the decode kernel and cuBLASLt), per decode step, eager and as a CUDA graph.
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -25,6 +29,48 @@
 #include "quant/nf4.h"
 
 typedef __nv_bfloat16 bf16;
+
+// Tuning variants: kernels/decode_linear.cu compiled again with other knob values (see its DL_CFG_* macros), each in
+// its own namespace, timed side by side with the production build below. Every header the .cu includes is already
+// included, so only its own code lands in each namespace.
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include "kernels/cuda_common.cuh"
+#include "kernels/mma.cuh"
+#define DL_VARIANT(NAME, DESCRIPTION) \
+    namespace NAME {                  \
+    static const char* knobs = #NAME ": " DESCRIPTION;
+// NF4 k split across 4 warps too: 512-byte row runs (production keeps NF4 warps on their own rows)
+#define DL_CFG_KSPLIT_NF4 4
+DL_VARIANT(ksplit4, "NF4 k split over 4 warps (512-byte row runs)")
+#include "kernels/decode_linear.cu"
+}
+#define DL_CFG_WARPS 8
+DL_VARIANT(warps8, "8 warps (2 row groups x 4 k groups at M <= 8)")
+#include "kernels/decode_linear.cu"
+}
+#define DL_CFG_MAX_SPLITS 1
+DL_VARIANT(nosplit, "no split-K across blocks")
+#include "kernels/decode_linear.cu"
+}
+#define DL_CFG_BLOCKS_PER_SM 8
+DL_VARIANT(bps8, "split-K aiming at 8 blocks per SM")
+#include "kernels/decode_linear.cu"
+}
+
+// ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
+// What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
+// reach at this size (launch and ramp included), against which the versions below are read.
+__global__ void read_only_kernel(const uint4* bytes, size_t n16, unsigned* sink) {
+    unsigned acc = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n16; i += (size_t)gridDim.x * blockDim.x) {
+        uint4 v = __ldcs(bytes + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x9e3779b9u) *sink = acc;  // never true in practice; keeps the loads alive
+}
 
 // ---- version 2: CUDA cores -------------------------------------------------------------------------------------
 
@@ -268,32 +314,38 @@ int main() {
     cudaCheck(cudaMemset(ws, 0, ws_bytes));
     printf("workspace %.2f MiB\n", ws_bytes / 1048576.0);
 
+    // x A^T through cuBLASLt, as model/gpu_generate.cu runs it (nullptr: through the decode kernel)
+    void* mm_ws = nullptr;
+    cudaCheck(cudaMalloc(&mm_ws, matmul_workspace_bytes()));
+    MatmulContext* mm = matmul_create(mm_ws, matmul_workspace_bytes());
+
     // the decode step's linears: q/k/v, o, gate/up, down (LoRA on all), then the lm_head
-    auto layer = [&](int M) {
+    auto layer = [&](int M, MatmulContext* ctx, cudaStream_t stream) {
         bf16* y_qkv[3] = {y[0], y[1], y[2]};
         bf16* y_gu[2] = {y[4], y[5]};
-        decode_linear_forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, 0);
-        decode_linear_forward(&o1, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, 0);
-        decode_linear_forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, 0);
-        decode_linear_forward(&down1, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, 0);
+        decode_linear_forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream, ctx);
+        decode_linear_forward(&o1, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream, ctx);
+        decode_linear_forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream, ctx);
+        decode_linear_forward(&down1, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, ctx);
     };
 
     // ---- validation ----
     printf("\nvalidation against cpu_matmul_forward + cpu_lora_forward (BF16 mode), rows 0..%d and the last %d:\n",
            CHECK_ROWS - 1, CHECK_ROWS);
     bool ok = true;
-    for (int M : {1, 6, 48, 64}) {
-        for (auto& l : lin) cudaCheck(cudaMemset(y[&l - &lin[0]], 0xFF, (size_t)M * l->out * sizeof(bf16)));
-        layer(M);
-        decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0);
-        cudaCheck(cudaDeviceSynchronize());
-        for (size_t i = 0; i < lin.size(); i++) {
-            const std::vector<float>& x = lin[i]->in == C ? x_c : x_i;
-            std::vector<float> xr(x.begin(), x.begin() + (size_t)M * lin[i]->in);
-            for (float& e : xr) e = round_bf16(e);
-            ok &= check("v3", *lin[i], y[i], xr, M, true);
+    for (MatmulContext* ctx : {(MatmulContext*)nullptr, mm})
+        for (int M : {1, 6, 48, 64}) {
+            for (auto& l : lin) cudaCheck(cudaMemset(y[&l - &lin[0]], 0xFF, (size_t)M * l->out * sizeof(bf16)));
+            layer(M, ctx, 0);
+            decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0);
+            cudaCheck(cudaDeviceSynchronize());
+            for (size_t i = 0; i < lin.size(); i++) {
+                const std::vector<float>& x = lin[i]->in == C ? x_c : x_i;
+                std::vector<float> xr(x.begin(), x.begin() + (size_t)M * lin[i]->in);
+                for (float& e : xr) e = round_bf16(e);
+                ok &= check(ctx ? "v3 (cuBLASLt x A^T)" : "v3", *lin[i], y[i], xr, M, true);
+            }
         }
-    }
     {  // version 1 (the simple kernel, LoRA included) and version 2 (base only) on q
         const int M = 6;
         std::vector<float> xr(x_c.begin(), x_c.begin() + (size_t)M * C);
@@ -314,6 +366,35 @@ int main() {
     }
     printf("validation %s\n", ok ? "ok" : "FAILED");
 
+    // ---- tuning: the production knobs against the variants, base linears alone ----
+    printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
+    printf("  %s\n  %s\n  %s\n  %s\n", ksplit4::knobs, warps8::knobs, nosplit::knobs, bps8::knobs);
+    typedef void (*ForwardFn)(const LoraLinearGpu*, int, const bf16*, int, int, float, bf16* const*, void*, size_t,
+                              cudaStream_t, MatmulContext*);
+    const ForwardFn variants[5] = {decode_linear_forward, ksplit4::decode_linear_forward, warps8::decode_linear_forward,
+                                   nosplit::decode_linear_forward, bps8::decode_linear_forward};
+    const size_t TUNE_WS_BYTES = (size_t)256 << 20;
+    void* tune_ws = nullptr;
+    cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
+    cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
+    printf("  %-12s %10s %10s %10s %10s %10s\n", "linear", "prod", "ksplit4", "warps8", "nosplit", "bps8");
+    for (int M : {1, 6, 64})
+        for (int i : {0, 1, 4, 6, 7}) {
+            LabLinear& l = *lin[i];
+            const bf16* x = l.in == C ? xc_dev : xi_dev;
+            LoraLinearGpu base = l.lora(false);
+            char label[32];
+            snprintf(label, sizeof(label), "%s M=%d", l.name, M);
+            printf("  %-12s", label);
+            for (ForwardFn f : variants) {  // one large zeroed workspace: the variants' plans need other sizes
+                float ms = time_kernel_ms([&] { f(&base, 1, x, M, R, SCALE, &y[i], tune_ws, TUNE_WS_BYTES, 0, nullptr); });
+                printf(" %10.4f", ms);
+            }
+            printf("   (roofline %.4f ms)\n", decode_linear_bytes(&base, 1, M, R) / (CEILING_COPY_TBPS * 1e9));
+        }
+
+    cudaFree(tune_ws);
+
     // ---- benchmark: one linear at a time ----
     printf("\nbenchmark: time per call, share of the memory roofline (weights + scales + bias + A, B + x + y at "
            "%.2f TB/s)\n", CEILING_COPY_TBPS);
@@ -329,6 +410,16 @@ int main() {
                 float ms = time_kernel_ms([&] { decode_linear_forward_simple(&base, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0); });
                 report(label, ms, decode_linear_bytes(&base, 1, M, R), 0);
             }
+            if (l.gpu.format == LinearFormat::NF4 && M == 1) {
+                static unsigned* sink = nullptr;
+                if (!sink) cudaCheck(cudaMalloc(&sink, sizeof(unsigned)));
+                const size_t n16 = (size_t)l.out * l.in / 2 / 16;
+                snprintf(label, sizeof(label), "%-7s v0 read only", l.name);
+                float ms = time_kernel_ms([&] {
+                    read_only_kernel<<<132 * 8, 256>>>(reinterpret_cast<const uint4*>(l.gpu.nf4.packed), n16, sink);
+                });
+                report(label, ms, n16 * 16.0, 0);
+            }
             if (l.gpu.format == LinearFormat::NF4) {
                 snprintf(label, sizeof(label), "%-7s v2 cuda cores", l.name);
                 float ms = time_kernel_ms([&] {
@@ -343,13 +434,16 @@ int main() {
                 snprintf(label, sizeof(label), "%-7s v3 mma +lora", l.name);
                 ms = time_kernel_ms([&] { decode_linear_forward(&adapted, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0); });
                 report(label, ms, decode_linear_bytes(&adapted, 1, M, R), 0);
+                snprintf(label, sizeof(label), "%-7s +lora, cuBLASLt xA", l.name);
+                ms = time_kernel_ms([&] { decode_linear_forward(&adapted, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0, mm); });
+                report(label, ms, decode_linear_bytes(&adapted, 1, M, R), 0);
             }
         }
         bf16* y_qkv[3] = {y[0], y[1], y[2]};
         bf16* y_gu[2] = {y[4], y[5]};
-        float ms = time_kernel_ms([&] { decode_linear_forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, 0); });
+        float ms = time_kernel_ms([&] { decode_linear_forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, 0, mm); });
         report("q+k+v group +lora", ms, decode_linear_bytes(qkv, 3, M, R), 0);
-        ms = time_kernel_ms([&] { decode_linear_forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, 0); });
+        ms = time_kernel_ms([&] { decode_linear_forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, 0, mm); });
         report("gate+up group +lora", ms, decode_linear_bytes(gu, 2, M, R), 0);
     }
 
@@ -364,20 +458,21 @@ int main() {
         double head_bytes = decode_linear_bytes(&head1, 1, M, R);
         char label[64];
         snprintf(label, sizeof(label), "layer M=%d eager", M);
-        report(label, time_kernel_ms([&] { layer(M); }), layer_bytes, 0);
+        report(label, time_kernel_ms([&] { layer(M, mm, 0); }), layer_bytes, 0);
         snprintf(label, sizeof(label), "lm_head M=%d", M);
         report(label, time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); }),
+               head_bytes, 0);
+        snprintf(label, sizeof(label), "lm_head M=%d cuBLASLt", M);
+        report(label, time_kernel_ms([&] {
+                   matmul(mm, y[7], false, V, xc_dev, false, C, (const bf16*)head.gpu.w, true, C, M, V, C, 1.0f, 0.0f,
+                          nullptr, 0);
+               }),
                head_bytes, 0);
         // the graph: what a decode loop would replay every step
         cudaGraph_t graph;
         cudaGraphExec_t exec;
-        bf16* y_qkv[3] = {y[0], y[1], y[2]};
-        bf16* y_gu[2] = {y[4], y[5]};
         cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-        decode_linear_forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream);
-        decode_linear_forward(&o1, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream);
-        decode_linear_forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream);
-        decode_linear_forward(&down1, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream);
+        layer(M, mm, stream);
         cudaCheck(cudaStreamEndCapture(stream, &graph));
         cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
         snprintf(label, sizeof(label), "layer M=%d graph", M);
@@ -392,6 +487,8 @@ int main() {
         cudaCheck(cudaGraphDestroy(graph));
     }
     cudaCheck(cudaStreamDestroy(stream));
+    matmul_destroy(mm);
+    cudaFree(mm_ws);
     cudaFree(ws);
     cudaFree(xc_dev);
     cudaFree(xi_dev);

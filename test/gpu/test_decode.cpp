@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -34,9 +35,10 @@ struct DecodeProblem {
     DeviceBf16 d_q, d_out, d_k_cache, d_v_cache;
     DeviceArray<int> d_slots, d_lens;
 
-    DecodeProblem(int M_, int NH_, int KVH_, int HD_, std::vector<int> lens_, uint64_t seed)
+    // extra_T: cache positions past the longest sequence (a plan fixed for a longer final length)
+    DecodeProblem(int M_, int NH_, int KVH_, int HD_, std::vector<int> lens_, uint64_t seed, int extra_T = 3)
         : M(M_), NH(NH_), KVH(KVH_), HD(HD_), lens(lens_) {
-        max_T = *std::max_element(lens.begin(), lens.end()) + 3;
+        max_T = *std::max_element(lens.begin(), lens.end()) + extra_T;
         S = M + 2;
         Rng rng(seed);
         // rows go to a shuffled subset of the slots, so slot != row is exercised
@@ -135,6 +137,19 @@ TEST_CASE("kv cache: prefill rows and appended tokens land in their slots, nothi
                     GrpoError);
 }
 
+// Both kernels (decode_attention.cu: version 2 on the tensor cores, the default; version 1 on CUDA cores, the
+// fallback) keep the probabilities to within 2^-18 relative (version 2 carries each as a bf16 pair, hi + lo) like
+// the FP32 reference, and round out to bf16 once: relative error <= 2^-8, bf16's unit roundoff, reached just above
+// a power of two (the worst elements sit at ~0.95 of this bound for that reason); the abs term covers the rest,
+// fp32 summation order, exp2f's few ulps and the 2^-18 of p, ~1e-6 of sums of |p v| <= 1. A bf16 rounding of p
+// (the prefill kernel's, or a version 2 without its lo half) would move most elements an ulp, which the
+// inexact-share bound catches (reordering alone flips ~1% of the roundings, outputs near 0).
+namespace {
+void check_decode(const char* name, const DecodeProblem& p, const std::vector<float>& ref) {
+    check_close(name, download_floats(p.d_out), ref, 1e-5f, 1.0f / 256.0f, 0.1);
+}
+}  // namespace
+
 TEST_CASE("decode attention over the KV cache matches cpu_attention_forward, every head size and split",
           "[gpu][decode][decode_attention]") {
     struct Shape { int NH, KVH, HD; const char* what; };
@@ -146,35 +161,42 @@ TEST_CASE("decode attention over the KV cache matches cpu_attention_forward, eve
         std::vector<int> lens{1, longest, 37, 64, 129};  // one key, the longest, partial and whole warps of keys
         DecodeProblem p(M, sh.NH, sh.KVH, sh.HD, lens, rng.next_u64());
         const std::vector<float> ref = p.reference();
-        for (int splits : {1, 0, 3, 7}) {
-            const int used = splits ? splits : decode_attention_auto_splits(M, sh.KVH, longest);
-            DeviceArray<char> scratch(decode_attention_scratch_bytes(M, sh.NH, sh.HD, used));
-            cudaCheck(cudaMemset(p.d_out.ptr, 0xff, p.d_out.n * 2));
-            decode_attention_forward(p.d_out.ptr, p.d_q.ptr, p.d_k_cache.ptr, p.d_v_cache.ptr, p.d_slots.ptr,
-                                     p.d_lens.ptr, M, sh.NH, sh.KVH, sh.HD, p.max_T, longest, splits, scratch.ptr, 0);
-            char name[96];
-            snprintf(name, sizeof name, "%s, %d splits", sh.what, used);
-            INFO(name);
-            // The GPU keeps the probabilities in fp32 like the FP32 reference and rounds out to bf16 once
-            // (relative error <= 2^-8, bf16's unit roundoff, reached just above a power of two: the worst
-            // elements sit at ~0.95 of this bound for that reason); the abs term covers the rest, fp32
-            // summation order and exp2f's few ulps, ~1e-6 of sums of |p v| <= 1. A bf16 rounding of p (the prefill kernel's) would move most elements an ulp,
-            // which the inexact-share bound catches (reordering alone flips ~1% of the roundings, outputs near 0).
-            check_close(name, download_floats(p.d_out), ref, 1e-5f, 1.0f / 256.0f, 0.1);
-        }
+        // scratch for any split count used here (no automatic plan takes more than one split per 32 keys)
+        DeviceArray<char> scratch(decode_attention_scratch_bytes(M, sh.NH, sh.HD, (longest + 31) / 32));
+        for (int version : {1, 2})
+            for (int splits : {1, 0, 3, 7}) {
+                cudaCheck(cudaMemset(p.d_out.ptr, 0xff, p.d_out.n * 2));
+                decode_attention_forward_version(version, p.d_out.ptr, p.d_q.ptr, p.d_k_cache.ptr, p.d_v_cache.ptr,
+                                                 p.d_slots.ptr, p.d_lens.ptr, M, sh.NH, sh.KVH, sh.HD, p.max_T, longest,
+                                                 splits, scratch.ptr, 0);
+                char name[96];
+                snprintf(name, sizeof name, "v%d %s, %s splits", version, sh.what,
+                         splits ? std::to_string(splits).c_str() : "auto");
+                check_decode(name, p, ref);
+            }
     }
 }
 
-TEST_CASE("decode attention splits a 1500-key cache and rejects what it cannot do", "[gpu][decode][decode_attention]") {
+TEST_CASE("decode attention splits a 1500-key cache, repeats its bits and rejects what it cannot do",
+          "[gpu][decode][decode_attention]") {
     const int M = 2;
     DecodeProblem p(M, 28, 4, 128, {1500, 700}, 99);
     const std::vector<float> ref = p.reference();
     const int used = decode_attention_auto_splits(M, 4, 1500);
     CHECK(used >= 2);  // a chunk holds at most DECODE_ATT_MAX_CHUNK keys
-    DeviceArray<char> scratch(decode_attention_scratch_bytes(M, 28, 128, used));
+    DeviceArray<char> scratch(decode_attention_scratch_bytes(M, 28, 128, (1500 + 31) / 32));
     decode_attention_forward(p.d_out.ptr, p.d_q.ptr, p.d_k_cache.ptr, p.d_v_cache.ptr, p.d_slots.ptr, p.d_lens.ptr, M,
                              28, 4, 128, p.max_T, 1500, 0, scratch.ptr, 0);
-    check_close("7B, 1500 keys", download_floats(p.d_out), ref, 1e-5f, 1.0f / 256.0f, 0.1);
+    check_decode("7B, 1500 keys", p, ref);
+    // deterministic: no atomics and fixed summation orders, so a second launch gives the same bits
+    const std::vector<bf16_bits> first = p.d_out.download<bf16_bits>();
+    cudaCheck(cudaMemset(p.d_out.ptr, 0xff, p.d_out.n * 2));
+    decode_attention_forward(p.d_out.ptr, p.d_q.ptr, p.d_k_cache.ptr, p.d_v_cache.ptr, p.d_slots.ptr, p.d_lens.ptr, M,
+                             28, 4, 128, p.max_T, 1500, 0, scratch.ptr, 0);
+    CHECK(p.d_out.download<bf16_bits>() == first);
+    decode_attention_forward_version(1, p.d_out.ptr, p.d_q.ptr, p.d_k_cache.ptr, p.d_v_cache.ptr, p.d_slots.ptr,
+                                     p.d_lens.ptr, M, 28, 4, 128, p.max_T, 1500, 0, scratch.ptr, 0);
+    check_decode("v1 7B, 1500 keys", p, ref);
     CHECK_THROWS_AS(decode_attention_forward(p.d_out.ptr, p.d_q.ptr, p.d_k_cache.ptr, p.d_v_cache.ptr, p.d_slots.ptr,
                                              p.d_lens.ptr, M, 28, 4, 128, p.max_T, 1500, 1, scratch.ptr, 0),
                     GrpoError);  // 1500 keys in one block
@@ -184,6 +206,32 @@ TEST_CASE("decode attention splits a 1500-key cache and rejects what it cannot d
     CHECK_THROWS_AS(decode_attention_forward(p.d_out.ptr, p.d_q.ptr, p.d_k_cache.ptr, p.d_v_cache.ptr, p.d_slots.ptr,
                                              p.d_lens.ptr, M, 36, 4, 128, p.max_T, 1500, 0, scratch.ptr, 0),
                     GrpoError);  // 9 query heads per KV head
+    CHECK_THROWS_AS(decode_attention_forward_version(3, p.d_out.ptr, p.d_q.ptr, p.d_k_cache.ptr, p.d_v_cache.ptr,
+                                                     p.d_slots.ptr, p.d_lens.ptr, M, 28, 4, 128, p.max_T, 1500, 0,
+                                                     scratch.ptr, 0),
+                    GrpoError);  // no version 3
+}
+
+TEST_CASE("decode attention planned for a longer final length: blocks past every row's length change nothing",
+          "[gpu][decode][decode_attention]") {
+    // A captured generation step keeps max_len at the request's final length while lens grow token by token: most
+    // blocks then start past their row's length and must leave neutral partials (or, unsplit, just the real keys).
+    const int M = 4, max_len = 1000;
+    DecodeProblem p(M, 28, 4, 128, {5, 200, 77, 130}, 7, max_len - 200);
+    REQUIRE(p.max_T == max_len);
+    const std::vector<float> ref = p.reference();
+    DeviceArray<char> scratch(decode_attention_scratch_bytes(M, 28, 128, (max_len + 31) / 32));
+    for (int version : {1, 2})
+        for (int splits : {0, 1, 4}) {
+            cudaCheck(cudaMemset(p.d_out.ptr, 0xff, p.d_out.n * 2));
+            decode_attention_forward_version(version, p.d_out.ptr, p.d_q.ptr, p.d_k_cache.ptr, p.d_v_cache.ptr,
+                                             p.d_slots.ptr, p.d_lens.ptr, M, 28, 4, 128, p.max_T, max_len, splits,
+                                             scratch.ptr, 0);
+            char name[96];
+            snprintf(name, sizeof name, "v%d max_len %d, %s splits", version, max_len,
+                     splits ? std::to_string(splits).c_str() : "auto");
+            check_decode(name, p, ref);
+        }
 }
 
 namespace {
