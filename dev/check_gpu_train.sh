@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # check_gpu_train.sh: on the GPU machine, train_grpo's run-level behaviour on the CUDA backend with the tiny test model and a random 7B: NaN steps skipped with the optimizer untouched, gradient accumulation with --merge, the memory plan and its refusal, and two identical runs giving identical logs.
-# Usage (repo root, after make train_grpo): bash dev/check_gpu_train.sh   (prints one line per check, PASS or FAIL)
+# Usage (repo root, after make train_grpo eval_gsm8k, with tokenizer/qwen2.5 carried): bash dev/check_gpu_train.sh
+# (prints one line per check, PASS or FAIL)
 set -uo pipefail
 out="${OUT:-/tmp}/train_checks"
 rm -rf "$out"; mkdir -p "$out"
@@ -53,3 +54,9 @@ same=0; for f in adapter_model.safetensors optimizer.safetensors; do
     cmp -s "$out/det_a/checkpoint-4/$f" "$out/det_r/checkpoint-4/$f" || same=1
 done
 verdict "resumed GPU run's checkpoint-4 is bit-identical" $same
+
+# 5. the embedded tiny default (no -m) runs the GSM8K pipeline on the GPU, and eval_gsm8k decodes on the GPU
+./train_grpo --device cuda --max-steps 2 --max-completion-length 32 --out "$out/default" > "$out/default.log" 2>&1
+[ $? = 0 ] && [ "$(wc -l < "$out/default/log.jsonl")" = 2 ]; verdict "train_grpo with the embedded tiny model (no -m), 2 GSM8K steps" $?
+./eval_gsm8k --device cuda --limit 16 --batch 8 --max-new-tokens 32 --out "$out/eval.jsonl" > "$out/eval.log" 2>&1
+[ $? = 0 ] && [ "$(wc -l < "$out/eval.jsonl")" = 16 ]; verdict "eval_gsm8k --device cuda: 16 questions, one record each ($(tail -1 "$out/eval.log" | cut -c1-100))" $?
