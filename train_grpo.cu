@@ -27,6 +27,7 @@
 #include "lora/merge.h"
 #include "lora/peft.h"
 #include "model/backend.h"
+#include "model/distributed.h"
 #include "model/grpo_loss.h"
 #include "model/model_file.h"
 #include "model/run_setup.h"
@@ -71,6 +72,10 @@ struct TrainOptions {
     GpuMemoryLimits gpu_memory;                      // --gpu-memory-utilization, --max-gpu-memory, --micro-batch-tokens
     bool ignore_stop = false;                        // completions always run to max_completion_length (timing only)
     std::set<int> debug_nan_grad_steps;              // optimizer steps whose loss gradient is replaced by NaN
+    int world_size = 0;                              // --world-size (0: from the launcher's environment, else 1)
+    int rank = -1;                                   // --rank (-1: from the launcher's environment)
+    std::string dist_dir;                            // --dist-dir (default: OUT/dist)
+    double dist_timeout = 600;                       // seconds a rank waits for its peers before giving up
 };
 
 // How many skipped steps in a row end the run: one can be a fluke (a reward outlier, an fp overflow), three
@@ -131,6 +136,12 @@ static void print_usage(FILE* out) {
         "  --merge DIR                  at the end also write the base merged with the adapter as a bf16 HF directory\n"
         "  --sample-every N             print one completion with its rewards every N steps (default 10, 0 = never)\n"
         "  --seed N                     (default 3407)\n"
+        "several GPUs (data parallel: README, Training; mpirun -np N and srun set the ranks, no flags needed)\n"
+        "  --world-size N  --rank R     this process is rank R of N (one process per GPU); each takes\n"
+        "                               --prompts-per-step / N of every step's prompts, which must divide evenly\n"
+        "  --dist-dir DIR               where the ranks meet: a directory on a file system all of them share\n"
+        "                               (default OUT/dist)\n"
+        "  --dist-timeout S             seconds a rank waits for the others before it gives up (default 600)\n"
         "  --debug-nan-grad LIST        debugging: replace the loss gradient of these optimizer steps (e.g. 3,4) by NaN,\n"
         "                               to see the skip policy at work\n",
         DEFAULT_TOKENIZER_PATH, GSM8K_TRAIN_PATH, MAX_SKIPPED_IN_A_ROW);
@@ -214,6 +225,10 @@ static TrainOptions parse_options(int argc, char** argv) {
         else if (a == "--gpu-memory-utilization") o.gpu_memory.utilization = parse_number_option(a, v, 0.01, 1);
         else if (a == "--max-gpu-memory") o.gpu_memory.max_gib = parse_number_option(a, v, 0.01, 1e6);
         else if (a == "--micro-batch-tokens") o.gpu_memory.micro_batch_tokens = parse_int_option(a, v, 1, 1 << 20);
+        else if (a == "--world-size") o.world_size = parse_int_option(a, v, 1, 1 << 16);
+        else if (a == "--rank") o.rank = parse_int_option(a, v, 0, 1 << 16);
+        else if (a == "--dist-dir") o.dist_dir = v;
+        else if (a == "--dist-timeout") o.dist_timeout = parse_number_option(a, v, 0.01, 1e7);
         else if (a == "--debug-nan-grad") {
             for (const std::string& step : py_split(v, ","))
                 o.debug_nan_grad_steps.insert(parse_int_option(a, step.c_str(), 1, 1 << 30));
@@ -405,7 +420,51 @@ static double std_of(const std::vector<float>& x, size_t begin, size_t stride, s
     return std::sqrt(s / (count - 1));
 }
 
+// The loss configuration of one generation batch on one of W ranks, so that each rank's loss (and gradient) is its
+// share of the loss one process computes over the whole batch, and their sum is that loss: grpo and dr_grpo average
+// over sequences, of which the whole batch has W times this rank's; bnpo divides by the whole batch's token count
+// (batch_tokens), dapo by the whole accumulated batch's (num_items, counted over every rank already). *items
+// receives the num_items_in_batch to pass to grpo_loss. (TRL on several GPUs instead divides bnpo by each process's
+// own tokens and averages the gradients; then the split changes the result, and here it does not.)
+static GrpoLossConfig data_parallel_loss_config(const GrpoLossConfig& cfg, int W, float batch_tokens, float num_items,
+                                                float* items) {
+    GrpoLossConfig c = cfg;
+    *items = num_items;
+    switch (cfg.loss_type) {
+        case LossType::GRPO:
+        case LossType::DR_GRPO:
+            c.grad_accum_steps = cfg.grad_accum_steps * W;
+            break;
+        case LossType::BNPO:
+            // bnpo's sum / max(tokens, 1) / A is dapo's sum / num_items with num_items = max(tokens, 1) * A
+            c.loss_type = LossType::DAPO;
+            *items = std::max(batch_tokens, 1.0f) * (float)cfg.grad_accum_steps;
+            break;
+        case LossType::DAPO:
+            break;
+    }
+    return c;
+}
+
 static int train(const TrainOptions& opt) {
+    // 0. which process of the run this is: one, unless launched as several (README: Training, Several GPUs). Each
+    // rank takes a contiguous share of every step's prompts; they meet in a directory to exchange NCCL's id and
+    // each step's rewards and metrics.
+    const DistConfig dist = dist_config_resolve(opt.world_size, opt.rank);
+    const bool distributed = dist.world_size > 1, rank0 = dist.rank == 0;
+    const PromptRange mine = dist_prompt_range(opt.prompts_per_step, dist.world_size, dist.rank);
+    std::unique_ptr<FileExchange> exchange;
+    if (distributed) {
+        const std::string dir = opt.dist_dir.empty() ? dist_default_dir(opt.out_dir) : opt.dist_dir;
+        printf("data parallel: rank %d of %d (%s, local rank %d) generates and trains prompts %d..%d of every step's "
+               "%d; rank 0 writes %s/log.jsonl and the checkpoints%s\n", dist.rank, dist.world_size,
+               dist.launcher.c_str(), dist.local_rank, mine.begin, mine.end - 1, opt.prompts_per_step,
+               opt.out_dir.c_str(), rank0 ? "" : ", this rank prints errors only");
+        fflush(stdout);
+        if (!rank0 && !freopen("/dev/null", "w", stdout)) {}  // one voice: the other ranks' lines would repeat rank 0's
+        exchange.reset(new FileExchange(dir, dist.rank, dist.world_size, opt.dist_timeout));
+    }
+
     // 1. the base model, frozen (NF4 by default), and the adapters that train
     Qwen2Weights weights = load_base_or_tiny(opt.model_path, opt.base_nf4, opt.seed);
     const Qwen2Config& cfg = weights.config;
@@ -458,8 +517,18 @@ static int train(const TrainOptions& opt) {
                         std::to_string(opt.max_completion_length) + ": together more than the model's " +
                         std::to_string(cfg.max_position_embeddings) + " positions (max_position_embeddings); lower "
                         "--max-prompt-length (prompts are left-truncated to it) or --max-completion-length");
+#ifndef GRPO_CPU_ONLY
+    // on several GPUs: this rank's GPU, and the NCCL communicator the LoRA gradients are summed through, made
+    // before the memory plan so that the plan sees what NCCL took
+    std::unique_ptr<NcclCommunicator> nccl;
+    if (distributed && opt.device == "cuda") {
+        int device = dist_select_cuda_device(dist);
+        nccl.reset(new NcclCommunicator(*exchange));
+        printf("NCCL: %d ranks, this rank on GPU %d\n", dist.world_size, device);
+    }
+#endif
     std::unique_ptr<Backend> backend = make_backend(opt.device, std::move(weights), std::move(lora),
-                                                    opt.prompts_per_step * opt.G, (int)longest_prompt,
+                                                    mine.size() * opt.G, (int)longest_prompt,
                                                     opt.max_completion_length, &opt.gpu_memory);
 
     // 4. the loop: sample G completions per prompt, score them, turn rewards into advantages, and take one
@@ -492,8 +561,11 @@ static int train(const TrainOptions& opt) {
         throw GrpoError("--out " + opt.out_dir + ": cannot create the output directory (" + dir_error.message() +
                         "); pick another --out");
     std::string log_path = opt.out_dir + "/log.jsonl";
-    FILE* log = fopen(log_path.c_str(), state.step > 0 ? "a" : "w");
-    if (!log) throw GrpoError(log_path + ": cannot open for writing: " + strerror(errno));
+    FILE* log = nullptr;  // rank 0's alone
+    if (rank0) {
+        log = fopen(log_path.c_str(), state.step > 0 ? "a" : "w");
+        if (!log) throw GrpoError(log_path + ": cannot open for writing: " + strerror(errno));
+    }
     signal(SIGINT, on_sigint);
     auto now = [] { return std::chrono::steady_clock::now(); };
     auto secs = [](std::chrono::steady_clock::time_point a, std::chrono::steady_clock::time_point b) {
@@ -505,38 +577,45 @@ static int train(const TrainOptions& opt) {
     int steps_this_run = 0;
     RunState good_state = state;               // after the last step whose update was applied (or the start)
     std::vector<std::string> skipped_in_a_row;  // "step N: why" for the current run of skipped steps
-    while (state.step < opt.max_steps && !g_stop_requested) {
+    // Ctrl-C: one process stops after the step it is in. Several stop after the step in which any of them saw it,
+    // all together (they agree on it in the step's exchange), so that none waits for a peer that has left.
+    bool stop_agreed = false;
+    auto stopping = [&] { return distributed ? stop_agreed : g_stop_requested != 0; };
+    const int PL = mine.size();  // prompts of each generation batch on this rank (P with one process)
+    while (state.step < opt.max_steps && !stopping()) {
         auto t0 = now();
-        // 4a. rollouts: A generation batches (--grad-accum), each G completions for each of P prompts
+        // 4a. rollouts: A generation batches (--grad-accum), each G completions for each of P prompts (this rank's
+        // share of them: the same prompt order on every rank, each keeping its range). The step takes one seed from
+        // the run's Rng, and rollout n of the step's A x P x G draws with (seed, n) whichever call, batch or rank
+        // generates it: so the tokens are the same with one rank or several, and A batches of P prompts draw what
+        // one batch of A x P prompts would.
         std::vector<std::vector<std::vector<int32_t>>> batch_prompts(A);  // rollouts point into these: never resized
         std::vector<Rollout> rollouts;
         std::vector<size_t> prompt_of;  // the dataset index of each rollout's prompt
+        const Rng step_seed = rng;      // generate() takes its seed as the next number of the Rng it is given
+        rng.next_u64();
         for (int a = 0; a < A; a++) {
             for (int p = 0; p < P; p++) {
                 size_t index = order.next();
+                if (p < mine.begin || p >= mine.end) continue;  // another rank's
                 batch_prompts[a].push_back(task.prompts[index]);
                 for (int g = 0; g < G; g++) prompt_of.push_back(index);
             }
+            Rng seed = step_seed;
             std::vector<Rollout> batch = backend->generate(batch_prompts[a], G, opt.max_completion_length, sampler,
-                                                           generation_stop_ids, rng);
+                                                           generation_stop_ids, seed, (a * P + mine.begin) * G);
             rollouts.insert(rollouts.end(), batch.begin(), batch.end());
         }
-        const int N = (int)rollouts.size(), NB = P * G;  // all rollouts of the step; those of one batch
+        const int N = (int)rollouts.size(), NB = PL * G;  // this rank's rollouts of the step; of one batch
         auto t_rollout = now();
 
-        // 4b. rewards, and advantages relative to the other completions of the same prompt (TRL computes them
-        // over the whole generation batch, every accumulation step's rollouts together)
+        // 4b. rewards, and which tokens the loss sees: up to and including the first stop token
         std::vector<float> per_function, rewards;
         score_rollouts(task, opt, tokenizer.get(), rollouts, prompt_of, stop_ids, &per_function, &rewards);
-        std::vector<float> advantages = grpo_advantages(rewards, A * P, G, scale);
-        RewardMetrics reward_metrics = grpo_reward_metrics(rewards, A * P, G, scale);
-
-        // 4c. which tokens the loss sees: up to and including the first stop token. DAPO divides by the token
-        // count of the whole accumulated batch, so every batch's masks are made before any loss.
         std::vector<int> Tc(A, 1);
         std::vector<std::vector<float>> mask(A);
         std::vector<CompletionMask> masks;
-        float num_items = 0;
+        std::vector<float> batch_tokens(A, 0.0f);  // tokens the loss sees in each batch (of every rank)
         for (int a = 0; a < A; a++) {
             for (int n = a * NB; n < (a + 1) * NB; n++) Tc[a] = std::max(Tc[a], (int)rollouts[n].completion.size());
             mask[a].assign((size_t)NB * Tc[a], 0.0f);
@@ -545,17 +624,73 @@ static int train(const TrainOptions& opt) {
                 masks.push_back(completion_mask(ids, Tc[a], stop_ids, opt.mask_truncated_completions));
                 std::copy(masks.back().mask.begin(), masks.back().mask.end(),
                           mask[a].begin() + (size_t)(n - a * NB) * Tc[a]);
-                for (float m : masks.back().mask) num_items += m;
+                for (float m : masks.back().mask) batch_tokens[a] += m;
             }
         }
-        CompletionMetrics completion_stats = completion_metrics(masks);
+        double completion_tokens = 0, train_tokens = 0;
+        for (const Rollout& r : rollouts) {
+            completion_tokens += r.completion.size();
+            train_tokens += r.prompt->size() + r.completion.size();
+        }
+        // With several ranks, every rank's rewards, lengths and token counts, in the order one process has them:
+        // the advantages (group- or batch-scaled), the loss normalizers and every logged metric are then computed
+        // from the whole batch, identically on every rank.
+        std::vector<float> all_rewards = rewards, all_per_function = per_function;
+        std::vector<CompletionMask> all_masks;  // lengths and stop flags only
+        if (distributed) {
+            const int W = dist.world_size, width = F + 6;
+            std::vector<double> values;
+            for (int n = 0; n < N; n++) {
+                double mask_sum = 0;
+                for (float m : masks[n].mask) mask_sum += m;
+                values.push_back(rewards[n]);
+                for (int f = 0; f < F; f++) values.push_back(per_function[(size_t)n * F + f]);
+                values.insert(values.end(), {(double)masks[n].length, (double)masks[n].stopped, mask_sum,
+                                             (double)rollouts[n].completion.size(), (double)rollouts[n].prompt->size()});
+            }
+            std::vector<double> all = dist_global_order(exchange->all_gather(values), W, A, NB, width);
+            const int N_all = N * W;
+            all_rewards.assign(N_all, 0.0f);
+            all_per_function.assign((size_t)N_all * F, 0.0f);
+            all_masks.assign(N_all, CompletionMask());
+            std::fill(batch_tokens.begin(), batch_tokens.end(), 0.0f);
+            completion_tokens = train_tokens = 0;
+            for (int n = 0; n < N_all; n++) {
+                const double* v = all.data() + (size_t)n * width;
+                all_rewards[n] = (float)v[0];
+                for (int f = 0; f < F; f++) all_per_function[(size_t)n * F + f] = (float)v[1 + f];
+                all_masks[n].length = (int)v[F + 1];
+                all_masks[n].stopped = v[F + 2] != 0;
+                batch_tokens[n / (P * G)] += (float)v[F + 3];
+                completion_tokens += v[F + 4];
+                train_tokens += v[F + 4] + v[F + 5];
+            }
+        }
+        // advantages relative to the other completions of the same prompt (TRL computes them over the whole
+        // generation batch, every accumulation step's rollouts together); this rank keeps those of its rollouts
+        std::vector<float> advantages = grpo_advantages(all_rewards, A * P, G, scale);
+        RewardMetrics reward_metrics = grpo_reward_metrics(all_rewards, A * P, G, scale);
+        if (distributed) {
+            std::vector<float> all_advantages = std::move(advantages);
+            advantages.clear();
+            for (int a = 0; a < A; a++) {
+                auto first = all_advantages.begin() + (ptrdiff_t)a * P * G + (ptrdiff_t)mine.begin * G;
+                advantages.insert(advantages.end(), first, first + NB);
+            }
+        }
+        CompletionMetrics completion_stats = completion_metrics(distributed ? all_masks : masks);
+        const int N_all = (int)all_rewards.size();  // rollouts of the step on every rank
+        // DAPO divides by the token count of the whole accumulated batch, so every batch's masks are counted first
+        float num_items = 0;
+        for (float tokens : batch_tokens) num_items += tokens;
         auto t_scored = now();
 
-        // 4d. per generation batch: log-probs of the sampled tokens under the reference (LoRA off) for the KL
+        // 4c. per generation batch: log-probs of the sampled tokens under the reference (LoRA off) for the KL
         // term, then under the policy, keeping its activations; the loss (already divided by A), its gradient
         // with respect to every token's log-prob, and the LoRA backward, which adds to the gradients
         double loss = 0, reference_s = 0, policy_s = 0;
         GrpoLossMetrics metrics;
+        std::vector<float> metric_sums(4 * A, 0.0f);  // this rank's kl, clip low, high, region sums per batch
         std::string skipped;  // why this step is skipped, empty when it is not
         for (int a = 0; a < A && skipped.empty(); a++) {
             auto tb = now();
@@ -567,9 +702,13 @@ static int train(const TrainOptions& opt) {
             reference_s += secs(tb, tr);
             backend->completion_logprobs(batch, Tc[a], temperature, true, true, &logp);
             std::vector<float> dlogp((size_t)NB * Tc[a]);
-            GrpoLossResult result = grpo_loss(loss_cfg, NB, Tc[a], logp.data(), nullptr,
+            float items = num_items;
+            GrpoLossConfig batch_cfg = distributed ? data_parallel_loss_config(loss_cfg, dist.world_size,
+                                                                              batch_tokens[a], num_items, &items)
+                                                   : loss_cfg;
+            GrpoLossResult result = grpo_loss(batch_cfg, NB, Tc[a], logp.data(), nullptr,
                                               opt.beta != 0.0 ? ref_logp.data() : nullptr, mask[a].data(),
-                                              advantages.data() + a * NB, num_items, dlogp.data());
+                                              advantages.data() + a * NB, items, dlogp.data());
             if (!std::isfinite(result.loss)) {
                 skipped = "non-finite loss";
                 loss = result.loss;
@@ -581,18 +720,75 @@ static int train(const TrainOptions& opt) {
                 metrics.clip_ratio_low_mean += result.metrics.clip_ratio_low_mean / A;
                 metrics.clip_ratio_high_mean += result.metrics.clip_ratio_high_mean / A;
                 metrics.clip_ratio_region_mean += result.metrics.clip_ratio_region_mean / A;
+                // grpo_loss's metrics are means over this rank's tokens of the batch: back to sums, for the global mean
+                float local_tokens = 0;
+                for (float m : mask[a]) local_tokens += m;
+                local_tokens = std::max(local_tokens, 1.0f);
+                metric_sums[4 * a + 0] = result.metrics.kl * local_tokens;
+                metric_sums[4 * a + 1] = result.metrics.clip_ratio_low_mean * local_tokens;
+                metric_sums[4 * a + 2] = result.metrics.clip_ratio_high_mean * local_tokens;
+                metric_sums[4 * a + 3] = result.metrics.clip_ratio_region_mean * local_tokens;
                 if (opt.debug_nan_grad_steps.count(state.step + 1)) std::fill(dlogp.begin(), dlogp.end(), NAN);
                 backend->backward(dlogp);
             }
             policy_s += secs(tr, now());
         }
+        if (distributed) {
+            // the step's loss is the sum of the ranks' (each normalized by the whole batch's counts) and is skipped
+            // on every rank when it is not finite on one; the metrics become means over the whole batch's tokens;
+            // and a Ctrl-C seen by any rank stops them all after this step
+            const int W = dist.world_size, width = 3 + 4 * A;
+            std::vector<double> values = {loss, skipped.empty() ? 0.0 : 1.0, g_stop_requested ? 1.0 : 0.0};
+            values.insert(values.end(), metric_sums.begin(), metric_sums.end());
+            std::vector<double> all = exchange->all_gather(values);
+            loss = 0;
+            bool any_skipped = false;
+            GrpoLossMetrics global = metrics;
+            global.kl = global.clip_ratio_low_mean = global.clip_ratio_high_mean = global.clip_ratio_region_mean = 0;
+            for (int a = 0; a < A; a++) {
+                double sums[4] = {0, 0, 0, 0};
+                for (int r = 0; r < W; r++)
+                    for (int k = 0; k < 4; k++) sums[k] += all[(size_t)r * width + 3 + 4 * a + k];
+                const float tokens = std::max(batch_tokens[a], 1.0f);
+                global.kl += (float)sums[0] / tokens / A;
+                global.clip_ratio_low_mean += (float)sums[1] / tokens / A;
+                global.clip_ratio_high_mean += (float)sums[2] / tokens / A;
+                global.clip_ratio_region_mean += (float)sums[3] / tokens / A;
+            }
+            for (int r = 0; r < W; r++) {
+                const double* v = all.data() + (size_t)r * width;
+                loss += v[0];
+                any_skipped = any_skipped || v[1] != 0;
+                stop_agreed = stop_agreed || v[2] != 0;
+            }
+            metrics = global;
+            if (any_skipped && skipped.empty()) {
+                skipped = "non-finite loss";
+                backend->discard_gradients();
+            }
+        }
 
-        // 4e. one AdamW step on the summed gradients, unless the loss or the gradient norm is not finite: such a
-        // step is skipped whole (the backend leaves the adapters and the optimizer state as they were)
+        // 4d. one AdamW step on the summed gradients, unless the loss or the gradient norm is not finite: such a
+        // step is skipped whole (the backend leaves the adapters and the optimizer state as they were). With several
+        // ranks, each holds its share of the gradient of the whole batch's loss: they are summed over the ranks
+        // first, so every rank clips and steps the same adapters with the same numbers.
         auto to = now();
         double lr = cosine_schedule_lr(opt.lr, state.step, warmup, opt.max_steps);
         float grad_norm = NAN;
         if (skipped.empty()) {
+            if (distributed) {
+                // Not overlapped with the backward: a 7B adapter's gradients (r 32, 80.7 M floats, 323 MB) take
+                // about a millisecond over NVLink, once per optimizer step, against seconds of generation and
+                // backward; overlapping per layer would need hooks in the backward for no visible gain.
+                Backend::GradientBuffer grads = backend->gradient_buffer();
+                if (grads.on_device) {
+#ifndef GRPO_CPU_ONLY
+                    nccl->all_reduce_sum(grads.data, grads.count, (cudaStream_t)grads.stream);
+#endif
+                } else {
+                    exchange->all_reduce_sum(grads.data, grads.count);
+                }
+            }
             grad_norm = backend->optimizer_step(lr, opt.max_grad_norm, adamw);
             if (!std::isfinite(grad_norm)) skipped = "non-finite gradient norm";
         }
@@ -609,11 +805,6 @@ static int train(const TrainOptions& opt) {
         auto t_end = now();
         policy_s += secs(to, t_end);
         double seconds = secs(t0, t_end), rollout_s = secs(t0, t_rollout), score_s = secs(t_rollout, t_scored);
-        double completion_tokens = 0, train_tokens = 0;
-        for (const Rollout& r : rollouts) {
-            completion_tokens += r.completion.size();
-            train_tokens += r.prompt->size() + r.completion.size();
-        }
         total_seconds += seconds;
         steps_this_run++;
 
@@ -625,8 +816,8 @@ static int train(const TrainOptions& opt) {
                 ", \"reward_std\": " + json_number(reward_metrics.reward_std);
         for (int f = 0; f < F; f++) {
             std::string key = "rewards/" + task.reward_names[f];
-            line += ", " + json_quote(key + "/mean") + ": " + json_number(mean_of(per_function, f, F, N)) + ", " +
-                    json_quote(key + "/std") + ": " + json_number(std_of(per_function, f, F, N));
+            line += ", " + json_quote(key + "/mean") + ": " + json_number(mean_of(all_per_function, f, F, N_all)) +
+                    ", " + json_quote(key + "/std") + ": " + json_number(std_of(all_per_function, f, F, N_all));
         }
         line += ", \"completions/mean_length\": " + json_number(completion_stats.mean_length) +
                 ", \"completions/clipped_ratio\": " + json_number(completion_stats.clipped_ratio);
@@ -646,8 +837,10 @@ static int train(const TrainOptions& opt) {
         if (backend->device_memory_bytes() > 0)
             line += ", \"memory/device_gib\": " + json_number(backend->device_memory_bytes() / 1073741824.0);
         line += "}\n";
-        fputs(line.c_str(), log);
-        fflush(log);
+        if (log) {
+            fputs(line.c_str(), log);
+            fflush(log);
+        }
         double eta = total_seconds / steps_this_run * (opt.max_steps - state.step);
         std::string loss_text = skipped.empty() ? "loss " + json_number_f32((float)loss) : "SKIPPED (" + skipped + ")";
         printf("%s step %d/%d | %s | reward %.4f +- %.4f | kl %.6f | grad_norm %.4f | lr %.3e | len %.1f | "
@@ -670,7 +863,9 @@ static int train(const TrainOptions& opt) {
 
         if ((int)skipped_in_a_row.size() >= MAX_SKIPPED_IN_A_ROW) {
             // the adapters and optimizer state are still those of the last good step: save them with that
-            // step's place in the data, so --resume (with a lower --lr, say) starts again from there
+            // step's place in the data, so --resume (with a lower --lr, say) starts again from there. Every rank
+            // skipped the same steps (the decision is made on numbers they share); rank 0 saves and explains.
+            if (!rank0) return 3;
             fclose(log);
             last_checkpoint = save_checkpoint(opt, *backend, good_state);
             std::string which;
@@ -683,16 +878,17 @@ static int train(const TrainOptions& opt) {
                     opt.max_grad_norm, last_checkpoint.c_str());
             return 3;
         }
-        if (state.step % opt.save_every == 0 && state.step < opt.max_steps) {
+        if (rank0 && state.step % opt.save_every == 0 && state.step < opt.max_steps) {
             last_checkpoint = save_checkpoint(opt, *backend, state);
             printf("saved %s\n", last_checkpoint.c_str());
         }
     }
+    if (!rank0) return 0;  // every rank holds the same adapters: rank 0 writes them
     fclose(log);
 
     // 5. the final adapter, loadable by HF PEFT as it is
     last_checkpoint = save_checkpoint(opt, *backend, state);
-    printf("%s %s (step %d of %d); log: %s\n", g_stop_requested ? "interrupted: saved" : "done: saved",
+    printf("%s %s (step %d of %d); log: %s\n", stopping() ? "interrupted: saved" : "done: saved",
            last_checkpoint.c_str(), state.step, opt.max_steps, log_path.c_str());
 
     // 6. with --merge, the base with the adapter folded in, as merge_lora writes it: reloaded as it was trained

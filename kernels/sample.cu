@@ -174,8 +174,8 @@ __device__ bool radix_select(const bf16* row, int n, bool vec, int key_bits, u64
 // max (or argmax) 1, top-k 3, total mass 1, top-p 3 (+2 when the boundary score is tied), draw 2.
 __global__ void __launch_bounds__(SAMPLE_THREADS)
     sample_kernel(int* tokens, int* finished, const bf16* logits, int V, int n, float temperature, int top_k,
-                  int top_p_on, float remove_frac, u64 seed, const int* seq_ids, const int* steps, const int* stop_ids,
-                  int num_stop, int pad_id) {
+                  int top_p_on, float remove_frac, u64 seed, const int* seq_ids, int seq_offset, const int* steps,
+                  const int* stop_ids, int num_stop, int pad_id) {
     __shared__ SampleShared sh;
     const int m = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     if (finished && finished[m]) {
@@ -288,7 +288,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
             }
 
             // the draw: the first id (increasing) whose cumulative kept mass exceeds u * kept_total
-            const int seq = seq_ids ? seq_ids[m] : m, step = steps ? steps[m] : 0;
+            const int seq = (seq_ids ? seq_ids[m] : m) + seq_offset, step = steps ? steps[m] : 0;
             const u64 bits = splitmix64(splitmix64(splitmix64(seed) ^ (u64)(unsigned)seq) ^ (u64)(unsigned)step);
             const double u = (double)(bits >> 11) * (1.0 / 9007199254740992.0);  // 53 bits in [0, 1)
             u64 target = (u64)(u * (double)kept_total);
@@ -358,7 +358,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
 
 void sample_tokens(int* tokens, int* finished, const bf16* logits, int M, int V, const SamplerConfig& config,
                    uint64_t seed, const int* seq_ids, const int* steps, const int* stop_ids, int num_stop, int pad_id,
-                   cudaStream_t stream) {
+                   cudaStream_t stream, int seq_offset) {
     sampler_check(config, V);
     if (V >= (1 << 20))
         throw GrpoError("sample_tokens: V = " + std::to_string(V) + " must be below 2^20 (ids are 20-bit radix keys)");
@@ -370,6 +370,7 @@ void sample_tokens(int* tokens, int* finished, const bf16* logits, int M, int V,
     const float remove_frac = (float)(1.0 - config.top_p);
     const int top_p_on = config.top_p < 1.0 ? 1 : 0;
     sample_kernel<<<M, SAMPLE_THREADS, 0, stream>>>(tokens, finished, logits, V, n, temperature, config.top_k, top_p_on,
-                                                    remove_frac, (u64)seed, seq_ids, steps, stop_ids, num_stop, pad_id);
+                                                    remove_frac, (u64)seed, seq_ids, seq_offset, steps, stop_ids, num_stop,
+                                                    pad_id);
     cudaCheck(cudaGetLastError());
 }

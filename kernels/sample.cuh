@@ -16,8 +16,10 @@
 //   token is drawn from the softmax over the kept set. The probabilities are summed as 40-bit fixed point in
 //   64-bit integers, so the sums are exact and the draw is deterministic; a kept set can differ from the
 //   fp32 CPU sampler's only where a cumulative probability lies within fp32 rounding of 1 - top_p.
-// The uniform number of row m is a pure function of (seed, seq_ids[m], steps[m]) (splitmix64), so a sequence
-// draws the same tokens however the sequences are batched. seq_ids nullptr means m; steps nullptr means 0
+// The uniform number of row m is a pure function of (seed, seq_offset + seq_ids[m], steps[m]) (splitmix64), so a
+// sequence draws the same tokens however the sequences are batched, and a part of a larger batch (a data-parallel
+// rank's share) draws what the whole batch would with seq_offset = its first sequence's index in the whole.
+// seq_ids nullptr means m; steps nullptr means 0
 // (pass the index of the draw within its sequence, e.g. the position the new token will take).
 // Stop handling: finished [M] (device int, may be nullptr for none): a row with finished[m] != 0 draws
 // nothing and gets pad_id; a row that draws one of stop_ids[0..num_stop) (device int) gets finished[m] = 1.
@@ -25,4 +27,4 @@
 // V must be < 2^20. One 1024-thread block per row; nothing is allocated.
 void sample_tokens(int* tokens, int* finished, const __nv_bfloat16* logits, int M, int V, const SamplerConfig& config,
                    uint64_t seed, const int* seq_ids, const int* steps, const int* stop_ids, int num_stop, int pad_id,
-                   cudaStream_t stream);
+                   cudaStream_t stream, int seq_offset = 0);

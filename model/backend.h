@@ -22,11 +22,16 @@ public:
     virtual ~Backend() = default;
     virtual const char* name() const = 0;
 
-    // Samples G completions for every prompt, each until a stop id or max_new_tokens. The order of the
-    // random draws is fixed (prompt by prompt, step by step, completion by completion), so a seed
-    // reproduces the same rollouts on the same backend. Returns prompts.size() * G rollouts, grouped by prompt.
+    // Samples G completions for every prompt, each until a stop id or max_new_tokens. Every call takes one number
+    // from rng as its seed; rollout n = first_rollout + p * G + g then draws its t-th token from a uniform number
+    // that depends on (seed, n, t) alone (generation_draw_rng), so a seed reproduces the same rollouts on the
+    // same backend however they are batched. A caller that splits a batch of prompts into parts (accumulation
+    // batches, the ranks of a data-parallel run) and generates each part with the same seed and first_rollout =
+    // (index of its first prompt in the whole batch) * G gets exactly the rollouts of one call over the whole
+    // batch. Returns prompts.size() * G rollouts, grouped by prompt.
     virtual std::vector<Rollout> generate(const std::vector<std::vector<int32_t>>& prompts, int G, int max_new_tokens,
-                                          const SamplerConfig& sampler, const std::vector<int>& stop_ids, Rng& rng) = 0;
+                                          const SamplerConfig& sampler, const std::vector<int>& stop_ids, Rng& rng,
+                                          int first_rollout = 0) = 0;
 
     // logp[n * Tc + t] = log softmax(logits / temperature)[completion[t]] for t < completion length, 0 beyond,
     // for every rollout n. with_lora false gives the reference model (the frozen base). With keep_for_backward the
@@ -47,6 +52,17 @@ public:
     // Zeroes the accumulated gradients without an optimizer step (a step skipped before its last backward).
     virtual void discard_gradients() = 0;
 
+    // Where the accumulated LoRA gradients live, for data-parallel training to sum them over the ranks before
+    // optimizer_step: on the host (the CPU backend) or on the device, written by work queued on `stream` (a
+    // cudaStream_t), in the LoraWeights layout either way.
+    struct GradientBuffer {
+        float* data = nullptr;
+        size_t count = 0;
+        bool on_device = false;
+        void* stream = nullptr;
+    };
+    virtual GradientBuffer gradient_buffer() = 0;
+
     // Bytes this backend holds on its device for the run (the GPU's memory plan, all allocated at creation: its
     // peak); 0 for the host backend.
     virtual size_t device_memory_bytes() const { return 0; }
@@ -54,6 +70,14 @@ public:
     // The adapters with their AdamW state, up to date on the host (for checkpoints).
     virtual const LoraWeights& lora() = 0;
 };
+
+// The random draw of rollout n's t-th token in a generate() call seeded with `seed`: an Rng whose next number is
+// splitmix64(splitmix64(splitmix64(seed) ^ n) ^ t), the bits kernels/sample.cu draws on the GPU (Rng(x)'s first
+// number is splitmix64(x)).
+inline Rng generation_draw_rng(uint64_t seed, uint64_t n, uint64_t t) {
+    auto splitmix64 = [](uint64_t x) { return Rng(x).next_u64(); };
+    return Rng(splitmix64(splitmix64(seed) ^ n) ^ t);
+}
 
 // The CPU reference backend: plain C++, BF16 rounding where HF rounds (see model/cpu_model.h).
 std::unique_ptr<Backend> make_cpu_backend(Qwen2Weights weights, LoraWeights lora);

@@ -18,10 +18,13 @@ public:
     const char* name() const override { return "cpu"; }
 
     std::vector<Rollout> generate(const std::vector<std::vector<int32_t>>& prompts, int G, int max_new_tokens,
-                                  const SamplerConfig& sampler, const std::vector<int>& stop_ids, Rng& rng) override {
+                                  const SamplerConfig& sampler, const std::vector<int>& stop_ids, Rng& rng,
+                                  int first_rollout) override {
         const int V = weights_.config.V;
+        const uint64_t seed = rng.next_u64();  // one number per call, as on the GPU
         std::vector<Rollout> rollouts;
-        for (const std::vector<int32_t>& prompt : prompts) {
+        for (size_t p = 0; p < prompts.size(); p++) {
+            const std::vector<int32_t>& prompt = prompts[p];
             if (prompt.empty()) throw GrpoError("generate: an empty prompt has no position to continue from");
             // the G completions of a prompt share one prefill: the prompt is the same for all of them
             CpuKVCache cache = cpu_kv_cache_create(weights_.config, G, (int)prompt.size() + max_new_tokens);
@@ -35,10 +38,11 @@ public:
             for (int t = 0; t < max_new_tokens; t++) {
                 bool all_done = true;
                 for (int g = 0; g < G; g++) {
-                    // a finished completion keeps feeding its last token so the batch stays rectangular; no draw is
-                    // spent on it, so the random stream does not depend on how the batch is laid out
+                    // a finished completion keeps feeding its last token so the batch stays rectangular
                     if (done[g]) { next[g] = group[g].completion.back(); continue; }
-                    int id = sample_token(logits.data() + (size_t)g * V, V, sampler, rng);
+                    // the draw depends on the rollout's index in the whole batch and on t alone (see generate())
+                    Rng draw = generation_draw_rng(seed, (uint64_t)first_rollout + p * G + g, (uint64_t)t);
+                    int id = sample_token(logits.data() + (size_t)g * V, V, sampler, draw);
                     group[g].completion.push_back(id);
                     next[g] = id;
                     done[g] = is_stop_token(id, stop_ids);
@@ -101,6 +105,13 @@ public:
     }
 
     void discard_gradients() override { std::fill(lora_.grads.begin(), lora_.grads.end(), 0.0f); }
+
+    GradientBuffer gradient_buffer() override {
+        GradientBuffer b;
+        b.data = lora_.grads.data();
+        b.count = lora_.grads.size();
+        return b;
+    }
 
     const LoraWeights& lora() override { return lora_; }
 

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "data/text.h"
+#include "kernels/matmul.cuh"
 #include "model/backend.h"
 #include "model/gpu_generate.h"
 #include "model/gpu_model.h"
@@ -27,10 +28,12 @@ public:
     const char* name() const override { return "cuda"; }
 
     std::vector<Rollout> generate(const std::vector<std::vector<int32_t>>& prompts, int G, int max_new_tokens,
-                                  const SamplerConfig& sampler, const std::vector<int>& stop_ids, Rng& rng) override {
+                                  const SamplerConfig& sampler, const std::vector<int>& stop_ids, Rng& rng,
+                                  int first_rollout) override {
         // one draw of the run's Rng per call seeds the GPU's counter-based draws (kernels/sample.cuh), so a run
-        // resumed with the saved Rng state reproduces its rollouts; they differ from the CPU backend's draws
-        return gpu_generate(model_, prompts, G, max_new_tokens, sampler, stop_ids, rng.next_u64());
+        // resumed with the saved Rng state reproduces its rollouts; they are numbered in the whole batch
+        // (first_rollout on), so a data-parallel rank's share draws the tokens of one call over the whole batch
+        return gpu_generate(model_, prompts, G, max_new_tokens, sampler, stop_ids, rng.next_u64(), first_rollout);
     }
 
     void completion_logprobs(const std::vector<Rollout>& rollouts, int Tc, float temperature, bool with_lora,
@@ -85,6 +88,24 @@ public:
         gpu_model_lora_download(model_, &lora_);
         std::fill(lora_.grads.begin(), lora_.grads.end(), 0.0f);
         gpu_model_lora_upload(model_, lora_);
+    }
+
+    GradientBuffer gradient_buffer() override {
+        // The device gradients are one fp32 array in the host LoraWeights layout (gpu_model.cu's LoRA allocation);
+        // gpu_model.h hands out pointers into it per linear only, so its start is found from the first adapter's dA
+        // and that adapter's offset in the layout.
+        GradientBuffer b;
+        b.on_device = true;
+        b.stream = gpu_model_parts(model_).stream;
+        b.count = lora_.grads.size();
+        for (int l = 0; l < (int)lora_.slots.size() && !b.data; l++)
+            for (int s = 0; s < NUM_LINEAR && !b.data; s++) {
+                if (!lora_.slots[l][s].present) continue;
+                LoraLinearGpu linear;
+                gpu_model_linear_group(model_, l, s, 1, true, &linear);
+                b.data = linear.dA - lora_.slots[l][s].a_offset;
+            }
+        return b;
     }
 
     size_t device_memory_bytes() const override { return gpu_model_memory_plan(model_).total(); }

@@ -296,7 +296,7 @@ struct Generator {
 
 std::vector<Rollout> gpu_generate(GpuModel* model, const std::vector<std::vector<int32_t>>& prompts, int G,
                                   int max_new_tokens, const SamplerConfig& sampler, const std::vector<int>& stop_ids,
-                                  uint64_t seed) {
+                                  uint64_t seed, int first_rollout) {
     const GpuOptions& options = gpu_model_options(model);
     const Qwen2Config& cfg = *gpu_model_parts(model).cfg;
     const int num_prompts = (int)prompts.size();
@@ -348,7 +348,8 @@ std::vector<Rollout> gpu_generate(GpuModel* model, const std::vector<std::vector
     // memory, written by decode_advance), two steps behind so that the GPU always has the next steps queued.
     // Decode row m is rollout slots[m]: when the unfinished rows fit in fewer n-tiles of the decode GEMMs (8 rows
     // each), the finished ones are compacted away and the graph is captured again for the smaller batch. The draws
-    // do not change: rollout n's t-th uniform number is splitmix64(seed, n, t) whatever row it sits in.
+    // do not change: rollout n's t-th uniform number is splitmix64(seed, first_rollout + n, t) whatever row it sits
+    // in.
     const int SR = options.max_rollouts;
     int* positions = b.step_info;
     int* lens = b.step_info + SR;
@@ -375,7 +376,7 @@ std::vector<Rollout> gpu_generate(GpuModel* model, const std::vector<std::vector
     // draw the next token of every row (finished rows draw nothing) and record it
     auto draw = [&](int M) {
         sample_tokens(b.tokens, b.finished, b.logits, M, cfg.V, sampler, seed, b.slots, steps, b.stop_ids,
-                      (int)stop_ids.size(), 0, stream);
+                      (int)stop_ids.size(), 0, stream, first_rollout);
         decode_advance(b.completions, options.max_sequence_length, b.slots, b.tokens, b.finished, positions, lens,
                        steps, prompt_lens, M, unfinished_device, stream);
     };

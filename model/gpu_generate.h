@@ -18,11 +18,12 @@ size_t gpu_generation_plan(const Qwen2Config& cfg, const LoraConfig& lora, const
 
 // Backend::generate on the GPU model (with its adapters): prompts.size() * G rollouts grouped by prompt, each the
 // sampled ids up to and including the first stop id, or max_new_tokens ids. Each prompt runs through the forward
-// once and its keys and values are copied to its G cache slots. Rollout n = p * G + g draws its t-th token with
-// the uniform number splitmix64(seed, n, t) (kernels/sample.cuh), so a seed reproduces the rollouts. Finished
+// once and its keys and values are copied to its G cache slots. Rollout n = first_rollout + p * G + g draws its
+// t-th token with the uniform number splitmix64(seed, n, t) (kernels/sample.cuh), so a seed reproduces the
+// rollouts, and a part of a larger batch (first_rollout = its first rollout's index there) draws its tokens. Finished
 // sequences compute on a pad token and draw nothing until the unfinished ones fit in fewer 8-row tiles of the
 // decode GEMMs; then they are compacted away (the draws do not change: they depend on n and t alone).
 // Throws GrpoError when the request does not fit the model's GpuOptions::max_rollouts / max_sequence_length.
 std::vector<Rollout> gpu_generate(GpuModel* model, const std::vector<std::vector<int32_t>>& prompts, int G,
                                   int max_new_tokens, const SamplerConfig& sampler, const std::vector<int>& stop_ids,
-                                  uint64_t seed);
+                                  uint64_t seed, int first_rollout = 0);
