@@ -60,3 +60,11 @@ verdict "resumed GPU run's checkpoint-4 is bit-identical" $same
 [ $? = 0 ] && [ "$(wc -l < "$out/default/log.jsonl")" = 2 ]; verdict "train_grpo with the embedded tiny model (no -m), 2 GSM8K steps" $?
 ./eval_gsm8k --device cuda --limit 16 --batch 8 --max-new-tokens 32 --out "$out/eval.jsonl" > "$out/eval.log" 2>&1
 [ $? = 0 ] && [ "$(wc -l < "$out/eval.jsonl")" = 16 ]; verdict "eval_gsm8k --device cuda: 16 questions, one record each ($(tail -1 "$out/eval.log" | cut -c1-100))" $?
+
+# 6. data parallelism at world size 1 (issue 7): --world-size 1 --rank 0 logs what a run without them logs, and
+#    writes the same adapter
+./train_grpo --device cuda $B --world-size 1 --rank 0 --out "$out/w1" > "$out/w1.log" 2>&1
+metrics "$out/w1/log.jsonl" > "$out/w1.txt"
+cmp -s "$out/det_a.txt" "$out/w1.txt" && cmp -s "$out/det_a/checkpoint-4/adapter_model.safetensors" \
+    "$out/w1/checkpoint-4/adapter_model.safetensors"
+verdict "--world-size 1 equals a run without it (metrics and adapter)" $?
