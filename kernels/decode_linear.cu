@@ -49,6 +49,7 @@ typedef __nv_bfloat16 bf16;
 //     fewer stages keep two blocks per SM);
 //   DL_CFG_BLOCKS_PER_SM: how many blocks per SM the split-K plan aims for over a launch;
 //   DL_CFG_MAX_SPLITS: the most k splits of a row tile (their partials are added by one block);
+//   DL_CFG_DEQUANT: how NF4 codes become bf16 (below; only 0 is exact and used outside the lab);
 //   DL_CFG_KSPLIT / _NF4: warps of a block that share rows and split each chunk's k at M <= 8 (half as many at
 //     M <= 16), for bf16 / NF4 weights. Measured on the H200 (lab): 4 helps the bf16 lm_head (longer row runs), 1
 //     is faster for NF4, whose time goes to dequantization rather than to the reads.
@@ -72,6 +73,13 @@ typedef __nv_bfloat16 bf16;
 #endif
 #ifndef DL_CFG_KSPLIT_NF4
 #define DL_CFG_KSPLIT_NF4 1
+#endif
+// DL_CFG_DEQUANT (lab diagnostics only; production is 0): 0 exact (bitsandbytes' fp32 product, then one bf16
+// rounding); 1 bf16 table arithmetic (a 256-entry table of code pairs in bf16 and one bf16x2 product per pair: not
+// bit-exact, ~3 instructions a pair); 2 none (the code bytes fed to the mma as they are: wrong results, for timing
+// what the kernel costs without dequantization).
+#ifndef DL_CFG_DEQUANT
+#define DL_CFG_DEQUANT 0
 #endif
 
 constexpr int DL_WARPS = DL_CFG_WARPS;
@@ -141,6 +149,21 @@ __device__ __forceinline__ void dl_nf4_word(uint32_t out[4], uint32_t word, uint
         out[b] = *reinterpret_cast<uint32_t*>(&v);
     }
 }
+
+#if DL_CFG_DEQUANT == 1
+// Lab diagnostic (DL_CFG_DEQUANT 1): each code byte's pair of codes as bf16x2, built from dl_code_table, and one
+// bf16x2 product by the rounded block scale. Not bitsandbytes' rounding; it measures what cheaper arithmetic buys.
+__shared__ uint32_t dl_pair_table[DECODE_LINEAR_MAX_G][256];
+__device__ __forceinline__ void dl_nf4_word_bf16(uint32_t out[4], uint32_t word, int lin, float scale) {
+    const __nv_bfloat162 scale2 = __float2bfloat162_rn(scale);
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+        uint32_t pair = dl_pair_table[lin][(word >> (8 * b)) & 0xFFu];
+        __nv_bfloat162 v = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&pair), scale2);
+        out[b] = *reinterpret_cast<uint32_t*>(&v);
+    }
+}
+#endif
 
 
 // Elements i and i+1 of a bf16 row as a pair, zero past `limit` (the rank-R operands need no alignment).
@@ -328,6 +351,12 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
             if (threadIdx.x < 16) dl_code_table[g][threadIdx.x] = p.nf4[g].code[threadIdx.x];
             if (p.nf4[g].double_quant)
                 for (int i = threadIdx.x; i < 256; i += DL_THREADS) nested_code[g][i] = p.nf4[g].nested_code[i];
+#if DL_CFG_DEQUANT == 1
+            for (int i = threadIdx.x; i < 256; i += DL_THREADS) {
+                __nv_bfloat162 v = __floats2bfloat162_rn(p.nf4[g].code[i >> 4], p.nf4[g].code[i & 15]);
+                dl_pair_table[g][i] = *reinterpret_cast<uint32_t*>(&v);
+            }
+#endif
         }
     }
     for (int i = 0; i < S - 1 && i < n_chunks; i++) stage_weights(w_stage(i), chunk_begin + i);
@@ -405,8 +434,14 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
                     const uint4 w = wpiece[mt][h];
                     if (NF4) {
                         const uint32_t words[4] = {w.x, w.y, w.z, w.w};
+#if DL_CFG_DEQUANT == 0
                         dl_nf4_word(w_pairs[mt][h], words[q % 4], (uint32_t)lin[mt] * 0x40404040u,
                                     scale[(mt * 2 + h) * DL_LOADS + j]);
+#elif DL_CFG_DEQUANT == 1
+                        dl_nf4_word_bf16(w_pairs[mt][h], words[q % 4], lin[mt], scale[(mt * 2 + h) * DL_LOADS + j]);
+#else
+                        for (int b = 0; b < 4; b++) w_pairs[mt][h][b] = (words[q % 4] >> b) ^ words[(q + b) % 4];
+#endif
                     } else {
                         w_pairs[mt][h][0] = w.x;
                         w_pairs[mt][h][1] = w.y;
@@ -920,3 +955,4 @@ double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
 #undef DL_CFG_MAX_SPLITS
 #undef DL_CFG_KSPLIT
 #undef DL_CFG_KSPLIT_NF4
+#undef DL_CFG_DEQUANT

@@ -59,6 +59,15 @@ DL_VARIANT(nosplit, "no split-K across blocks")
 DL_VARIANT(bps8, "split-K aiming at 8 blocks per SM")
 #include "kernels/decode_linear.cu"
 }
+// diagnostics, timed only (their results are not bitsandbytes' or not right at all): is dequantization the bound?
+#define DL_CFG_DEQUANT 1
+DL_VARIANT(bf16math, "NF4 as bf16 table arithmetic (inexact, timing only)")
+#include "kernels/decode_linear.cu"
+}
+#define DL_CFG_DEQUANT 2
+DL_VARIANT(nodequant, "no dequantization at all (wrong results, timing only)")
+#include "kernels/decode_linear.cu"
+}
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -368,16 +377,20 @@ int main() {
 
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
-    printf("  %s\n  %s\n  %s\n  %s\n", ksplit4::knobs, warps8::knobs, nosplit::knobs, bps8::knobs);
+    printf("  %s\n  %s\n  %s\n  %s\n  %s\n  %s\n", ksplit4::knobs, warps8::knobs, nosplit::knobs, bps8::knobs,
+           bf16math::knobs, nodequant::knobs);
     typedef void (*ForwardFn)(const LoraLinearGpu*, int, const bf16*, int, int, float, bf16* const*, void*, size_t,
                               cudaStream_t, MatmulContext*);
-    const ForwardFn variants[5] = {decode_linear_forward, ksplit4::decode_linear_forward, warps8::decode_linear_forward,
-                                   nosplit::decode_linear_forward, bps8::decode_linear_forward};
+    const ForwardFn variants[7] = {decode_linear_forward,         ksplit4::decode_linear_forward,
+                                   warps8::decode_linear_forward,  nosplit::decode_linear_forward,
+                                   bps8::decode_linear_forward,    bf16math::decode_linear_forward,
+                                   nodequant::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %10s %10s %10s %10s %10s\n", "linear", "prod", "ksplit4", "warps8", "nosplit", "bps8");
+    printf("  %-12s %10s %10s %10s %10s %10s %10s %10s\n", "linear", "prod", "ksplit4", "warps8", "nosplit", "bps8",
+           "bf16math", "nodequant");
     for (int M : {1, 6, 64})
         for (int i : {0, 1, 4, 6, 7}) {
             LabLinear& l = *lin[i];
