@@ -118,11 +118,8 @@ __global__ void scale_kernel(float* x, size_t n, const float* coef) {
 
 // A grid that covers the work but stays a few waves deep: the kernels loop over the rest.
 static int grid_for(size_t work, int threads) {
-    int device = 0, sms = 0;
-    cudaCheck(cudaGetDevice(&device));
-    cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     size_t blocks = (work + threads - 1) / threads;
-    size_t cap = (size_t)sms * 8;
+    size_t cap = (size_t)cuda_sm_count() * 8;
     return (int)(blocks < 1 ? 1 : blocks < cap ? blocks : cap);
 }
 

@@ -32,6 +32,18 @@ inline void nccl_check(ncclResult_t result, const char* file, int line) {
 }
 #define ncclCheck(result) nccl_check((result), __FILE__, __LINE__)
 
+// The current device's multiprocessor count, read once per process (launchers size their grids by it; a process
+// drives one device).
+inline int cuda_sm_count() {
+    static int count = 0;
+    if (count == 0) {
+        int device = 0;
+        cudaCheck(cudaGetDevice(&device));
+        cudaCheck(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    }
+    return count;
+}
+
 #ifdef __CUDACC__
 // Programmatic dependent launch (sm_90): a kernel launched with cudaLaunchAttributeProgrammaticStreamSerialization
 // may start while the kernel before it still runs, so it can load what no earlier kernel writes (weights, tables)

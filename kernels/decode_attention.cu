@@ -538,16 +538,6 @@ __global__ void decode_attention_combine_kernel(bf16* out, const float* part_o, 
 // The kernel decode_attention_forward runs: 2 (tensor cores) or 1 (the CUDA-core kernel, to fall back to).
 #define DECODE_ATT_DEFAULT_VERSION 2
 
-static int sm_count() {
-    static int count = 0;
-    if (count == 0) {
-        int dev = 0;
-        cudaCheck(cudaGetDevice(&dev));
-        cudaCheck(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, dev));
-    }
-    return count;
-}
-
 // Keys per block for a split count: whole warps of keys for version 1, whole 16-key tiles for version 2 (its warps
 // then differ by at most one tile).
 static int plan_chunk(int version, int max_len, int splits) {
@@ -563,7 +553,7 @@ static int plan_chunk(int version, int max_len, int splits) {
 static int auto_splits_for(int version, int M, int KVH, int max_len) {
     if (M < 1 || KVH < 1 || max_len < 1) return 1;
     const int min_splits = (max_len + DECODE_ATT_MAX_CHUNK - 1) / DECODE_ATT_MAX_CHUNK;
-    const int blocks = M * KVH, sms = sm_count();
+    const int blocks = M * KVH, sms = cuda_sm_count();
     // version 2: measured on the H200 (lab, 7B heads), 24 blocks (M = 6) with one split beat 4..11 splits at
     // 256..768 keys (the combine launch costs more than the idle SMs), so it splits only tiny batches, and no
     // split under 256 keys

@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma.cuh"
@@ -627,19 +628,21 @@ __global__ void decode_linear_simple_kernel(const __grid_constant__ DecodeParams
 // ---------------------------------------------------------------------------------------------------------------
 // kernel launchers
 
-static int dl_num_sms() {
-    static int sms = 0;
-    if (sms == 0) {
-        int device = 0;
-        cudaCheck(cudaGetDevice(&device));
-        cudaCheck(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    }
-    return sms;
+int decode_linear_n_tiles(int M) {
+    int t = (std::min(M, DECODE_LINEAR_MAX_M) + 7) / 8;
+    return t <= 1 ? 1 : t <= 2 ? 2 : t <= 4 ? 4 : t <= 6 ? 6 : 8;
 }
 
-static int dl_n_tiles(int M) {  // the instantiated NT values
-    int t = (M + 7) / 8;
-    return t <= 1 ? 1 : t <= 2 ? 2 : t <= 4 ? 4 : t <= 6 ? 6 : 8;
+// Calls f(std::integral_constant<int, NT>()) for the instantiation that serves NT n-tiles (decode_linear_n_tiles).
+template <typename F>
+static void dl_with_n_tiles(int NT, F f) {
+    switch (NT) {
+        case 1: f(std::integral_constant<int, 1>()); break;
+        case 2: f(std::integral_constant<int, 2>()); break;
+        case 4: f(std::integral_constant<int, 4>()); break;
+        case 6: f(std::integral_constant<int, 6>()); break;
+        default: f(std::integral_constant<int, 8>()); break;
+    }
 }
 
 // How a launch of the tensor-core kernel is cut: row tiles, k splits and the partial floats they need.
@@ -648,33 +651,24 @@ struct DlPlan {
     size_t partial_floats = 0;
 };
 
-// The block shape (DlShape) of an instantiation, on the host: output rows per block and k per chunk.
-template <bool NF4, int NT>
-static void dl_shape_of(int* rows, int* kch) {
-    *rows = DlShape<NF4, NT>::ROWS;
-    *kch = DlShape<NF4, NT>::KCH;
-}
-
+// The block shape (DlShape) on the host: output rows per block and k per chunk.
 static void dl_shape(bool nf4, int NT, int* rows, int* kch) {
-    switch (NT) {
-        case 1: nf4 ? dl_shape_of<true, 1>(rows, kch) : dl_shape_of<false, 1>(rows, kch); break;
-        case 2: nf4 ? dl_shape_of<true, 2>(rows, kch) : dl_shape_of<false, 2>(rows, kch); break;
-        case 4: nf4 ? dl_shape_of<true, 4>(rows, kch) : dl_shape_of<false, 4>(rows, kch); break;
-        case 6: nf4 ? dl_shape_of<true, 6>(rows, kch) : dl_shape_of<false, 6>(rows, kch); break;
-        default: nf4 ? dl_shape_of<true, 8>(rows, kch) : dl_shape_of<false, 8>(rows, kch); break;
-    }
+    dl_with_n_tiles(NT, [&](auto nt) {
+        *rows = nf4 ? DlShape<true, nt()>::ROWS : DlShape<false, nt()>::ROWS;
+        *kch = nf4 ? DlShape<true, nt()>::KCH : DlShape<false, nt()>::KCH;
+    });
 }
 
 static DlPlan dl_plan(bool nf4, int total_rows, int K, int M) {
     DlPlan plan;
-    plan.NT = dl_n_tiles(M);
+    plan.NT = decode_linear_n_tiles(M);
     int rows = 0, chunk_k = 0;
     dl_shape(nf4, plan.NT, &rows, &chunk_k);
     plan.tiles = (total_rows + rows - 1) / rows;
     plan.chunks = (K + chunk_k - 1) / chunk_k;
     // about DL_CFG_BLOCKS_PER_SM blocks per SM over the launch, so that enough weight bytes are in flight to
     // cover HBM latency ...
-    int want = (DL_CFG_BLOCKS_PER_SM * dl_num_sms() + plan.tiles - 1) / plan.tiles;
+    int want = (DL_CFG_BLOCKS_PER_SM * cuda_sm_count() + plan.tiles - 1) / plan.tiles;
     // ... but the partials (written and read back, fp32) at most twice the weight bytes, and at most
     // DL_CFG_MAX_SPLITS splits, whose partials the last block of a tile adds up alone; a launch of one or two tiles
     // (an adapter's x A^T: G*R rows over a long k) may take 4x more, or its few blocks would walk k alone
@@ -813,13 +807,7 @@ static void dl_launch_mma(DecodeParams p, const DlWorkspace& ws, cudaStream_t st
     p.partials = ws.partials;
     p.counters = ws.counters;
     dim3 grid(plan.tiles, plan.splits);
-    switch (plan.NT) {
-        case 1: dl_launch_mma_nt<NF4, 1>(p, grid, stream); break;
-        case 2: dl_launch_mma_nt<NF4, 2>(p, grid, stream); break;
-        case 4: dl_launch_mma_nt<NF4, 4>(p, grid, stream); break;
-        case 6: dl_launch_mma_nt<NF4, 6>(p, grid, stream); break;
-        default: dl_launch_mma_nt<NF4, 8>(p, grid, stream); break;
-    }
+    dl_with_n_tiles(plan.NT, [&](auto nt) { dl_launch_mma_nt<NF4, nt()>(p, grid, stream); });
 }
 
 static void dl_launch(const DecodeParams& p, bool nf4, bool simple, const DlWorkspace& ws, cudaStream_t stream) {

@@ -12,6 +12,10 @@ constexpr int DECODE_LINEAR_MAX_M = 64;
 // Linears one call may group (q, k, v share x; so do gate and up).
 constexpr int DECODE_LINEAR_MAX_G = 3;
 
+// The 8-row n-tiles a call for M rows computes (1, 2, 4, 6 or 8: the kernel's instantiations; M > 64 runs in passes
+// of 64): its cost at small M grows with this, not with M.
+int decode_linear_n_tiles(int M);
+
 // A group of G linears reading the same x (every linears[g].base->in equal), each with its own output:
 //   y[g] [M, out_g] = round(round(x W_g^T + bias_g) + scale * round_bf16(x A_g^T) B_g^T)
 // the two roundings of the training path (kernels/matmul.cu's lora_linear_forward and PEFT's bf16 model): the base

@@ -9,7 +9,7 @@
 //      the [S, V] bf16 logits, decode_advance, then one decode step for all S rows (the token just drawn at its
 //      own position): embedding, per layer rmsnorm, q/k/v (one decode_linear group), RoPE, kv_cache_append, decode_attention, o,
 //      residual + rmsnorm, gate/up, SwiGLU, down, residual; the final norm and the lm_head.
-// Finished rollouts stay in the batch until the unfinished ones fit in fewer 8-row n-tiles of the decode GEMMs;
+// Finished rollouts stay in the batch until the unfinished ones fit in fewer n-tiles of the decode GEMMs;
 // then they are compacted away (rows are mapped to cache slots). In between, sample_tokens gives finished rows the
 // pad token and draws nothing, so their rows compute something nobody reads; within one n-tile that costs nothing,
 // since a decode step reads every weight once whatever the rows.
@@ -346,10 +346,10 @@ std::vector<Rollout> gpu_generate(GpuModel* model, const std::vector<std::vector
     // draw counts and prompt lengths ([4][max_rollouts]), so a decode step has no host input and is captured once
     // as a CUDA graph, then replayed for every token. The host only polls the count of unfinished rows (mapped
     // memory, written by decode_advance), two steps behind so that the GPU always has the next steps queued.
-    // Decode row m is rollout slots[m]: when the unfinished rows fit in fewer n-tiles of the decode GEMMs (8 rows
-    // each), the finished ones are compacted away and the graph is captured again for the smaller batch. The draws
-    // do not change: rollout n's t-th uniform number is splitmix64(seed, first_rollout + n, t) whatever row it sits
-    // in.
+    // Decode row m is rollout slots[m]: when the unfinished rows fit in fewer n-tiles of the decode GEMMs
+    // (decode_linear_n_tiles), the finished ones are compacted away and the graph is captured again for the smaller
+    // batch. The draws do not change: rollout n's t-th uniform number is splitmix64(seed, first_rollout + n, t)
+    // whatever row it sits in.
     const int SR = options.max_rollouts;
     int* positions = b.step_info;
     int* lens = b.step_info + SR;
@@ -401,7 +401,6 @@ std::vector<Rollout> gpu_generate(GpuModel* model, const std::vector<std::vector
                                       cudaMemcpyHostToDevice, stream));
         return kept;
     };
-    auto n_tiles = [](int rows) { return (std::min(rows, DECODE_LINEAR_MAX_M) + 7) / 8; };
 
     const int EVENTS = 4;
     cudaEvent_t done_event[EVENTS];
@@ -425,7 +424,7 @@ std::vector<Rollout> gpu_generate(GpuModel* model, const std::vector<std::vector
             cudaCheck(cudaEventSynchronize(done_event[(t - 2) % EVENTS]));
             const int open = *(volatile int*)unfinished;
             if (open == 0) break;
-            if (n_tiles(open) < n_tiles(M)) {
+            if (decode_linear_n_tiles(open) < decode_linear_n_tiles(M)) {
                 M = compact(M);
                 if (M == 0) break;
                 drop_graph();
