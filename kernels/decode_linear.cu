@@ -12,18 +12,24 @@
 // c*32 + 4s + (0, 1, 2, 3) for NF4 and (s/2)*32 + c*8 + (s%2)*4 + (0..3) for bf16. Either way one 16-byte x read
 // per n-tile feeds two k-steps, and each dequantized weight pair feeds every n-tile.
 //
-// Work split: a block of DL_WARPS warps owns a tile of output rows (32 per warp: 2 m16 tiles, so every x fragment
-// feeds two mma) and a range of k chunks, each 128 bytes of every row. Weights and x of the next chunks stream into
-// shared memory through a cp.async pipeline (DlShape) while the tensor cores work on the current one. When there
-// are too few row tiles to fill the GPU (q, k, v, o, down at M <= 8), the k chunks are split over gridDim.y
-// blocks: each writes its fp32 partial tile to the workspace, and the last block of a row tile to finish (a
-// counter per tile) adds the partials in split order (so the bits never depend on timing), then applies bias, the
-// bf16 rounding, the LoRA term and the second rounding. The kernel is a programmatic dependent launch: its blocks
-// start while the kernel before them finishes and load their first weights then.
+// Two kernels. NF4 weights whose shape allows it (in % 64 == 0, 16-row tiles: every Qwen2.5 linear) go to the
+// streaming kernel (v4, below), which reads them in the decode-tile order the GPU model stores them in (quant/nf4.h,
+// nf4_tile). Everything else (bf16 weights, the adapters' x A^T without cuBLASLt, other NF4 shapes) goes to v3:
+// a block of DL_WARPS warps owns a tile of output rows (32 per warp: 2 m16 tiles, so every x fragment feeds two
+// mma) and a range of k chunks, each 128 bytes of every row. Weights and x of the next chunks stream into shared
+// memory through a cp.async pipeline (DlShape) while the tensor cores work on the current one. When there are too
+// few row tiles to fill the GPU, the k chunks are split over gridDim.y blocks: each writes its fp32 partial tile to
+// the workspace, and the last block of a row tile to finish (a counter per tile) adds the partials in split order
+// (so the bits never depend on timing), then applies bias, the bf16 rounding, the LoRA term and the second
+// rounding. Both are programmatic dependent launches: their blocks start while the kernel before them finishes and
+// load their first weights then.
 //
-// What bounds it (measured, README performance table): at M <= 8 the NF4 dequantization in the inner loop (two
-// table lookups, two exact fp32 products and a pack per weight pair), not the reads: the same kernel streams bf16
-// weights at 82% of the HBM bandwidth, NF4 at about 17%.
+// What bounds the NF4 path (H200, profiled with ncu; README "Where generation's time goes"): not the arithmetic
+// alone. With no dequantization at all v3 ran at a third of the roofline. Reading the codes 32 bytes at a time from
+// 16 rows at once left the HBM at 15% (every design tried: v3, and v4 with and without barriers); the same bytes
+// in decode-tile order, one contiguous stream per warp, took 1.5x less time. What remains is latency: 128
+// registers a thread allow 16 warps an SM, each with one step of loads in flight, and they issue about half the
+// time. The folded dequantization (DL_CFG_V4_FOLD, lab only: not bitsandbytes' rounding) is a further 1.35x.
 //
 // LoRA: ax = x A^T [M, G*R] comes from cuBLASLt when the caller passes a context (as in training; only G*R columns
 // over a long k, which this kernel's split-K serves poorly), else from this kernel with the bf16 A matrices as
@@ -50,7 +56,6 @@ typedef __nv_bfloat16 bf16;
 //     fewer stages keep two blocks per SM);
 //   DL_CFG_BLOCKS_PER_SM: how many blocks per SM the split-K plan aims for over a launch;
 //   DL_CFG_MAX_SPLITS: the most k splits of a row tile (their partials are added by one block);
-//   DL_CFG_DEQUANT: how NF4 codes become bf16 (below; only 0 is exact and used outside the lab);
 //   DL_CFG_KSPLIT / _NF4: warps of a block that share rows and split each chunk's k at M <= 8 (half as many at
 //     M <= 16), for bf16 / NF4 weights. Measured on the H200 (lab): 4 helps the bf16 lm_head (longer row runs), 1
 //     is faster for NF4, whose time goes to dequantization rather than to the reads.
@@ -74,13 +79,6 @@ typedef __nv_bfloat16 bf16;
 #endif
 #ifndef DL_CFG_KSPLIT_NF4
 #define DL_CFG_KSPLIT_NF4 1
-#endif
-// DL_CFG_DEQUANT (lab diagnostics only; production is 0): 0 exact (bitsandbytes' fp32 product, then one bf16
-// rounding); 1 bf16 table arithmetic (a 256-entry table of code pairs in bf16 and one bf16x2 product per pair: not
-// bit-exact, ~3 instructions a pair); 2 none (the code bytes fed to the mma as they are: wrong results, for timing
-// what the kernel costs without dequantization).
-#ifndef DL_CFG_DEQUANT
-#define DL_CFG_DEQUANT 0
 #endif
 
 constexpr int DL_WARPS = DL_CFG_WARPS;
@@ -113,7 +111,8 @@ struct DecodeParams {
     int ld_ax = 0;
     float* partials = nullptr;                     // split-K partial tiles
     int* counters = nullptr;                       // one per row tile, zero between launches
-    int chunks_per_split = 1, splits = 1;
+    int chunks_per_split = 1, splits = 1;          // v3's split-K plan
+    int64_t warp_blocks = 1;                       // v4: (row tile, 64-block) pairs per warp
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -151,20 +150,6 @@ __device__ __forceinline__ void dl_nf4_word(uint32_t out[4], uint32_t word, uint
     }
 }
 
-#if DL_CFG_DEQUANT == 1
-// Lab diagnostic (DL_CFG_DEQUANT 1): each code byte's pair of codes as bf16x2, built from dl_code_table, and one
-// bf16x2 product by the rounded block scale. Not bitsandbytes' rounding; it measures what cheaper arithmetic buys.
-__shared__ uint32_t dl_pair_table[DECODE_LINEAR_MAX_G][256];
-__device__ __forceinline__ void dl_nf4_word_bf16(uint32_t out[4], uint32_t word, int lin, float scale) {
-    const __nv_bfloat162 scale2 = __float2bfloat162_rn(scale);
-#pragma unroll
-    for (int b = 0; b < 4; b++) {
-        uint32_t pair = dl_pair_table[lin][(word >> (8 * b)) & 0xFFu];
-        __nv_bfloat162 v = __hmul2(*reinterpret_cast<__nv_bfloat162*>(&pair), scale2);
-        out[b] = *reinterpret_cast<uint32_t*>(&v);
-    }
-}
-#endif
 
 
 // Elements i and i+1 of a bf16 row as a pair, zero past `limit` (the rank-R operands need no alignment).
@@ -273,6 +258,49 @@ __device__ __forceinline__ float dl_piece_scale(const NF4View& t, const float* n
     return __fadd_rn(__fmul_rn(nested_code[s.code[piece]], s.absmax[piece]), t.nested_offset);
 }
 
+// The end of one m-tile (16 output rows of linear g from row0, this lane's rows row0 + gq and + 8) whose fp32 sums
+// over k are in acc: the adapter term ax B^T on the tensor cores (R/16 more mma, the B rows as the A operand), then
+// bias and the two roundings (dl_output), written to y. Shared by the tensor-core kernels.
+template <int NT>
+__device__ __forceinline__ void dl_tile_epilogue(const DecodeParams& p, const float (&acc)[NT][4], int g, int row0,
+                                                 int gq, int c) {
+    const int M = p.M;
+    const bool lora = p.ax != nullptr && p.B[g] != nullptr;
+    float lo[NT][4];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) lo[t][e] = 0.0f;
+    if (lora) {
+        const bf16* b_lo = p.B[g] + (int64_t)(row0 + gq) * p.R;
+        const bf16* b_hi = b_lo + 8 * (int64_t)p.R;
+        for (int r0 = 0; r0 < p.R; r0 += 16) {
+            const uint32_t a[4] = {dl_pair(b_lo, r0 + 2 * c, p.R), dl_pair(b_hi, r0 + 2 * c, p.R),
+                                   dl_pair(b_lo, r0 + 2 * c + 8, p.R), dl_pair(b_hi, r0 + 2 * c + 8, p.R)};
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                const int m = t * 8 + gq;
+                uint32_t b[2] = {0, 0};
+                if (m < M) {
+                    const bf16* ax_row = p.ax + (int64_t)m * p.ld_ax + p.ax_col[g];
+                    b[0] = dl_pair(ax_row, r0 + 2 * c, p.R);
+                    b[1] = dl_pair(ax_row, r0 + 2 * c + 8, p.R);
+                }
+                mma_bf16_m16n8k16(lo[t], a, b);
+            }
+        }
+    }
+    bf16* y = p.y[g];
+    const int ldy = p.ldy[g];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int j = row0 + gq + (e >= 2 ? 8 : 0), m = t * 8 + 2 * c + (e & 1);
+            if (m < M) y[(int64_t)m * ldy + j] = dl_output(acc[t][e], p.bias[g], j, lora, lo[t][e], p.scale);
+        }
+}
+
 // The tensor-core kernel. NT n-tiles of 8 rows of x (M <= 8 NT). Grid: (row tiles of DlShape::ROWS, k splits).
 // Each block runs its range of chunks through an S-stage cp.async pipeline (weights and x of the next S-1 chunks in
 // flight to shared memory while the tensor cores work on the current one). It is launched as a programmatic
@@ -352,12 +380,6 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
             if (threadIdx.x < 16) dl_code_table[g][threadIdx.x] = p.nf4[g].code[threadIdx.x];
             if (p.nf4[g].double_quant)
                 for (int i = threadIdx.x; i < 256; i += DL_THREADS) nested_code[g][i] = p.nf4[g].nested_code[i];
-#if DL_CFG_DEQUANT == 1
-            for (int i = threadIdx.x; i < 256; i += DL_THREADS) {
-                __nv_bfloat162 v = __floats2bfloat162_rn(p.nf4[g].code[i >> 4], p.nf4[g].code[i & 15]);
-                dl_pair_table[g][i] = *reinterpret_cast<uint32_t*>(&v);
-            }
-#endif
         }
     }
     for (int i = 0; i < S - 1 && i < n_chunks; i++) stage_weights(w_stage(i), chunk_begin + i);
@@ -435,14 +457,8 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
                     const uint4 w = wpiece[mt][h];
                     if (NF4) {
                         const uint32_t words[4] = {w.x, w.y, w.z, w.w};
-#if DL_CFG_DEQUANT == 0
                         dl_nf4_word(w_pairs[mt][h], words[q % 4], (uint32_t)lin[mt] * 0x40404040u,
                                     scale[(mt * 2 + h) * DL_LOADS + j]);
-#elif DL_CFG_DEQUANT == 1
-                        dl_nf4_word_bf16(w_pairs[mt][h], words[q % 4], lin[mt], scale[(mt * 2 + h) * DL_LOADS + j]);
-#else
-                        for (int b = 0; b < 4; b++) w_pairs[mt][h][b] = (words[q % 4] >> b) ^ words[(q + b) % 4];
-#endif
                     } else {
                         w_pairs[mt][h][0] = w.x;
                         w_pairs[mt][h][1] = w.y;
@@ -539,45 +555,324 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
     }
     if (kw != 0) return;
 
-    // epilogue: the adapter term ax B^T of this tile's rows on the tensor cores, then the two roundings
+    // epilogue: the adapter term and the two roundings, per m-tile
 #pragma unroll
-    for (int mt = 0; mt < DL_MT; mt++) {
-        if (!active[mt]) continue;
-        const int g = lin[mt];
-        const bool lora = p.ax != nullptr && p.B[g] != nullptr;
-        float lo[NT][4];
+    for (int mt = 0; mt < DL_MT; mt++)
+        if (active[mt]) dl_tile_epilogue<NT>(p, acc[mt], lin[mt], row0[mt], gq, c);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The streaming NF4 kernel (v4): the path for NF4 weights at every M up to 64.
+//
+// Why another kernel: v3 moves the weights through shared memory in blocks whose warps meet at barriers, and a
+// profile of it (and of a first version of this one) showed warps stalled most of the time, the HBM at 15% and
+// the SMs issuing a third of what they can: each block waited on its slowest warp, and the warp that did a tile's
+// epilogue held up the rest. Here every warp runs on its own ("stream-K" over warps): the launch's work, every
+// (row tile of 16, 64-block of k) pair in row-tile-major order, is cut into equal contiguous ranges, one per warp.
+// A warp streams its codes from HBM into registers, a step of DL4_CH blocks ahead of the one it computes, and
+// meets no barrier. Where a range ends inside a tile, the warp stores its partial sums in a slot of the workspace;
+// the last warp of the tile to finish (a counter per tile) adds the tile's partials in range order (so the bits
+// never depend on timing) and writes the output. A tile one warp covers whole needs no partial at all.
+//
+// Layout per m-tile (16 rows) and 64-block of k (one absmax): lane (gq, c) loads 8 bytes of rows gq and gq+8, the
+// physical k c*16 .. c*16+15 of the block; mma k-step s takes its 4 weights 4s .. 4s+3 as the logical k (2c, 2c+1,
+// 2c+8, 2c+9), so byte 2s of the piece is register a[0] (a[1] for row gq+8) and byte 2s+1 is a[2] (a[3]), and x is
+// read in the same order: 32 bytes of x per lane and n-tile give the b registers of the four k-steps. Every k-step
+// of a quad then lies in one block, which the folded dequantization needs.
+//
+// Two ways to dequantize (DL_CFG_V4_FOLD):
+//   0, exact: each weight as nf4_dequant.cu rounds it, bf16(code[q] * absmax) (dl_nf4_word), so the sampler's
+//     policy is bit-for-bit the trained one;
+//   1, fold: the mma takes bf16(code[q]) straight from a table of code-byte pairs (one byte permute and one shared
+//     load per pair), a block's four k-steps go to their own accumulator, and the block's absmax multiplies that
+//     sum once. The weights then differ from exact by at most one bf16 rounding (2^-9 relative).
+#ifndef DL_CFG_V4
+#define DL_CFG_V4 1  // route NF4 launches to this kernel (0: v3 for everything, for the lab's comparison)
+#endif
+#ifndef DL_CFG_V4_WARPS
+#define DL_CFG_V4_WARPS 8
+#endif
+#ifndef DL_CFG_V4_CHUNK
+#define DL_CFG_V4_CHUNK 4  // 64-blocks a warp loads per step at M <= 16 (4 or 8): its bytes in flight
+#endif
+#ifndef DL_CFG_V4_FOLD
+#define DL_CFG_V4_FOLD 0
+#endif
+
+constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = DL_CFG_V4_CHUNK;
+constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0;
+static_assert(DL4_CH == 4 || DL4_CH == 8, "a quad converts the scales of 4 blocks per round");
+
+// The bytes of a fold pair table: for each code byte, 64 slots of 4 bytes, of which lane L reads slot L (32 copies,
+// so that a warp's lookups never share a bank). 256-byte rows let one byte permute form the address (dl4_pair).
+constexpr int DL4_PAIR_TABLE_BYTES = 256 * 256;
+
+// Streamed once: not kept in L1, where x lives.
+__device__ __forceinline__ uint2 dl4_load_stream(const uint8_t* p) {
+    uint2 v;
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ uint4 dl4_load_stream16(const uint8_t* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+// Byte b of word as the bf16 pair (code[high nibble], code[low nibble]) from the fold table: address
+// byte * 256 + lane * 4, formed by one permute (lane4 = lane * 4 fits in a byte; its byte 1 is the zero).
+__device__ __forceinline__ uint32_t dl4_pair(const char* table, uint32_t word, uint32_t lane4, int b) {
+    return *reinterpret_cast<const uint32_t*>(table + __byte_perm(word, lane4, 0x5504 | (b << 4)));
+}
+
+// Where a warp is in its range: row tile, block of k, and the blocks of the step (0 when the range is done).
+struct Dl4Pos {
+    int tile, kb, n;
+};
+
+// One step's loads: DL4_CH blocks of both rows, and the raw scales of the blocks this lane converts for its quad
+// (blocks c and c + 4 of the step; the quad's four lanes cover them).
+template <int CH>
+struct Dl4Step {
+    uint2 code[CH][2];
+    uint32_t q[CH / 4][2];
+    float a[CH / 4][2];
+};
+// Blocks per step at NT n-tiles: DL4_CH up to 16 rows of x; 4 above, where the accumulators and x take the
+// registers.
+template <int NT>
+struct Dl4Chunk {
+    static constexpr int CH = NT <= 2 ? DL4_CH : 4;
+};
+
+// The split of a launch's (tile, block) pairs over W warps: warp w owns [w * len, min(F, (w + 1) * len)).
+__host__ __device__ inline int dl4_first_warp(int tile, int nkb, int64_t len) { return (int)((int64_t)tile * nkb / len); }
+__host__ __device__ inline int dl4_last_warp(int tile, int nkb, int64_t len) {
+    return (int)(((int64_t)(tile + 1) * nkb - 1) / len);
+}
+
+template <int NT>
+__global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? 2 : 1)
+    decode_linear_nf4_stream_kernel(const __grid_constant__ DecodeParams p) {
+    extern __shared__ uint4 dl4_smem[];  // the fold pair table
+    __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
+    constexpr int CH = Dl4Chunk<NT>::CH;
+    grid_launch_dependents();
+    const int lane = threadIdx.x % 32, gq = lane / 4, c = lane % 4;
+    const int warp = blockIdx.x * DL4_WARPS + threadIdx.x / 32;
+    const int K = p.K, M = p.M, nkb = K / NF4_BLOCK, tiles = p.total_rows / 16;
+    const int64_t F = (int64_t)tiles * nkb, len = p.warp_blocks;
+    const int64_t f_begin = min(F, warp * len), f_end = min(F, f_begin + len);
+    const char* pair_table = reinterpret_cast<const char*>(dl4_smem);
+    const uint32_t lane4 = (uint32_t)lane * 4u;
+
+    // the tables: a checkpoint's stored ones (fold: the group shares the default code, checked by the launcher)
+    for (int g = 0; g < p.G; g++) {
+        if (threadIdx.x < 16) dl_code_table[g][threadIdx.x] = p.nf4[g].code[threadIdx.x];
+        if (p.nf4[g].double_quant)
+            for (int i = threadIdx.x; i < 256; i += DL4_THREADS) nested_code[g][i] = p.nf4[g].nested_code[i];
+    }
+    if (DL4_FOLD) {
+        uint32_t* table = reinterpret_cast<uint32_t*>(dl4_smem);
+        for (int i = threadIdx.x; i < 256 * 32; i += DL4_THREADS) {
+            const int byte = i / 32;
+            __nv_bfloat162 v = __floats2bfloat162_rn(p.nf4[0].code[byte >> 4], p.nf4[0].code[byte & 15]);
+            table[byte * 64 + i % 32] = *reinterpret_cast<uint32_t*>(&v);
+        }
+    }
+
+    // the step after pos (same tile while blocks remain in it and in the range)
+    auto next = [&](Dl4Pos pos) {
+        int64_t f = (int64_t)pos.tile * nkb + pos.kb + pos.n;
+        Dl4Pos to;
+        to.tile = (int)(f / nkb);
+        to.kb = (int)(f - (int64_t)to.tile * nkb);
+        to.n = (int)max((int64_t)0, min((int64_t)min(CH, nkb - to.kb), f_end - f));
+        return to;
+    };
+    auto load = [&](Dl4Step<CH>& s, const Dl4Pos& pos) {
+        if (pos.n == 0) return;
+        const int v = pos.tile * 16, g = dl_linear_of(p, v), r = v - p.row_start[g] + gq;
+        const NF4View& t = p.nf4[g];
+        // the tile's unit of this block in the tiled order (its tile number within linear g), or the row-major codes
+        const int64_t unit = ((int64_t)(v - p.row_start[g]) / 16 * nkb + pos.kb);
+        if (t.tiled) {
+            const uint8_t* units = t.packed + unit * 512 + lane * 16;
 #pragma unroll
-        for (int t = 0; t < NT; t++)
+            for (int j = 0; j < CH; j++) {
+                const uint4 both = j < pos.n ? dl4_load_stream16(units + j * 512) : make_uint4(0, 0, 0, 0);
+                s.code[j][0] = make_uint2(both.x, both.y);
+                s.code[j][1] = make_uint2(both.z, both.w);
+            }
+        } else {
+            const uint8_t* row_codes = t.packed + (int64_t)r * (K / 2) + pos.kb * 32 + c * 8;
 #pragma unroll
-            for (int e = 0; e < 4; e++) lo[t][e] = 0.0f;
-        if (lora) {
-            const bf16* b_lo = p.B[g] + (int64_t)(row0[mt] + gq) * p.R;
-            const bf16* b_hi = b_lo + 8 * (int64_t)p.R;
-            for (int r0 = 0; r0 < p.R; r0 += 16) {
-                const uint32_t a[4] = {dl_pair(b_lo, r0 + 2 * c, p.R), dl_pair(b_hi, r0 + 2 * c, p.R),
-                                       dl_pair(b_lo, r0 + 2 * c + 8, p.R), dl_pair(b_hi, r0 + 2 * c + 8, p.R)};
+            for (int j = 0; j < CH; j++)
 #pragma unroll
-                for (int t = 0; t < NT; t++) {
-                    const int m = t * 8 + gq;
-                    uint32_t b[2] = {0, 0};
-                    if (m < M) {
-                        const bf16* ax_row = p.ax + (int64_t)m * p.ld_ax + p.ax_col[g];
-                        b[0] = dl_pair(ax_row, r0 + 2 * c, p.R);
-                        b[1] = dl_pair(ax_row, r0 + 2 * c + 8, p.R);
+                for (int h = 0; h < 2; h++)
+                    s.code[j][h] = j < pos.n ? dl4_load_stream(row_codes + (int64_t)h * 8 * (K / 2) + j * 32) : make_uint2(0, 0);
+        }
+#pragma unroll
+        for (int jj = 0; jj < CH / 4; jj++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int j = jj * 4 + c;
+                const int64_t block = (int64_t)(r + 8 * h) * nkb + pos.kb + j;
+                s.q[jj][h] = 0;
+                s.a[jj][h] = 0.0f;
+                if (j < pos.n) {
+                    if (t.double_quant) {
+                        s.q[jj][h] = __ldg(t.absmax_q + (t.tiled ? (unit + j) * 16 + gq + 8 * h : block));
+                        s.a[jj][h] = __ldg(t.nested_absmax + block / NF4_NESTED_BLOCK);
+                    } else {
+                        s.a[jj][h] = __ldg(t.absmax_f32 + block);
                     }
-                    mma_bf16_m16n8k16(lo[t], a, b);
                 }
             }
-        }
-        bf16* y = p.y[g];
-        const int ldy = p.ldy[g];
+    };
+
+    float acc[NT][4];
 #pragma unroll
-        for (int t = 0; t < NT; t++)
+    for (int t = 0; t < NT; t++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = row0[mt] + gq + (e >= 2 ? 8 : 0), m = t * 8 + 2 * c + (e & 1);
-                if (m < M) y[(int64_t)m * ldy + j] = dl_output(acc[mt][t][e], p.bias[g], j, lora, lo[t][e], p.scale);
+        for (int e = 0; e < 4; e++) acc[t][e] = 0.0f;
+
+    // a step: blocks past pos.n have zero scales and zero x, so they add exact zeros and need no branch
+    auto compute = [&](const Dl4Step<CH>& s, const Dl4Pos& pos) {
+        const int v = pos.tile * 16, g = dl_linear_of(p, v);
+        const NF4View& t = p.nf4[g];
+        float mine[CH / 4][2];  // the scales this lane converted (exactly as nf4_dequant.cu rounds them)
+#pragma unroll
+        for (int jj = 0; jj < CH / 4; jj++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                mine[jj][h] = t.double_quant ? __fadd_rn(__fmul_rn(nested_code[g][s.q[jj][h]], s.a[jj][h]), t.nested_offset)
+                                             : s.a[jj][h];
+#pragma unroll
+        for (int j = 0; j < CH; j++) {
+            const bool valid = j < pos.n;
+            float scale[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const float from_quad = __shfl_sync(0xFFFFFFFFu, mine[j / 4][h], (lane & ~3) | (j % 4));
+                scale[h] = valid ? from_quad : 0.0f;
             }
+            uint32_t xw[NT][8];
+#pragma unroll
+            for (int tt = 0; tt < NT; tt++) {
+                const int n = tt * 8 + gq;
+                uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
+                if (valid && n < M) {
+                    const uint4* xr = reinterpret_cast<const uint4*>(p.x + (int64_t)n * K + (pos.kb + j) * NF4_BLOCK + c * 16);
+                    lo = __ldg(xr);
+                    hi = __ldg(xr + 1);
+                }
+                xw[tt][0] = lo.x, xw[tt][1] = lo.y, xw[tt][2] = lo.z, xw[tt][3] = lo.w;
+                xw[tt][4] = hi.x, xw[tt][5] = hi.y, xw[tt][6] = hi.z, xw[tt][7] = hi.w;
+            }
+            uint32_t w[2][8];  // the bf16 pairs of rows gq, gq+8: pairs 2s and 2s+1 feed k-step s
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                if (DL4_FOLD) {
+#pragma unroll
+                    for (int b = 0; b < 4; b++) {
+                        w[h][b] = dl4_pair(pair_table, s.code[j][h].x, lane4, b);
+                        w[h][4 + b] = dl4_pair(pair_table, s.code[j][h].y, lane4, b);
+                    }
+                } else {
+                    dl_nf4_word(&w[h][0], s.code[j][h].x, (uint32_t)g * 0x40404040u, scale[h]);
+                    dl_nf4_word(&w[h][4], s.code[j][h].y, (uint32_t)g * 0x40404040u, scale[h]);
+                }
+            }
+            float blk[NT][4];
+#pragma unroll
+            for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) blk[tt][e] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < 4; ks++) {
+                const uint32_t a[4] = {w[0][2 * ks], w[1][2 * ks], w[0][2 * ks + 1], w[1][2 * ks + 1]};
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++) {
+                    const uint32_t b[2] = {xw[tt][2 * ks], xw[tt][2 * ks + 1]};
+                    mma_bf16_m16n8k16(DL4_FOLD ? blk[tt] : acc[tt], a, b);
+                }
+            }
+            if (DL4_FOLD)
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) acc[tt][e] = fmaf(blk[tt][e], scale[e >> 1], acc[tt][e]);
+        }
+    };
+
+    // the end of this warp's part of a tile: the whole tile's epilogue, or its partial into slot warp + tile and,
+    // for the last of the tile's warps to arrive, the sum of all of them in warp order, then the epilogue
+    auto finish = [&](int tile, bool whole) {
+        const int v = tile * 16, g = dl_linear_of(p, v);
+        if (whole) {
+            dl_tile_epilogue<NT>(p, acc, g, v - p.row_start[g], gq, c);
+        } else {
+            float4* slots = reinterpret_cast<float4*>(p.partials);
+#pragma unroll
+            for (int tt = 0; tt < NT; tt++)
+                __stcg(slots + ((int64_t)(warp + tile) * NT + tt) * 32 + lane,
+                       make_float4(acc[tt][0], acc[tt][1], acc[tt][2], acc[tt][3]));
+            __threadfence();
+            int arrived = 0;
+            if (lane == 0) arrived = atomicAdd(&p.counters[tile], 1);
+            arrived = __shfl_sync(0xFFFFFFFFu, arrived, 0);
+            const int first = dl4_first_warp(tile, nkb, len), last = dl4_last_warp(tile, nkb, len);
+            if (arrived == last - first) {
+                __threadfence();
+                float sum[NT][4];
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) sum[tt][e] = 0.0f;
+                for (int w = first; w <= last; w++)
+#pragma unroll
+                    for (int tt = 0; tt < NT; tt++) {
+                        const float4 part = __ldcg(slots + ((int64_t)(w + tile) * NT + tt) * 32 + lane);
+                        sum[tt][0] += part.x;
+                        sum[tt][1] += part.y;
+                        sum[tt][2] += part.z;
+                        sum[tt][3] += part.w;
+                    }
+                if (lane == 0) p.counters[tile] = 0;  // ready for the next launch
+                dl_tile_epilogue<NT>(p, sum, g, v - p.row_start[g], gq, c);
+            }
+        }
+#pragma unroll
+        for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[tt][e] = 0.0f;
+    };
+
+    // before the dependency: only what no earlier kernel writes (the weights)
+    Dl4Pos pos0 = next(Dl4Pos{(int)(f_begin / nkb), (int)(f_begin % nkb), 0});
+    Dl4Step<CH> bufs[2];
+    load(bufs[0], pos0);
+    __syncthreads();  // the tables
+    grid_dependency_wait();
+    int tile_start_kb = pos0.kb;  // where this warp's part of the current tile began
+    Dl4Pos cur = pos0;
+    auto run = [&](Dl4Step<CH>& use, Dl4Step<CH>& fill) {  // one step; false when the range is done
+        if (cur.n == 0) return false;
+        const Dl4Pos after = next(cur);
+        load(fill, after);
+        compute(use, cur);
+        if (cur.kb + cur.n == nkb || after.n == 0) {  // the end of the tile or of the range
+            finish(cur.tile, tile_start_kb == 0 && cur.kb + cur.n == nkb);
+            tile_start_kb = 0;
+        }
+        cur = after;
+        return true;
+    };
+    while (run(bufs[0], bufs[1]) && run(bufs[1], bufs[0])) {
     }
 }
 
@@ -696,6 +991,46 @@ static size_t dl_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 // 4 * SMs row tiles (dl_plan), so a fixed DL_MAX_COUNTERS covers any GPU.
 constexpr size_t DL_MAX_COUNTERS = 4096;
 
+// Blocks of the streaming kernel an SM holds (asked once per instantiation, after opting into its shared memory).
+static size_t dl4_smem_bytes() { return DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0; }
+template <int NT>
+static int dl4_blocks_per_sm() {
+    static int blocks = 0;
+    if (blocks == 0) {
+        cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)dl4_smem_bytes()));
+        cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT>,
+                                       cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_linear_nf4_stream_kernel<NT>,
+                                                                DL4_THREADS, dl4_smem_bytes()));
+        if (blocks < 1) dl_fail("the streaming NF4 kernel does not fit on an SM");
+    }
+    return blocks;
+}
+
+// How a launch of the streaming kernel is cut: blocks of warps, the (tile, 64-block) pairs per warp, and the partial
+// slots (one per warp and tile it touches: warp + tile is unique, see the kernel) the workspace needs. As many warps
+// as fit on the GPU at once, but each with at least two steps of work.
+struct Dl4Plan {
+    int grid = 0;
+    int64_t warp_blocks = 1;
+    size_t partial_floats = 0;
+};
+static Dl4Plan dl4_plan(int total_rows, int K, int M) {
+    Dl4Plan plan;
+    const int NT = decode_linear_n_tiles(M), tiles = total_rows / 16;
+    const int64_t F = (int64_t)tiles * (K / NF4_BLOCK);
+    int per_sm = 1;
+    dl_with_n_tiles(NT, [&](auto nt) { per_sm = dl4_blocks_per_sm<nt()>(); });
+    const int64_t warps = std::max<int64_t>(1, std::min<int64_t>((int64_t)per_sm * cuda_sm_count() * DL4_WARPS,
+                                                                 F / (2 * 4)));
+    plan.grid = (int)((warps + DL4_WARPS - 1) / DL4_WARPS);
+    plan.warp_blocks = (F + (int64_t)plan.grid * DL4_WARPS - 1) / ((int64_t)plan.grid * DL4_WARPS);
+    plan.partial_floats = ((size_t)plan.grid * DL4_WARPS + tiles) * NT * 4 * 32;
+    return plan;
+}
+
+
 struct DlWorkspace {
     int* counters = nullptr;
     bf16* ax = nullptr;
@@ -725,6 +1060,7 @@ static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int max_M) {
     for (int M = 1; M <= std::min(max_M, DECODE_LINEAR_MAX_M); M++) {
         DlPlan main_plan = dl_plan(nf4, dl_total_rows(linears, G), in, M);
         partials = std::max(partials, main_plan.partial_floats);
+        if (nf4 && in % NF4_BLOCK == 0) partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M).partial_floats);
         if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
         if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
     }
@@ -772,6 +1108,23 @@ static bool dl_fast_ok(const DecodeParams& p, bool nf4) {
     return true;
 }
 
+// A programmatic dependent launch of a decode kernel: its blocks may start while the kernel before them finishes
+// (each kernel waits, with grid_dependency_wait, before it reads what that kernel wrote).
+static void dl_launch_dependent(void (*kernel)(DecodeParams), dim3 grid, int threads, size_t smem,
+                                const DecodeParams& p, cudaStream_t stream) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = dim3(threads);
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+    cudaCheck(cudaLaunchKernelEx(&config, kernel, p));
+}
+
 // One launch of the tensor-core kernel for NT n-tiles: shared memory above 48 KB is opted into once per
 // instantiation, and the launch is a programmatic dependent launch (see the kernel).
 template <bool NF4, int NT>
@@ -786,17 +1139,33 @@ static void dl_launch_mma_nt(const DecodeParams& p, dim3 grid, cudaStream_t stre
                                        cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
         opted_in = true;
     }
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(DL_THREADS);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    cudaCheck(cudaLaunchKernelEx(&config, decode_linear_mma_kernel<NF4, NT>, p));
+    dl_launch_dependent(decode_linear_mma_kernel<NF4, NT>, grid, DL_THREADS, smem, p, stream);
+}
+
+// Whether the streaming NF4 kernel can read these weights and x: whole 64-blocks per row, 16-row tiles, 16-byte
+// aligned codes, 16-byte aligned x; the fold tables assume the group shares the standard NF4 code.
+static bool dl4_shapes_ok(const DecodeParams& p) {
+    if (p.K % NF4_BLOCK != 0 || (uintptr_t)p.x % 16 != 0) return false;
+    for (int g = 0; g < p.G; g++) {
+        if ((p.row_start[g + 1] - p.row_start[g]) % 16 != 0 || (uintptr_t)p.nf4[g].packed % 16 != 0) return false;
+        if (DL4_FOLD && !p.nf4[g].default_code) return false;
+    }
+    return true;
+}
+static bool dl4_ok(const DecodeParams& p) {
+    return DL_CFG_V4 != 0 && p.total_rows / 16 <= (int)DL_MAX_COUNTERS && dl4_shapes_ok(p);
+}
+
+
+static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
+    const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M);
+    p.warp_blocks = plan.warp_blocks;
+    p.partials = ws.partials;
+    p.counters = ws.counters;
+    dl_with_n_tiles(decode_linear_n_tiles(p.M), [&](auto nt) {
+        dl_launch_dependent(decode_linear_nf4_stream_kernel<nt()>, dim3((unsigned)plan.grid), DL4_THREADS,
+                            dl4_smem_bytes(), p, stream);
+    });
 }
 
 template <bool NF4>
@@ -811,6 +1180,12 @@ static void dl_launch_mma(DecodeParams p, const DlWorkspace& ws, cudaStream_t st
 }
 
 static void dl_launch(const DecodeParams& p, bool nf4, bool simple, const DlWorkspace& ws, cudaStream_t stream) {
+    if (!simple && nf4 && dl4_ok(p)) {
+        dl4_launch(p, ws, stream);
+        return;
+    }
+    for (int g = 0; nf4 && g < p.G; g++)
+        if (p.nf4[g].tiled) dl_fail("NF4 weights in decode-tile order need the streaming kernel (in % 64 == 0, 16-row tiles)");
     if (!simple && dl_fast_ok(p, nf4)) {
         if (nf4) dl_launch_mma<true>(p, ws, stream);
         else dl_launch_mma<false>(p, ws, stream);
@@ -943,4 +1318,7 @@ double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
 #undef DL_CFG_MAX_SPLITS
 #undef DL_CFG_KSPLIT
 #undef DL_CFG_KSPLIT_NF4
-#undef DL_CFG_DEQUANT
+#undef DL_CFG_V4
+#undef DL_CFG_V4_WARPS
+#undef DL_CFG_V4_CHUNK
+#undef DL_CFG_V4_FOLD

@@ -1,4 +1,7 @@
 // nf4_dequant.cu: NF4 (bitsandbytes, double-quantized absmax) to bf16 on the GPU, bit-identical to the CPU's nf4_view_dequantize.
+#include <cstdio>
+#include <cstdlib>
+
 #include "kernels/cuda_common.cuh"
 #include "kernels/nf4_dequant.cuh"
 
@@ -86,12 +89,60 @@ __global__ void __launch_bounds__(NF4_DQ_THREADS) nf4_dequantize_kernel(__nv_bfl
     }
 }
 
+// A view in decode-tile order (quant/nf4.h, nf4_tile): one thread per 16-byte piece of a unit, the 16 weights of
+// row gq and the 16 of row gq + 8 that it holds (k c*16 .. c*16+15 of one 64-block), written as two 32-byte runs.
+__global__ void __launch_bounds__(NF4_DQ_THREADS) nf4_dequantize_tiled_kernel(__nv_bfloat16* out, NF4View t) {
+    __shared__ float code[16];
+    __shared__ float nested_code[256];
+    nf4_load_tables(t, code, nested_code);
+    const int64_t nkb = t.cols / NF4_BLOCK, units = t.rows / 16 * nkb;
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= units * 32) return;
+    const int64_t unit = i / 32, tile = unit / nkb, kb = unit % nkb;
+    const int lane = (int)(i % 32);
+    const uint4 piece = __ldg(reinterpret_cast<const uint4*>(t.packed) + i);
+    const uint32_t words[4] = {piece.x, piece.y, piece.z, piece.w};
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t row = tile * 16 + lane / 4 + 8 * h;
+        float scale;
+        if (t.double_quant)
+            scale = __fadd_rn(__fmul_rn(nested_code[t.absmax_q[unit * 16 + lane / 4 + 8 * h]],
+                                        t.nested_absmax[(row * nkb + kb) / NF4_NESTED_BLOCK]),
+                              t.nested_offset);
+        else
+            scale = t.absmax_f32[row * nkb + kb];
+        uint4 run[2];
+        __nv_bfloat16* values = reinterpret_cast<__nv_bfloat16*>(run);
+#pragma unroll
+        for (int b = 0; b < 8; b++) {
+            const unsigned byte = (words[2 * h + b / 4] >> (8 * (b % 4))) & 0xFFu;
+            values[2 * b] = nf4_value(code, byte >> 4, scale);
+            values[2 * b + 1] = nf4_value(code, byte & 0x0Fu, scale);
+        }
+        uint4* dst = reinterpret_cast<uint4*>(out + row * t.cols + kb * NF4_BLOCK + (lane % 4) * 16);
+        dst[0] = run[0];
+        dst[1] = run[1];
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // kernel launchers
 
 void nf4_dequantize_gpu(__nv_bfloat16* out, const NF4View& t, cudaStream_t stream) {
     int64_t n = t.numel();
     if (n <= 0) return;
+    if (t.tiled) {  // nf4_tile_gpu only tiles what nf4_tile_ok allows; out must be 16-byte aligned
+        if ((uintptr_t)out % 16 != 0) {
+            fprintf(stderr, "error: nf4_dequantize_gpu: a tiled NF4 view needs a 16-byte aligned output\n");
+            exit(EXIT_FAILURE);
+        }
+        const int64_t threads = t.rows / 16 * (t.cols / NF4_BLOCK) * 32;
+        nf4_dequantize_tiled_kernel<<<(unsigned)((threads + NF4_DQ_THREADS - 1) / NF4_DQ_THREADS), NF4_DQ_THREADS, 0,
+                                      stream>>>(out, t);
+        cudaCheck(cudaGetLastError());
+        return;
+    }
     bool aligned = (uintptr_t)t.packed % 4 == 0 && (uintptr_t)out % 16 == 0;
     if (aligned) {
         int64_t chunks = (n + 7) / 8, per_block = (int64_t)NF4_DQ_THREADS * NF4_DQ_UNROLL;

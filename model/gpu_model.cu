@@ -31,6 +31,7 @@
 #include "kernels/embedding.cuh"
 #include "kernels/logprob.cuh"
 #include "kernels/matmul.cuh"
+#include "kernels/nf4_tile.cuh"
 #include "kernels/residual.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
@@ -319,6 +320,24 @@ static int64_t largest_nf4_linear(const Qwen2Weights& w) {
     return largest;
 }
 
+// The NF4 linears in GPU memory, rewritten into the decode-tile order (kernels/nf4_tile.cuh: each decode warp then
+// streams contiguous bytes); those whose shape does not allow it stay row-major. Every GPU consumer reads both.
+static void tile_nf4_linears(Qwen2Weights* w, cudaStream_t stream) {
+    size_t scratch_bytes = 0;
+    for (const LayerWeights& layer : w->layers)
+        for (const LinearWeight& lin : layer.linear)
+            if (lin.format == LinearFormat::NF4 && nf4_tile_ok(lin.nf4.rows, lin.nf4.cols))
+                scratch_bytes = std::max(scratch_bytes, nf4_tile_scratch_bytes(lin.nf4));
+    if (scratch_bytes == 0) return;
+    void* scratch = device_alloc("NF4 tiling scratch (freed once the weights are loaded)", scratch_bytes,
+                                 "use a smaller model or free GPU memory");
+    for (LayerWeights& layer : w->layers)
+        for (LinearWeight& lin : layer.linear)
+            if (lin.format == LinearFormat::NF4 && nf4_tile_ok(lin.nf4.rows, lin.nf4.cols))
+                nf4_tile_gpu(&lin.nf4, scratch, scratch_bytes, stream);
+    cudaCheck(cudaFree(scratch));
+}
+
 // The bf16 copies of A and B from the fp32 masters (after an upload and after every optimizer step).
 static void refresh_lora_copies(GpuModel* m) {
     for (int l = 0; l < m->cfg.L; l++)
@@ -363,6 +382,7 @@ GpuModel* gpu_model_create(const Qwen2Weights& host_weights, const LoraWeights& 
                                                   "use an NF4 base (--base nf4) or a smaller model");
         cudaCheck(cudaMemcpy(m->weight_buffer, host_weights.buffer, m->plan.weight_bytes, cudaMemcpyHostToDevice));
         m->weights = weights_from_buffer(host_weights.plan, host_weights.buffer, m->weight_buffer, nullptr);
+        tile_nf4_linears(&m->weights, m->stream);
 
         // 2. the LoRA state
         m->lora_cfg = lora.lora;

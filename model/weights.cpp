@@ -153,6 +153,7 @@ Qwen2Weights weights_from_buffer(const WeightPlan& plan, const uint8_t* host_buf
             memcpy(&q.nested_offset, host_buffer + tables.offset, sizeof(float));
             q.code = (const float*)(target_buffer + tables.offset) + 1;
             q.nested_code = q.code + 16;
+            q.default_code = nf4_is_default_code((const float*)(host_buffer + tables.offset) + 1);
         }
     }
     w.final_norm = bf16_at("model.norm.weight");

@@ -132,7 +132,31 @@ NF4View nf4_view(const NF4Tensor& t) {
     v.absmax_f32 = t.double_quant ? nullptr : t.absmax_f32.data();
     v.code = t.code;
     v.nested_code = t.nested_code;
+    v.default_code = nf4_is_default_code(t.code);
     return v;
+}
+
+bool nf4_tile_ok(int64_t rows, int64_t cols) { return rows > 0 && rows % 16 == 0 && cols > 0 && cols % NF4_BLOCK == 0; }
+
+void nf4_tile(const NF4View& t, uint8_t* packed_out, uint8_t* absmax_q_out) {
+    const int64_t nkb = t.cols / NF4_BLOCK;
+    for (int64_t tile = 0; tile < t.rows / 16; tile++)
+        for (int64_t kb = 0; kb < nkb; kb++) {
+            uint8_t* unit = packed_out + (tile * nkb + kb) * 512;
+            for (int lane = 0; lane < 32; lane++)
+                for (int h = 0; h < 2; h++) {
+                    const int64_t row = tile * 16 + lane / 4 + 8 * h;
+                    memcpy(unit + lane * 16 + h * 8, t.packed + row * (t.cols / 2) + kb * 32 + (lane % 4) * 8, 8);
+                }
+            if (absmax_q_out)
+                for (int r = 0; r < 16; r++) absmax_q_out[(tile * nkb + kb) * 16 + r] = t.absmax_q[(tile * 16 + r) * nkb + kb];
+        }
+}
+
+bool nf4_is_default_code(const float code[16]) {
+    float standard[16];
+    nf4_default_code(standard);
+    return memcmp(standard, code, sizeof(standard)) == 0;
 }
 
 // nf4_block_absmax without the checks, for callers that have made them.

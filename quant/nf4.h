@@ -40,6 +40,9 @@ struct NF4View {
     const float* absmax_f32 = nullptr;       // !double_quant only
     const float* code = nullptr;             // [16]
     const float* nested_code = nullptr;      // [256]
+    bool default_code = false;               // code[] equals nf4_default_code (set by nf4_view and the loaders):
+                                             // tensors that share it may share a decode kernel's code tables
+    bool tiled = false;                      // packed and absmax_q in decode-tile order (nf4_tile), not row-major
 
     int64_t numel() const { return rows * cols; }
     int64_t num_blocks() const { return (numel() + NF4_BLOCK - 1) / NF4_BLOCK; }
@@ -52,6 +55,16 @@ float nf4_view_block_absmax(const NF4View& t, int64_t block);
 
 // The 16 NF4 values, index = 4-bit code (bitsandbytes' get_4bit_type("nf4")).
 void nf4_default_code(float code[16]);
+// The decode-tile order of a [rows, cols] tensor's codes and 8-bit block scales (rows % 16 == 0, cols % 64 == 0):
+// for each tile of 16 rows and each 64-block of k, in tile-major order, 512 bytes of codes where lane L = 4 gq + c
+// of a warp finds at L * 16 the 8 code bytes of row gq (k c*16 .. c*16+15 of the block) then the 8 of row gq + 8,
+// and 16 scale bytes, one per row of the tile. A decode kernel then reads its work as one contiguous stream (see
+// kernels/decode_linear.cu). nested_absmax keeps its order (indexed by the row-major block number).
+// packed_out: rows * cols / 2 bytes; absmax_q_out: rows * cols / 64 bytes (double quantization only, else nullptr).
+bool nf4_tile_ok(int64_t rows, int64_t cols);
+void nf4_tile(const NF4View& t, uint8_t* packed_out, uint8_t* absmax_q_out);
+// Whether code[16] is exactly nf4_default_code.
+bool nf4_is_default_code(const float code[16]);
 // bitsandbytes' signed 8-bit dynamic map, the nested code of double quantization (quant/dynamic_map.h).
 void nf4_default_nested_code(float nested_code[256]);
 

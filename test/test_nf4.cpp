@@ -1,6 +1,7 @@
 // test_nf4.cpp: NF4 + double quantization (quant/nf4.cpp) against the PyTorch reference's dumps (dev/ref/nf4_ref.py), bit for bit, plus properties.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "data/json.h"
+#include "data/rng.h"
 #include "data/text.h"
 #include "quant/bf16.h"
 #include "quant/nf4.h"
@@ -330,4 +332,39 @@ TEST_CASE("nf4: malformed tensors and shapes throw GrpoError with what was expec
     REQUIRE_THROWS_AS(nf4_block_absmax(good, -1), GrpoError);
     REQUIRE_THROWS_AS(nf4_quantize(w.data(), 0, 100, true, &t), GrpoError);
     REQUIRE_THROWS_AS(nf4_quantize(w.data(), 3, -1, true, &t), GrpoError);
+}
+
+TEST_CASE("nf4: the decode-tile order puts every code and block scale where a decode warp's lane reads it", "[nf4]") {
+    Rng rng(77);
+    CHECK(nf4_tile_ok(16, 64));
+    CHECK(nf4_tile_ok(512, 3584));
+    CHECK_FALSE(nf4_tile_ok(8, 64));
+    CHECK_FALSE(nf4_tile_ok(16, 96));
+    CHECK_FALSE(nf4_tile_ok(0, 64));
+    const int64_t rows = 48, cols = 192, nkb = cols / NF4_BLOCK;
+    std::vector<bf16_bits> w_bf16((size_t)(rows * cols));
+    for (bf16_bits& v : w_bf16) v = f32_to_bf16(2.0f * rng.next_float() - 1.0f);
+    NF4Tensor t;
+    nf4_quantize(w_bf16.data(), rows, cols, true, &t);
+    std::vector<uint8_t> codes(t.packed.size()), absmax(t.absmax_q.size());
+    nf4_tile(nf4_view(t), codes.data(), absmax.data());
+    // element (row, k): unit (row / 16, k / 64); lane 4 * (row % 8) + (k % 64) / 16; its row half (row % 16) / 8
+    // picks the second 8 bytes; within them byte (k % 16) / 2, the high nibble for even k
+    for (int64_t row = 0; row < rows; row++)
+        for (int64_t k = 0; k < cols; k++) {
+            const int64_t unit = row / 16 * nkb + k / NF4_BLOCK;
+            const int64_t lane = 4 * (row % 8) + (k % NF4_BLOCK) / 16, half = (row % 16) / 8;
+            const uint8_t byte = codes[unit * 512 + lane * 16 + half * 8 + (k % 16) / 2];
+            const unsigned got = k % 2 == 0 ? byte >> 4 : byte & 15u;
+            const uint8_t src = t.packed[(row * cols + k) / 2];
+            const unsigned want = k % 2 == 0 ? src >> 4 : src & 15u;
+            if (got != want) FAIL("code of row " << row << ", k " << k);
+        }
+    for (int64_t row = 0; row < rows; row++)
+        for (int64_t kb = 0; kb < nkb; kb++) REQUIRE(absmax[(row / 16 * nkb + kb) * 16 + row % 16] == t.absmax_q[row * nkb + kb]);
+    // a permutation: the same multiset of bytes
+    std::vector<uint8_t> a = codes, b = t.packed;
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    CHECK(a == b);
 }

@@ -12,13 +12,22 @@
 // version 2 (this file): CUDA cores, one warp per row, each lane dequantizing 32 weights of one 16-byte load into
 //   fp32 registers and multiplying them with 8 rows of x at a time (x from L1): weights read once at M <= 8,
 //   but 2*M fp32 flops per weight on 67 TFLOP/s of FMA units.
-// version 3 (kernels/decode_linear.cu, decode_linear_forward, production): tensor cores (mma.sync m16n8k16, the
-//   weights as the A operand, 8 rows of x per n-tile), weights and x through a cp.async pipeline in shared memory,
-//   split-K summed in a fixed order by the last block of each row tile, bias + LoRA + the two roundings in the
-//   epilogue; "+lora" adds the x A^T launch (the decode kernel, or cuBLASLt as generation runs it).
-// Tuning: version 3 compiled again with other knobs (warps, k split across warps, split-K plan), side by side.
+// version 3 (kernels/decode_linear.cu, the "v3" variant below; production for bf16 weights): tensor cores
+//   (mma.sync m16n8k16, the weights as the A operand, 8 rows of x per n-tile), weights and x through a cp.async
+//   pipeline in shared memory, split-K summed in a fixed order by the last block of each row tile, bias + LoRA +
+//   the two roundings in the epilogue; "+lora" adds the x A^T launch (the decode kernel, or cuBLASLt as
+//   generation runs it).
+// version 4 (kernels/decode_linear.cu, decode_linear_forward, production for NF4): the streaming kernel, every warp
+//   on its own contiguous range of (16-row tile, 64-block) pairs, codes from HBM into registers a step ahead,
+//   partial tiles added in a fixed order; "prod" reads the codes in decode-tile order (nf4_tile), as the GPU model
+//   holds them. Variants: fold (bf16 codes from a pair table, the block scale applied once per block: not
+//   bitsandbytes' rounding), 8 blocks per step.
+// Tuning: the variants side by side (kernels/decode_linear.cu compiled again with other DL_CFG_* knobs).
 // Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
 // plus the bf16 lm_head (the decode kernel and cuBLASLt), per decode step, eager and as a CUDA graph.
+// `lab_decode_linear profile [LINEAR [VARIANT]]`: k, gate and down at M 6 only, cold / warm / graph timings of each
+// variant on row-major and tiled codes (with a bit-for-bit check that the order changes nothing), and few enough
+// launches for ncu (--kernel-name regex:stream --launch-skip 3 --launch-count 1).
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -42,30 +51,24 @@ typedef __nv_bfloat16 bf16;
 #define DL_VARIANT(NAME, DESCRIPTION) \
     namespace NAME {                  \
     static const char* knobs = #NAME ": " DESCRIPTION;
-// NF4 k split across 4 warps too: 512-byte row runs (production keeps NF4 warps on their own rows)
-#define DL_CFG_KSPLIT_NF4 4
-DL_VARIANT(ksplit4, "NF4 k split over 4 warps (512-byte row runs)")
+// the previous production kernel (v3: shared-memory pipeline, split-K through a workspace) for every NF4 call
+#define DL_CFG_V4 0
+DL_VARIANT(v3, "v3 for NF4 (shared-memory pipeline, split-K across blocks)")
 #include "kernels/decode_linear.cu"
 }
-#define DL_CFG_WARPS 8
-DL_VARIANT(warps8, "8 warps (2 row groups x 4 k groups at M <= 8)")
+// v4 with the folded dequantization (bf16 codes from a pair table, the block scale applied once per block: not
+// bitsandbytes' rounding; validated against the CPU reference with the same tolerance)
+#define DL_CFG_V4_FOLD 1
+DL_VARIANT(fold, "v4, folded dequantization")
 #include "kernels/decode_linear.cu"
 }
-#define DL_CFG_MAX_SPLITS 1
-DL_VARIANT(nosplit, "no split-K across blocks")
+#define DL_CFG_V4_FOLD 1
+#define DL_CFG_V4_CHUNK 8
+DL_VARIANT(fold_ch8, "v4 fold, 8 blocks per warp step")
 #include "kernels/decode_linear.cu"
 }
-#define DL_CFG_BLOCKS_PER_SM 8
-DL_VARIANT(bps8, "split-K aiming at 8 blocks per SM")
-#include "kernels/decode_linear.cu"
-}
-// diagnostics, timed only (their results are not bitsandbytes' or not right at all): is dequantization the bound?
-#define DL_CFG_DEQUANT 1
-DL_VARIANT(bf16math, "NF4 as bf16 table arithmetic (inexact, timing only)")
-#include "kernels/decode_linear.cu"
-}
-#define DL_CFG_DEQUANT 2
-DL_VARIANT(nodequant, "no dequantization at all (wrong results, timing only)")
+#define DL_CFG_V4_CHUNK 8
+DL_VARIANT(exact_ch8, "v4 exact, 8 blocks per warp step")
 #include "kernels/decode_linear.cu"
 }
 
@@ -143,6 +146,10 @@ constexpr int R = 32;
 constexpr float SCALE = 2.0f;  // alpha 64 / r 32
 constexpr int CHECK_ROWS = 256;  // rows validated at each end of a weight (the CPU reference is slow at 7B)
 
+// Whether LabLinear::lora hands out the tiled copy of NF4 weights (the production layout; v1 and v3 read only the
+// row-major one).
+static bool g_tiled = true;
+
 // One linear: random NF4 codes (block scales around 0.05, as trained weights have) or random bf16 weights made on the
 // GPU, bias, and a PEFT-sized adapter, with the host copies the CPU reference reads for the checked rows.
 struct LabLinear {
@@ -152,7 +159,7 @@ struct LabLinear {
     std::vector<bf16_bits> w_rows;   // the checked rows of the bf16 weight [2*CHECK_ROWS or out, in]
     std::vector<float> A, B_rows;    // fp32 values of the bf16 copies
     std::vector<bf16_bits> bias;
-    LinearWeight gpu;
+    LinearWeight gpu, gpu_tiled;  // NF4: row-major, and a second copy in decode-tile order (as the GPU model holds it)
     bf16 *A_dev = nullptr, *B_dev = nullptr;
     std::vector<void*> owned;
 
@@ -199,6 +206,12 @@ struct LabLinear {
             gpu.nf4.nested_absmax = upload(nf4.nested_absmax);
             gpu.nf4.code = upload(std::vector<float>(nf4.code, nf4.code + 16));
             gpu.nf4.nested_code = upload(std::vector<float>(nf4.nested_code, nf4.nested_code + 256));
+            gpu_tiled = gpu;
+            std::vector<uint8_t> packed_t(nf4.packed.size()), absmax_t(nf4.absmax_q.size());
+            nf4_tile(nf4_view(nf4), packed_t.data(), absmax_t.data());
+            gpu_tiled.nf4.packed = upload(packed_t);
+            gpu_tiled.nf4.absmax_q = upload(absmax_t);
+            gpu_tiled.nf4.tiled = true;
         } else {
             gpu.format = LinearFormat::BF16;
             bf16* w = nullptr;
@@ -232,7 +245,7 @@ struct LabLinear {
     }
     LoraLinearGpu lora(bool with_adapter) const {
         LoraLinearGpu l;
-        l.base = &gpu;
+        l.base = g_tiled && gpu.format == LinearFormat::NF4 ? &gpu_tiled : &gpu;
         if (with_adapter && A_dev) {
             l.A = A_dev;
             l.B = B_dev;
@@ -280,7 +293,84 @@ static bool check(const char* what, const LabLinear& l, const bf16* y, const std
     return validate(name, got.data(), ref.data(), ref.size(), std::ldexp(max_abs_of(ref), -7), 1.0f / 128);
 }
 
-int main() {
+// `lab_decode_linear profile [LINEAR [VARIANT]]`: only k, gate and down at M 6, each kernel variant timed three ways (cold: after an L2
+// flush, as below; warm: 20 calls back to back; graph: those 20 calls replayed as one graph), and a few launches
+// left for a profiler to catch (ncu --kernel-name regex:decode_linear).
+static int profile_main(const char* only_linear, int only_variant) {
+    g_tiled = false;  // "base" is the row-major copy here; the tiled variants make their own
+    Rng rng(1234);
+    const int C = 3584, I = 18944, KV = 512, M = 6;
+    std::vector<std::unique_ptr<LabLinear>> lin;
+    lin.emplace_back(new LabLinear("k", KV, C, true, true, false, rng));
+    lin.emplace_back(new LabLinear("gate", I, C, true, false, false, rng));
+    lin.emplace_back(new LabLinear("down", C, I, true, false, false, rng));
+    std::vector<float> x_i((size_t)M * I);
+    fill_uniform(x_i, rng);
+    bf16* x_dev = (bf16*)to_device(to_bf16(x_i));
+    bf16* y = nullptr;
+    cudaCheck(cudaMalloc(&y, (size_t)M * I * sizeof(bf16)));
+    const size_t ws_bytes = (size_t)256 << 20;
+    void* ws = nullptr;
+    cudaCheck(cudaMalloc(&ws, ws_bytes));
+    cudaCheck(cudaMemset(ws, 0, ws_bytes));
+    typedef void (*ForwardFn)(const LoraLinearGpu*, int, const bf16*, int, int, float, bf16* const*, void*, size_t,
+                              cudaStream_t, MatmulContext*);
+    // the last two read the tiled copy
+    const std::pair<const char*, ForwardFn> variants[6] = {{"v4 exact", decode_linear_forward},
+                                                           {"v3", v3::decode_linear_forward},
+                                                           {"v4 fold", fold::decode_linear_forward},
+                                                           {"v4 exact ch8", exact_ch8::decode_linear_forward},
+                                                           {"exact tiled", decode_linear_forward},
+                                                           {"fold tiled", fold::decode_linear_forward}};
+    cudaStream_t stream;
+    cudaCheck(cudaStreamCreate(&stream));
+    printf("%-6s %-12s %10s %10s %10s %10s\n", "linear", "kernel", "cold ms", "warm ms", "graph ms", "roofline");
+    for (auto& l : lin) {
+        if (only_linear && std::string(only_linear) != l->name) continue;
+        LoraLinearGpu base = l->lora(false);
+        // the same weights in decode-tile order (nf4_tile): each warp's work one contiguous stream
+        std::vector<uint8_t> packed_t(l->nf4.packed.size()), absmax_t(l->nf4.absmax_q.size());
+        nf4_tile(nf4_view(l->nf4), packed_t.data(), absmax_t.data());
+        LinearWeight tiled_weight = l->gpu;
+        tiled_weight.nf4.packed = l->upload(packed_t);
+        tiled_weight.nf4.absmax_q = l->upload(absmax_t);
+        tiled_weight.nf4.tiled = true;
+        LoraLinearGpu tiled = base;
+        tiled.base = &tiled_weight;
+        for (auto& v : variants) {
+            if (only_variant >= 0 && &v - variants != only_variant) continue;
+            const LoraLinearGpu* which = &v - variants >= 4 ? &tiled : &base;
+            auto call = [&](cudaStream_t s) { v.second(which, 1, x_dev, M, R, SCALE, &y, ws, ws_bytes, s, nullptr); };
+            if (&v - variants >= 4) {  // the tiled copy gives the same result as the row-major one
+                std::vector<bf16_bits> want((size_t)M * l->out), got((size_t)M * l->out);
+                variants[&v - variants - 4 == 0 ? 0 : 2].second(&base, 1, x_dev, M, R, SCALE, &y, ws, ws_bytes, 0, nullptr);
+                cudaCheck(cudaMemcpy(want.data(), y, want.size() * 2, cudaMemcpyDeviceToHost));
+                call(0);
+                cudaCheck(cudaMemcpy(got.data(), y, got.size() * 2, cudaMemcpyDeviceToHost));
+                printf("%-6s %-12s %s\n", l->name, v.first, want == got ? "same bits as row-major" : "DIFFERS from row-major: FAIL");
+            }
+            float cold = time_kernel_ms([&] { call(0); });
+            float warm = time_kernel_ms([&] { for (int i = 0; i < 20; i++) call(0); }) / 20;
+            cudaGraph_t graph;
+            cudaGraphExec_t exec;
+            cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+            for (int i = 0; i < 20; i++) call(stream);
+            cudaCheck(cudaStreamEndCapture(stream, &graph));
+            cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+            float replay = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); }) / 20;
+            cudaCheck(cudaGraphExecDestroy(exec));
+            cudaCheck(cudaGraphDestroy(graph));
+            printf("%-6s %-12s %10.4f %10.4f %10.4f %10.4f\n", l->name, v.first, cold, warm, replay,
+                   decode_linear_bytes(&base, 1, M, R) / (CEILING_COPY_TBPS * 1e9));
+        }
+    }
+    cudaCheck(cudaStreamDestroy(stream));
+    return 0;
+}
+
+int main(int argc, char** argv) {
+    if (argc > 1 && std::string(argv[1]) == "profile")  // [linear [variant index]]
+        return profile_main(argc > 2 ? argv[2] : nullptr, argc > 3 ? atoi(argv[3]) : -1);
     Rng rng(1234);
     const int C = 3584, I = 18944, KV = 512, V = 152064, MAX_M = 64;
     printf("building the 7B linears (random NF4 codes, bf16 lm_head) ...\n");
@@ -329,13 +419,15 @@ int main() {
     MatmulContext* mm = matmul_create(mm_ws, matmul_workspace_bytes());
 
     // the decode step's linears: q/k/v, o, gate/up, down (LoRA on all), then the lm_head
-    auto layer = [&](int M, MatmulContext* ctx, cudaStream_t stream) {
+    typedef void (*ForwardFn)(const LoraLinearGpu*, int, const bf16*, int, int, float, bf16* const*, void*, size_t,
+                              cudaStream_t, MatmulContext*);
+    auto layer = [&](int M, MatmulContext* ctx, cudaStream_t stream, ForwardFn forward = decode_linear_forward) {
         bf16* y_qkv[3] = {y[0], y[1], y[2]};
         bf16* y_gu[2] = {y[4], y[5]};
-        decode_linear_forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream, ctx);
-        decode_linear_forward(&o1, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream, ctx);
-        decode_linear_forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream, ctx);
-        decode_linear_forward(&down1, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, ctx);
+        forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream, ctx);
+        forward(&o1, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream, ctx);
+        forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream, ctx);
+        forward(&down1, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, ctx);
     };
 
     // ---- validation ----
@@ -352,15 +444,36 @@ int main() {
                 const std::vector<float>& x = lin[i]->in == C ? x_c : x_i;
                 std::vector<float> xr(x.begin(), x.begin() + (size_t)M * lin[i]->in);
                 for (float& e : xr) e = round_bf16(e);
-                ok &= check(ctx ? "v3 (cuBLASLt x A^T)" : "v3", *lin[i], y[i], xr, M, true);
+                ok &= check(ctx ? "prod (cuBLASLt x A^T)" : "prod", *lin[i], y[i], xr, M, true);
             }
         }
+    // the variants that compute differently: v3, and v4 with the folded dequantization
+    const std::pair<const char*, ForwardFn> checked_variants[3] = {{"v3", v3::decode_linear_forward},
+                                                                   {"v4 fold", fold::decode_linear_forward},
+                                                                   {"v4 fold ch8", fold_ch8::decode_linear_forward}};
+    for (auto& variant : checked_variants)
+        for (int M : {1, 6, 64})
+            for (size_t i = 0; i + 1 < lin.size(); i++) {
+                g_tiled = variant.second != v3::decode_linear_forward;  // v3 reads only row-major codes
+                LoraLinearGpu one = lin[i]->lora(true);
+                g_tiled = true;
+                const bf16* x_dev = lin[i]->in == C ? xc_dev : xi_dev;
+                variant.second(&one, 1, x_dev, M, R, SCALE, &y[i], ws, ws_bytes, 0, mm);
+                cudaCheck(cudaDeviceSynchronize());
+                const std::vector<float>& x = lin[i]->in == C ? x_c : x_i;
+                std::vector<float> xr(x.begin(), x.begin() + (size_t)M * lin[i]->in);
+                for (float& e : xr) e = round_bf16(e);
+                ok &= check(variant.first, *lin[i], y[i], xr, M, true);
+            }
     {  // version 1 (the simple kernel, LoRA included) and version 2 (base only) on q
         const int M = 6;
         std::vector<float> xr(x_c.begin(), x_c.begin() + (size_t)M * C);
         for (float& e : xr) e = round_bf16(e);
         bf16* y_qkv[3] = {y[0], y[1], y[2]};
-        decode_linear_forward_simple(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, 0);
+        g_tiled = false;  // the simple kernel reads only row-major codes
+        LoraLinearGpu qkv_rows[3] = {q.lora(true), k.lora(true), v.lora(true)};
+        g_tiled = true;
+        decode_linear_forward_simple(qkv_rows, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, 0);
         cudaCheck(cudaDeviceSynchronize());
         ok &= check("v1", q, y[0], xr, M, true);
         ok &= check("v1", v, y[2], xr, M, true);
@@ -377,30 +490,28 @@ int main() {
 
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
-    printf("  %s\n  %s\n  %s\n  %s\n  %s\n  %s\n", ksplit4::knobs, warps8::knobs, nosplit::knobs, bps8::knobs,
-           bf16math::knobs, nodequant::knobs);
-    typedef void (*ForwardFn)(const LoraLinearGpu*, int, const bf16*, int, int, float, bf16* const*, void*, size_t,
-                              cudaStream_t, MatmulContext*);
-    const ForwardFn variants[7] = {decode_linear_forward,         ksplit4::decode_linear_forward,
-                                   warps8::decode_linear_forward,  nosplit::decode_linear_forward,
-                                   bps8::decode_linear_forward,    bf16math::decode_linear_forward,
-                                   nodequant::decode_linear_forward};
+    printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n  %s\n  %s\n  %s\n  %s\n", v3::knobs, fold::knobs, fold_ch8::knobs, exact_ch8::knobs);
+    const ForwardFn variants[5] = {decode_linear_forward, v3::decode_linear_forward, fold::decode_linear_forward,
+                                   fold_ch8::decode_linear_forward, exact_ch8::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %10s %10s %10s %10s %10s %10s %10s\n", "linear", "prod", "ksplit4", "warps8", "nosplit", "bps8",
-           "bf16math", "nodequant");
-    for (int M : {1, 6, 64})
-        for (int i : {0, 1, 4, 6, 7}) {
+    printf("  %-12s %10s %10s %10s %10s %10s\n", "linear", "prod", "v3", "fold", "fold_ch8", "exact_ch8");
+    for (int M : {1, 6, 16, 48, 64})
+        for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
             const bf16* x = l.in == C ? xc_dev : xi_dev;
             LoraLinearGpu base = l.lora(false);
+            g_tiled = false;
+            LoraLinearGpu rows = l.lora(false);  // for v3
+            g_tiled = true;
             char label[32];
             snprintf(label, sizeof(label), "%s M=%d", l.name, M);
             printf("  %-12s", label);
             for (ForwardFn f : variants) {  // one large zeroed workspace: the variants' plans need other sizes
-                float ms = time_kernel_ms([&] { f(&base, 1, x, M, R, SCALE, &y[i], tune_ws, TUNE_WS_BYTES, 0, nullptr); });
+                const LoraLinearGpu* which = f == v3::decode_linear_forward ? &rows : &base;
+                float ms = time_kernel_ms([&] { f(which, 1, x, M, R, SCALE, &y[i], tune_ws, TUNE_WS_BYTES, 0, nullptr); });
                 printf(" %10.4f", ms);
             }
             printf("   (roofline %.4f ms)\n", decode_linear_bytes(&base, 1, M, R) / (CEILING_COPY_TBPS * 1e9));
@@ -419,8 +530,11 @@ int main() {
             LoraLinearGpu base = l.lora(false), adapted = l.lora(true);
             char label[64];
             if (M <= 6) {
+                g_tiled = false;
+                LoraLinearGpu rows = l.lora(false);
+                g_tiled = true;
                 snprintf(label, sizeof(label), "%-7s v1 simple", l.name);
-                float ms = time_kernel_ms([&] { decode_linear_forward_simple(&base, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0); });
+                float ms = time_kernel_ms([&] { decode_linear_forward_simple(&rows, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0); });
                 report(label, ms, decode_linear_bytes(&base, 1, M, R), 0);
             }
             if (l.gpu.format == LinearFormat::NF4 && M == 1) {
@@ -440,11 +554,11 @@ int main() {
                 });
                 report(label, ms, decode_linear_bytes(&base, 1, M, R), 0);
             }
-            snprintf(label, sizeof(label), "%-7s v3 mma", l.name);
+            snprintf(label, sizeof(label), "%-7s prod", l.name);
             float ms = time_kernel_ms([&] { decode_linear_forward(&base, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0); });
             report(label, ms, decode_linear_bytes(&base, 1, M, R), 0);
             if (adapted.A) {
-                snprintf(label, sizeof(label), "%-7s v3 mma +lora", l.name);
+                snprintf(label, sizeof(label), "%-7s prod +lora", l.name);
                 ms = time_kernel_ms([&] { decode_linear_forward(&adapted, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0); });
                 report(label, ms, decode_linear_bytes(&adapted, 1, M, R), 0);
                 snprintf(label, sizeof(label), "%-7s +lora, cuBLASLt xA", l.name);
@@ -490,6 +604,18 @@ int main() {
         cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
         snprintf(label, sizeof(label), "layer M=%d graph", M);
         report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); }), layer_bytes, 0);
+        {  // the same layer with the folded dequantization
+            cudaGraph_t fold_graph;
+            cudaGraphExec_t fold_exec;
+            cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+            layer(M, mm, stream, fold::decode_linear_forward);
+            cudaCheck(cudaStreamEndCapture(stream, &fold_graph));
+            cudaCheck(cudaGraphInstantiate(&fold_exec, fold_graph, 0));
+            snprintf(label, sizeof(label), "layer M=%d graph, fold", M);
+            report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(fold_exec, 0)); }), layer_bytes, 0);
+            cudaCheck(cudaGraphExecDestroy(fold_exec));
+            cudaCheck(cudaGraphDestroy(fold_graph));
+        }
         float layer_ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
         float head_ms = time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); });
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "

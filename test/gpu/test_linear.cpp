@@ -12,6 +12,7 @@
 #include "data/text.h"
 #include "kernels/matmul.cuh"
 #include "kernels/nf4_dequant.cuh"
+#include "kernels/nf4_tile.cuh"
 #include "lora/lora.h"
 #include "model/cpu_model.h"
 #include "model/weights.h"
@@ -209,6 +210,30 @@ TEST_CASE("nf4 gpu: random NF4 tensors of many shapes dequantize bit-identically
             NF4Tensor t = random_nf4(shape[0], shape[1], double_quant, rng);
             NF4View v = nf4_view(t);
             check_dequantize("random", v, cpu_dequantize(v));
+        }
+    }
+    // tileable shapes rewritten into the decode-tile order on the GPU: the bytes nf4_tile makes on the CPU, and the
+    // same bf16 weights once dequantized
+    const int64_t tiled_shapes[][2] = {{16, 64}, {48, 192}, {512, 3584}};
+    for (const auto& shape : tiled_shapes) {
+        for (bool double_quant : {true, false}) {
+            INFO("tiled, shape [" << shape[0] << ", " << shape[1] << "], double_quant " << double_quant);
+            NF4Tensor t = random_nf4(shape[0], shape[1], double_quant, rng);
+            NF4View v = nf4_view(t);
+            GpuNF4 gpu(v);
+            const size_t scratch_bytes = nf4_tile_scratch_bytes(gpu.view);
+            DeviceArray<uint8_t> scratch(scratch_bytes);
+            nf4_tile_gpu(&gpu.view, scratch.ptr, scratch_bytes, 0);
+            REQUIRE(gpu.view.tiled);
+            std::vector<uint8_t> want_codes(t.packed.size()), want_absmax(t.absmax_q.size());
+            nf4_tile(v, want_codes.data(), double_quant ? want_absmax.data() : nullptr);
+            std::vector<uint8_t> got_codes(t.packed.size()), got_absmax(t.absmax_q.size());
+            cudaCheck(cudaMemcpy(got_codes.data(), gpu.view.packed, got_codes.size(), cudaMemcpyDeviceToHost));
+            if (double_quant)
+                cudaCheck(cudaMemcpy(got_absmax.data(), gpu.view.absmax_q, got_absmax.size(), cudaMemcpyDeviceToHost));
+            CHECK(got_codes == want_codes);
+            CHECK(got_absmax == want_absmax);
+            require_identical_bf16("tiled", gpu_dequantize(gpu.view), cpu_dequantize(v));
         }
     }
     // real weights quantized by our bitsandbytes-exact quantizer
