@@ -598,6 +598,9 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_V4_FOLD
 #define DL_CFG_V4_FOLD 0
 #endif
+#ifndef DL_CFG_V4_MIN_BLOCKS
+#define DL_CFG_V4_MIN_BLOCKS 2  // blocks an SM must hold at M <= 16 (the register cap: 2 -> 128, 3 -> 80, with spills)
+#endif
 
 constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = DL_CFG_V4_CHUNK;
 constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0;
@@ -655,7 +658,7 @@ __host__ __device__ inline int dl4_last_warp(int tile, int nkb, int64_t len) {
 }
 
 template <int NT>
-__global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? 2 : 1)
+__global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 1)
     decode_linear_nf4_stream_kernel(const __grid_constant__ DecodeParams p) {
     extern __shared__ uint4 dl4_smem[];  // the fold pair table
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
@@ -1322,3 +1325,4 @@ double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
 #undef DL_CFG_V4_WARPS
 #undef DL_CFG_V4_CHUNK
 #undef DL_CFG_V4_FOLD
+#undef DL_CFG_V4_MIN_BLOCKS
