@@ -598,12 +598,21 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_V4_FOLD
 #define DL_CFG_V4_FOLD 0
 #endif
+#ifndef DL_CFG_V4_RING
+#define DL_CFG_V4_RING 0  // > 0: tiled codes and scale bytes go through a per-warp cp.async ring of this many steps
+#endif
 #ifndef DL_CFG_V4_MIN_BLOCKS
 #define DL_CFG_V4_MIN_BLOCKS 2  // blocks an SM must hold at M <= 16 (the register cap: 2 -> 128, 3 -> 80, with spills)
 #endif
 
 constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = DL_CFG_V4_CHUNK;
 constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0;
+// The ring (lab variant, DL_CFG_V4_RING = S): each warp keeps S - 1 steps of codes in flight through shared memory
+// instead of one step in registers, so the bytes in flight no longer cost registers. Each lane copies, and later
+// reads, its own 16 bytes of every block; lanes 0..CH-1 also copy the 16 scale bytes of a block (every row of the
+// tile), which the quad lanes read after a __syncwarp. Tiled codes only.
+constexpr int DL4_RING = DL_CFG_V4_RING, DL4_RING_SLOTS = DL4_RING > 0 ? DL4_RING : 1;
+static_assert(DL4_RING == 0 || DL4_RING >= 2, "a ring needs at least two steps");
 static_assert(DL4_CH == 4 || DL4_CH == 8, "a quad converts the scales of 4 blocks per round");
 
 // The bytes of a fold pair table: for each code byte, 64 slots of 4 bytes, of which lane L reads slot L (32 copies,
@@ -702,7 +711,8 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
         const NF4View& t = p.nf4[g];
         // the tile's unit of this block in the tiled order (its tile number within linear g), or the row-major codes
         const int64_t unit = ((int64_t)(v - p.row_start[g]) / 16 * nkb + pos.kb);
-        if (t.tiled) {
+        if (DL4_RING > 0) {  // the codes and scale bytes come through the ring: only the nested scales here
+        } else if (t.tiled) {
             const uint8_t* units = t.packed + unit * 512 + lane * 16;
 #pragma unroll
             for (int j = 0; j < CH; j++) {
@@ -728,7 +738,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
                 s.a[jj][h] = 0.0f;
                 if (j < pos.n) {
                     if (t.double_quant) {
-                        s.q[jj][h] = __ldg(t.absmax_q + (t.tiled ? (unit + j) * 16 + gq + 8 * h : block));
+                        if (DL4_RING == 0) s.q[jj][h] = __ldg(t.absmax_q + (t.tiled ? (unit + j) * 16 + gq + 8 * h : block));
                         s.a[jj][h] = __ldg(t.nested_absmax + block / NF4_NESTED_BLOCK);
                     } else {
                         s.a[jj][h] = __ldg(t.absmax_f32 + block);
@@ -855,16 +865,64 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
             for (int e = 0; e < 4; e++) acc[tt][e] = 0.0f;
     };
 
+    // the ring (DL4_RING > 0): this warp's S slots of CH blocks' codes, then S slots of CH blocks' scale bytes
+    uint4* ring = reinterpret_cast<uint4*>(reinterpret_cast<char*>(dl4_smem) + (DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0)) +
+                  (threadIdx.x / 32) * (DL4_RING * CH * 33);
+    auto issue = [&](int slot, const Dl4Pos& pos) {  // one step into a ring slot, as one commit group (maybe empty)
+        if (pos.n > 0) {
+            const int v = pos.tile * 16, g = dl_linear_of(p, v);
+            const NF4View& t = p.nf4[g];
+            const int64_t unit = ((int64_t)(v - p.row_start[g]) / 16 * nkb + pos.kb);
+#pragma unroll
+            for (int j = 0; j < CH; j++)
+                dl_cp_async16(ring + (slot * CH + j) * 32 + lane,
+                              j < pos.n ? t.packed + (unit + j) * 512 + lane * 16 : t.packed, j < pos.n);
+            if (lane < CH && t.double_quant)
+                dl_cp_async16(ring + DL4_RING * CH * 32 + slot * CH + lane,
+                              lane < pos.n ? t.absmax_q + (unit + lane) * 16 : t.absmax_q, lane < pos.n);
+        }
+        dl_cp_async_commit();
+    };
+    auto from_ring = [&](Dl4Step<CH>& s, int slot) {  // the codes and scale bytes of the step in `slot`
+#pragma unroll
+        for (int j = 0; j < CH; j++) {
+            const uint4 both = ring[(slot * CH + j) * 32 + lane];
+            s.code[j][0] = make_uint2(both.x, both.y);
+            s.code[j][1] = make_uint2(both.z, both.w);
+        }
+        const uint8_t* scale_bytes = reinterpret_cast<const uint8_t*>(ring + DL4_RING * CH * 32 + slot * CH);
+#pragma unroll
+        for (int jj = 0; jj < CH / 4; jj++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) s.q[jj][h] = scale_bytes[(jj * 4 + c) * 16 + gq + 8 * h];
+    };
+
     // before the dependency: only what no earlier kernel writes (the weights)
     Dl4Pos pos0 = next(Dl4Pos{(int)(f_begin / nkb), (int)(f_begin % nkb), 0});
     Dl4Step<CH> bufs[2];
     load(bufs[0], pos0);
+    Dl4Pos issue_pos = pos0;
+    int step = 0;
+    if (DL4_RING > 0)
+        for (int slot = 0; slot < DL4_RING - 1; slot++) {
+            issue(slot, issue_pos);
+            issue_pos = next(issue_pos);
+        }
     __syncthreads();  // the tables
     grid_dependency_wait();
     int tile_start_kb = pos0.kb;  // where this warp's part of the current tile began
     Dl4Pos cur = pos0;
     auto run = [&](Dl4Step<CH>& use, Dl4Step<CH>& fill) {  // one step; false when the range is done
         if (cur.n == 0) return false;
+        if (DL4_RING > 0) {  // step `step` has landed (every lane's copies, seen by all after the __syncwarp); the
+                             // slot the last step used is free for the step DL4_RING - 1 ahead
+            dl_cp_async_wait_all_but<DL4_RING == 0 ? 0 : DL4_RING - 2>();
+            __syncwarp();
+            issue((step + DL4_RING - 1) % DL4_RING_SLOTS, issue_pos);
+            issue_pos = next(issue_pos);
+            from_ring(use, step % DL4_RING_SLOTS);
+            step++;
+        }
         const Dl4Pos after = next(cur);
         load(fill, after);
         compute(use, cur);
@@ -995,17 +1053,20 @@ static size_t dl_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 constexpr size_t DL_MAX_COUNTERS = 4096;
 
 // Blocks of the streaming kernel an SM holds (asked once per instantiation, after opting into its shared memory).
-static size_t dl4_smem_bytes() { return DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0; }
+static size_t dl4_smem_bytes_nt(int NT) {
+    const int ch = NT <= 2 ? DL4_CH : 4;  // Dl4Chunk
+    return (DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0) + (size_t)DL4_WARPS * DL4_RING * ch * 33 * sizeof(uint4);
+}
 template <int NT>
 static int dl4_blocks_per_sm() {
     static int blocks = 0;
     if (blocks == 0) {
         cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       (int)dl4_smem_bytes()));
+                                       (int)dl4_smem_bytes_nt(NT)));
         cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT>,
                                        cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
         cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_linear_nf4_stream_kernel<NT>,
-                                                                DL4_THREADS, dl4_smem_bytes()));
+                                                                DL4_THREADS, dl4_smem_bytes_nt(NT)));
         if (blocks < 1) dl_fail("the streaming NF4 kernel does not fit on an SM");
     }
     return blocks;
@@ -1152,6 +1213,7 @@ static bool dl4_shapes_ok(const DecodeParams& p) {
     for (int g = 0; g < p.G; g++) {
         if ((p.row_start[g + 1] - p.row_start[g]) % 16 != 0 || (uintptr_t)p.nf4[g].packed % 16 != 0) return false;
         if (DL4_FOLD && !p.nf4[g].default_code) return false;
+        if (DL4_RING > 0 && !p.nf4[g].tiled) return false;
     }
     return true;
 }
@@ -1167,7 +1229,7 @@ static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t strea
     p.counters = ws.counters;
     dl_with_n_tiles(decode_linear_n_tiles(p.M), [&](auto nt) {
         dl_launch_dependent(decode_linear_nf4_stream_kernel<nt()>, dim3((unsigned)plan.grid), DL4_THREADS,
-                            dl4_smem_bytes(), p, stream);
+                            dl4_smem_bytes_nt(nt()), p, stream);
     });
 }
 
@@ -1326,3 +1388,4 @@ double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
 #undef DL_CFG_V4_CHUNK
 #undef DL_CFG_V4_FOLD
 #undef DL_CFG_V4_MIN_BLOCKS
+#undef DL_CFG_V4_RING

@@ -76,6 +76,10 @@ DL_VARIANT(exact_ch8, "v4 exact, 8 blocks per warp step")
 DL_VARIANT(exact_occ3, "v4 exact, 3 blocks (24 warps) an SM: 80 registers, some spilled")
 #include "kernels/decode_linear.cu"
 }
+#define DL_CFG_V4_RING 4
+DL_VARIANT(exact_ring4, "v4 exact, codes through a 4-step cp.async ring per warp (tiled codes only)")
+#include "kernels/decode_linear.cu"
+}
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -320,14 +324,15 @@ static int profile_main(const char* only_linear, int only_variant) {
     cudaCheck(cudaMemset(ws, 0, ws_bytes));
     typedef void (*ForwardFn)(const LoraLinearGpu*, int, const bf16*, int, int, float, bf16* const*, void*, size_t,
                               cudaStream_t, MatmulContext*);
-    // the last three read the tiled copy
-    const std::pair<const char*, ForwardFn> variants[7] = {{"v4 exact", decode_linear_forward},
+    // the last four read the tiled copy
+    const std::pair<const char*, ForwardFn> variants[8] = {{"v4 exact", decode_linear_forward},
                                                            {"v3", v3::decode_linear_forward},
                                                            {"v4 fold", fold::decode_linear_forward},
                                                            {"v4 exact ch8", exact_ch8::decode_linear_forward},
                                                            {"exact tiled", decode_linear_forward},
                                                            {"fold tiled", fold::decode_linear_forward},
-                                                           {"occ3 tiled", exact_occ3::decode_linear_forward}};
+                                                           {"occ3 tiled", exact_occ3::decode_linear_forward},
+                                                           {"ring4 tiled", exact_ring4::decode_linear_forward}};
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     printf("%-6s %-12s %10s %10s %10s %10s\n", "linear", "kernel", "cold ms", "warm ms", "graph ms", "roofline");
@@ -454,10 +459,11 @@ int main(int argc, char** argv) {
             }
         }
     // the variants that compute differently: v3, and v4 with the folded dequantization
-    const std::pair<const char*, ForwardFn> checked_variants[4] = {{"v3", v3::decode_linear_forward},
+    const std::pair<const char*, ForwardFn> checked_variants[5] = {{"v3", v3::decode_linear_forward},
                                                                    {"v4 fold", fold::decode_linear_forward},
                                                                    {"v4 fold ch8", fold_ch8::decode_linear_forward},
-                                                                   {"v4 occ3", exact_occ3::decode_linear_forward}};
+                                                                   {"v4 occ3", exact_occ3::decode_linear_forward},
+                                                                   {"v4 ring4", exact_ring4::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -497,17 +503,18 @@ int main(int argc, char** argv) {
 
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
-    printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n  %s\n  %s\n  %s\n  %s\n  %s\n", v3::knobs,
-           fold::knobs, fold_ch8::knobs, exact_ch8::knobs, exact_occ3::knobs);
-    const ForwardFn variants[6] = {decode_linear_forward,           v3::decode_linear_forward,
-                                   fold::decode_linear_forward,      fold_ch8::decode_linear_forward,
-                                   exact_ch8::decode_linear_forward, exact_occ3::decode_linear_forward};
+    printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n  %s\n  %s\n  %s\n  %s\n  %s\n  %s\n",
+           v3::knobs, fold::knobs, fold_ch8::knobs, exact_ch8::knobs, exact_occ3::knobs, exact_ring4::knobs);
+    const ForwardFn variants[7] = {decode_linear_forward,            v3::decode_linear_forward,
+                                   fold::decode_linear_forward,       fold_ch8::decode_linear_forward,
+                                   exact_ch8::decode_linear_forward,  exact_occ3::decode_linear_forward,
+                                   exact_ring4::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %10s %10s %10s %10s %10s %10s\n", "linear", "prod", "v3", "fold", "fold_ch8", "exact_ch8",
-           "exact_occ3");
+    printf("  %-12s %10s %10s %10s %10s %10s %10s %10s\n", "linear", "prod", "v3", "fold", "fold_ch8", "exact_ch8",
+           "exact_occ3", "ring4");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
