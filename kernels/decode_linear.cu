@@ -601,6 +601,9 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_V4_RING
 #define DL_CFG_V4_RING 0  // > 0: tiled codes and scale bytes go through a per-warp cp.async ring of this many steps
 #endif
+#ifndef DL_CFG_V4_BF16
+#define DL_CFG_V4_BF16 0  // 1: bf16 weights (the adapters' A for x A^T) through the streaming kernel too (lab variant)
+#endif
 #ifndef DL_CFG_V4_MIN_BLOCKS
 #define DL_CFG_V4_MIN_BLOCKS 2  // blocks an SM must hold at M <= 16 (the register cap: 2 -> 128, 3 -> 80, with spills)
 #endif
@@ -666,28 +669,31 @@ __host__ __device__ inline int dl4_last_warp(int tile, int nkb, int64_t len) {
     return (int)(((int64_t)(tile + 1) * nkb - 1) / len);
 }
 
-template <int NT>
+// BF16 (lab variant, DL_CFG_V4_BF16): bf16 weights; a "block" is then one mma k-step of 16 k, of which lane c holds
+// k 4c .. 4c+3 of rows gq and gq+8 (8 bytes each, as an NF4 block's 16 codes), taken as the logical k (2c, 2c+1,
+// 2c+8, 2c+9), and x read in the same order.
+template <int NT, bool BF16 = false>
 __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 1)
     decode_linear_nf4_stream_kernel(const __grid_constant__ DecodeParams p) {
     extern __shared__ uint4 dl4_smem[];  // the fold pair table
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
-    constexpr int CH = Dl4Chunk<NT>::CH;
+    constexpr int CH = Dl4Chunk<NT>::CH, KB = BF16 ? 16 : NF4_BLOCK;  // k of a block
     grid_launch_dependents();
     const int lane = threadIdx.x % 32, gq = lane / 4, c = lane % 4;
     const int warp = blockIdx.x * DL4_WARPS + threadIdx.x / 32;
-    const int K = p.K, M = p.M, nkb = K / NF4_BLOCK, tiles = p.total_rows / 16;
+    const int K = p.K, M = p.M, nkb = K / KB, tiles = p.total_rows / 16;
     const int64_t F = (int64_t)tiles * nkb, len = p.warp_blocks;
     const int64_t f_begin = min(F, warp * len), f_end = min(F, f_begin + len);
     const char* pair_table = reinterpret_cast<const char*>(dl4_smem);
     const uint32_t lane4 = (uint32_t)lane * 4u;
 
     // the tables: a checkpoint's stored ones (fold: the group shares the default code, checked by the launcher)
-    for (int g = 0; g < p.G; g++) {
+    for (int g = 0; g < p.G && !BF16; g++) {
         if (threadIdx.x < 16) dl_code_table[g][threadIdx.x] = p.nf4[g].code[threadIdx.x];
         if (p.nf4[g].double_quant)
             for (int i = threadIdx.x; i < 256; i += DL4_THREADS) nested_code[g][i] = p.nf4[g].nested_code[i];
     }
-    if (DL4_FOLD) {
+    if (DL4_FOLD && !BF16) {
         uint32_t* table = reinterpret_cast<uint32_t*>(dl4_smem);
         for (int i = threadIdx.x; i < 256 * 32; i += DL4_THREADS) {
             const int byte = i / 32;
@@ -711,6 +717,16 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
         const NF4View& t = p.nf4[g];
         // the tile's unit of this block in the tiled order (its tile number within linear g), or the row-major codes
         const int64_t unit = ((int64_t)(v - p.row_start[g]) / 16 * nkb + pos.kb);
+        if (BF16) {
+            const bf16* row = p.w[g] + (int64_t)r * K + pos.kb * KB + c * 4;
+#pragma unroll
+            for (int j = 0; j < CH; j++)
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+                    s.code[j][h] = j < pos.n ? dl4_load_stream(reinterpret_cast<const uint8_t*>(row + (int64_t)h * 8 * K + j * KB))
+                                             : make_uint2(0, 0);
+            return;
+        }
         if (DL4_RING > 0) {  // the codes and scale bytes come through the ring: only the nested scales here
         } else if (t.tiled) {
             const uint8_t* units = t.packed + unit * 512 + lane * 16;
@@ -755,6 +771,22 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
 
     // a step: blocks past pos.n have zero scales and zero x, so they add exact zeros and need no branch
     auto compute = [&](const Dl4Step<CH>& s, const Dl4Pos& pos) {
+        if (BF16) {  // one mma per block, the weights as loaded
+#pragma unroll
+            for (int j = 0; j < CH; j++) {
+                const uint32_t a[4] = {s.code[j][0].x, s.code[j][1].x, s.code[j][0].y, s.code[j][1].y};
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++) {
+                    const int n = tt * 8 + gq;
+                    uint2 xv = make_uint2(0, 0);
+                    if (j < pos.n && n < M)
+                        xv = __ldg(reinterpret_cast<const uint2*>(p.x + (int64_t)n * K + (pos.kb + j) * KB + c * 4));
+                    const uint32_t b[2] = {xv.x, xv.y};
+                    mma_bf16_m16n8k16(acc[tt], a, b);
+                }
+            }
+            return;
+        }
         const int v = pos.tile * 16, g = dl_linear_of(p, v);
         const NF4View& t = p.nf4[g];
         float mine[CH / 4][2];  // the scales this lane converted (exactly as nf4_dequant.cu rounds them)
@@ -903,7 +935,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
     load(bufs[0], pos0);
     Dl4Pos issue_pos = pos0;
     int step = 0;
-    if (DL4_RING > 0)
+    if (DL4_RING > 0 && !BF16)
         for (int slot = 0; slot < DL4_RING - 1; slot++) {
             issue(slot, issue_pos);
             issue_pos = next(issue_pos);
@@ -914,7 +946,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
     Dl4Pos cur = pos0;
     auto run = [&](Dl4Step<CH>& use, Dl4Step<CH>& fill) {  // one step; false when the range is done
         if (cur.n == 0) return false;
-        if (DL4_RING > 0) {  // step `step` has landed (every lane's copies, seen by all after the __syncwarp); the
+        if (DL4_RING > 0 && !BF16) {  // step `step` has landed (every lane's copies, seen by all after the __syncwarp); the
                              // slot the last step used is free for the step DL4_RING - 1 ahead
             dl_cp_async_wait_all_but<DL4_RING == 0 ? 0 : DL4_RING - 2>();
             __syncwarp();
@@ -1057,15 +1089,15 @@ static size_t dl4_smem_bytes_nt(int NT) {
     const int ch = NT <= 2 ? DL4_CH : 4;  // Dl4Chunk
     return (DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0) + (size_t)DL4_WARPS * DL4_RING * ch * 33 * sizeof(uint4);
 }
-template <int NT>
+template <int NT, bool BF16>
 static int dl4_blocks_per_sm() {
     static int blocks = 0;
     if (blocks == 0) {
-        cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       (int)dl4_smem_bytes_nt(NT)));
-        cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT>,
+        cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT, BF16>,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dl4_smem_bytes_nt(NT)));
+        cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT, BF16>,
                                        cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_linear_nf4_stream_kernel<NT>,
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_linear_nf4_stream_kernel<NT, BF16>,
                                                                 DL4_THREADS, dl4_smem_bytes_nt(NT)));
         if (blocks < 1) dl_fail("the streaming NF4 kernel does not fit on an SM");
     }
@@ -1080,12 +1112,13 @@ struct Dl4Plan {
     int64_t warp_blocks = 1;
     size_t partial_floats = 0;
 };
+template <bool BF16>
 static Dl4Plan dl4_plan(int total_rows, int K, int M) {
     Dl4Plan plan;
     const int NT = decode_linear_n_tiles(M), tiles = total_rows / 16;
-    const int64_t F = (int64_t)tiles * (K / NF4_BLOCK);
+    const int64_t F = (int64_t)tiles * (K / (BF16 ? 16 : NF4_BLOCK));
     int per_sm = 1;
-    dl_with_n_tiles(NT, [&](auto nt) { per_sm = dl4_blocks_per_sm<nt()>(); });
+    dl_with_n_tiles(NT, [&](auto nt) { per_sm = dl4_blocks_per_sm<nt(), BF16>(); });
     const int64_t warps = std::max<int64_t>(1, std::min<int64_t>((int64_t)per_sm * cuda_sm_count() * DL4_WARPS,
                                                                  F / (2 * 4)));
     plan.grid = (int)((warps + DL4_WARPS - 1) / DL4_WARPS);
@@ -1124,7 +1157,14 @@ static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int max_M) {
     for (int M = 1; M <= std::min(max_M, DECODE_LINEAR_MAX_M); M++) {
         DlPlan main_plan = dl_plan(nf4, dl_total_rows(linears, G), in, M);
         partials = std::max(partials, main_plan.partial_floats);
-        if (nf4 && in % NF4_BLOCK == 0) partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M).partial_floats);
+        if (nf4 && in % NF4_BLOCK == 0)
+            partials = std::max(partials, dl4_plan<false>(dl_total_rows(linears, G), in, M).partial_floats);
+#if DL_CFG_V4_BF16
+        if (in % 16 == 0) {
+            if (!nf4) partials = std::max(partials, dl4_plan<true>(dl_total_rows(linears, G), in, M).partial_floats);
+            if (adapted > 0) partials = std::max(partials, dl4_plan<true>(adapted * R, in, M).partial_floats);
+        }
+#endif
         if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
         if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
     }
@@ -1217,18 +1257,28 @@ static bool dl4_shapes_ok(const DecodeParams& p) {
     }
     return true;
 }
+#if DL_CFG_V4_BF16
+// The same for bf16 weights (lab variant): k in whole mma steps, 16-row tiles, 8-byte aligned weights and x.
+static bool dl4_bf16_ok(const DecodeParams& p) {
+    if (p.K % 16 != 0 || (uintptr_t)p.x % 8 != 0 || p.total_rows / 16 > (int)DL_MAX_COUNTERS) return false;
+    for (int g = 0; g < p.G; g++)
+        if ((p.row_start[g + 1] - p.row_start[g]) % 16 != 0 || (uintptr_t)p.w[g] % 8 != 0) return false;
+    return true;
+}
+#endif
 static bool dl4_ok(const DecodeParams& p) {
     return DL_CFG_V4 != 0 && p.total_rows / 16 <= (int)DL_MAX_COUNTERS && dl4_shapes_ok(p);
 }
 
 
+template <bool BF16>
 static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
-    const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M);
+    const Dl4Plan plan = dl4_plan<BF16>(p.total_rows, p.K, p.M);
     p.warp_blocks = plan.warp_blocks;
     p.partials = ws.partials;
     p.counters = ws.counters;
     dl_with_n_tiles(decode_linear_n_tiles(p.M), [&](auto nt) {
-        dl_launch_dependent(decode_linear_nf4_stream_kernel<nt()>, dim3((unsigned)plan.grid), DL4_THREADS,
+        dl_launch_dependent(decode_linear_nf4_stream_kernel<nt(), BF16>, dim3((unsigned)plan.grid), DL4_THREADS,
                             dl4_smem_bytes_nt(nt()), p, stream);
     });
 }
@@ -1246,9 +1296,15 @@ static void dl_launch_mma(DecodeParams p, const DlWorkspace& ws, cudaStream_t st
 
 static void dl_launch(const DecodeParams& p, bool nf4, bool simple, const DlWorkspace& ws, cudaStream_t stream) {
     if (!simple && nf4 && dl4_ok(p)) {
-        dl4_launch(p, ws, stream);
+        dl4_launch<false>(p, ws, stream);
         return;
     }
+#if DL_CFG_V4_BF16
+    if (!simple && !nf4 && dl4_bf16_ok(p)) {
+        dl4_launch<true>(p, ws, stream);
+        return;
+    }
+#endif
     for (int g = 0; nf4 && g < p.G; g++)
         if (p.nf4[g].tiled) dl_fail("NF4 weights in decode-tile order need the streaming kernel (in % 64 == 0, 16-row tiles)");
     if (!simple && dl_fast_ok(p, nf4)) {
@@ -1389,3 +1445,4 @@ double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
 #undef DL_CFG_V4_FOLD
 #undef DL_CFG_V4_MIN_BLOCKS
 #undef DL_CFG_V4_RING
+#undef DL_CFG_V4_BF16

@@ -21,7 +21,8 @@
 //   on its own contiguous range of (16-row tile, 64-block) pairs, codes from HBM into registers a step ahead,
 //   partial tiles added in a fixed order; "prod" reads the codes in decode-tile order (nf4_tile), as the GPU model
 //   holds them. Variants: fold (bf16 codes from a pair table, the block scale applied once per block: not
-//   bitsandbytes' rounding), 8 blocks per step.
+//   bitsandbytes' rounding), 8 blocks per step, 3 blocks an SM, a cp.async ring, and bf16 weights through it
+//   (for the adapters' x A^T without cuBLASLt).
 // Tuning: the variants side by side (kernels/decode_linear.cu compiled again with other DL_CFG_* knobs).
 // Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
 // plus the bf16 lm_head (the decode kernel and cuBLASLt), per decode step, eager and as a CUDA graph.
@@ -78,6 +79,10 @@ DL_VARIANT(exact_occ3, "v4 exact, 3 blocks (24 warps) an SM: 80 registers, some 
 }
 #define DL_CFG_V4_RING 4
 DL_VARIANT(exact_ring4, "v4 exact, codes through a 4-step cp.async ring per warp (tiled codes only)")
+#include "kernels/decode_linear.cu"
+}
+#define DL_CFG_V4_BF16 1
+DL_VARIANT(bf16_v4, "bf16 weights (the adapters' x A^T without cuBLASLt) through the streaming kernel too")
 #include "kernels/decode_linear.cu"
 }
 
@@ -464,6 +469,18 @@ int main(int argc, char** argv) {
                                                                    {"v4 fold ch8", fold_ch8::decode_linear_forward},
                                                                    {"v4 occ3", exact_occ3::decode_linear_forward},
                                                                    {"v4 ring4", exact_ring4::decode_linear_forward}};
+    // and the adapters' x A^T through the streaming kernel (no cuBLASLt context)
+    for (int M : {1, 6, 64})
+        for (size_t i = 0; i + 1 < lin.size(); i++) {
+            LoraLinearGpu one = lin[i]->lora(true);
+            const bf16* x_dev = lin[i]->in == C ? xc_dev : xi_dev;
+            bf16_v4::decode_linear_forward(&one, 1, x_dev, M, R, SCALE, &y[i], ws, ws_bytes, 0, nullptr);
+            cudaCheck(cudaDeviceSynchronize());
+            const std::vector<float>& x = lin[i]->in == C ? x_c : x_i;
+            std::vector<float> xr(x.begin(), x.begin() + (size_t)M * lin[i]->in);
+            for (float& e : xr) e = round_bf16(e);
+            ok &= check("v4 bf16 x A^T", *lin[i], y[i], xr, M, true);
+        }
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -593,7 +610,7 @@ int main(int argc, char** argv) {
 
     // ---- a decode step: one layer's seven linears and the lm_head ----
     printf("\na 7B decode step's linears (r %d LoRA on all seven): one layer, and layer + lm_head, eager and as a "
-           "CUDA graph\n", R);
+           "CUDA graph (\"fold\": %s; \"xA v4\": %s)\n", R, fold::knobs, bf16_v4::knobs);
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     for (int M : {1, 6, 48, 64}) {
@@ -621,18 +638,22 @@ int main(int argc, char** argv) {
         cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
         snprintf(label, sizeof(label), "layer M=%d graph", M);
         report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); }), layer_bytes, 0);
-        {  // the same layer with the folded dequantization
-            cudaGraph_t fold_graph;
-            cudaGraphExec_t fold_exec;
+        // the same layer as a graph through other variants: the folded dequantization; the adapters' x A^T through
+        // the streaming kernel (a dependent launch) instead of cuBLASLt
+        auto time_variant_graph = [&](const char* what, MatmulContext* ctx, ForwardFn forward) {
+            cudaGraph_t variant_graph;
+            cudaGraphExec_t variant_exec;
             cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-            layer(M, mm, stream, fold::decode_linear_forward);
-            cudaCheck(cudaStreamEndCapture(stream, &fold_graph));
-            cudaCheck(cudaGraphInstantiate(&fold_exec, fold_graph, 0));
-            snprintf(label, sizeof(label), "layer M=%d graph, fold", M);
-            report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(fold_exec, 0)); }), layer_bytes, 0);
-            cudaCheck(cudaGraphExecDestroy(fold_exec));
-            cudaCheck(cudaGraphDestroy(fold_graph));
-        }
+            layer(M, ctx, stream, forward);
+            cudaCheck(cudaStreamEndCapture(stream, &variant_graph));
+            cudaCheck(cudaGraphInstantiate(&variant_exec, variant_graph, 0));
+            snprintf(label, sizeof(label), "layer M=%d graph, %s", M, what);
+            report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(variant_exec, 0)); }), layer_bytes, 0);
+            cudaCheck(cudaGraphExecDestroy(variant_exec));
+            cudaCheck(cudaGraphDestroy(variant_graph));
+        };
+        time_variant_graph("fold", mm, fold::decode_linear_forward);
+        time_variant_graph("xA v4", nullptr, bf16_v4::decode_linear_forward);
         float layer_ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
         float head_ms = time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); });
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
