@@ -118,12 +118,17 @@ struct DecodeParams {
 // ---------------------------------------------------------------------------------------------------------------
 // CUDA kernels
 
-// The block scale exactly as nf4_dequant.cu (and bitsandbytes) rounds it: nested_code * nested_absmax as fp32, then
-// + offset in a separate rounding; __fmul_rn/__fadd_rn are never contracted into an FMA.
+// A double-quantized block scale exactly as nf4_dequant.cu (and bitsandbytes) rounds it: nested_code[q] *
+// nested_absmax as fp32, then + offset in a separate rounding; __fmul_rn/__fadd_rn are never contracted into an FMA.
+__device__ __forceinline__ float dl_double_quant_scale(const NF4View& t, float nested_code_q, float nested_absmax) {
+    return __fadd_rn(__fmul_rn(nested_code_q, nested_absmax), t.nested_offset);
+}
+
+// The scale of a row-major block, loaded and rounded.
 __device__ __forceinline__ float dl_block_scale(const NF4View& t, const float* nested_code, int64_t block) {
     if (!t.double_quant) return __ldg(t.absmax_f32 + block);
-    float scaled = __fmul_rn(nested_code[__ldg(t.absmax_q + block)], __ldg(t.nested_absmax + block / NF4_NESTED_BLOCK));
-    return __fadd_rn(scaled, t.nested_offset);
+    return dl_double_quant_scale(t, nested_code[__ldg(t.absmax_q + block)],
+                                 __ldg(t.nested_absmax + block / NF4_NESTED_BLOCK));
 }
 
 // The NF4 code tables of a launch's linears, in shared memory. File scope, so that its address is a constant and a
@@ -255,7 +260,7 @@ __device__ __forceinline__ void dl_load_scales(DlScales& s, const DecodeParams& 
 __device__ __forceinline__ float dl_piece_scale(const NF4View& t, const float* nested_code, const DlScales& s,
                                                 int piece) {
     if (!t.double_quant) return s.absmax[piece];
-    return __fadd_rn(__fmul_rn(nested_code[s.code[piece]], s.absmax[piece]), t.nested_offset);
+    return dl_double_quant_scale(t, nested_code[s.code[piece]], s.absmax[piece]);
 }
 
 // The end of one m-tile (16 output rows of linear g from row0, this lane's rows row0 + gq and + 8) whose fp32 sums
@@ -794,7 +799,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
         for (int jj = 0; jj < CH / 4; jj++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
-                mine[jj][h] = t.double_quant ? __fadd_rn(__fmul_rn(nested_code[g][s.q[jj][h]], s.a[jj][h]), t.nested_offset)
+                mine[jj][h] = t.double_quant ? dl_double_quant_scale(t, nested_code[g][s.q[jj][h]], s.a[jj][h])
                                              : s.a[jj][h];
 #pragma unroll
         for (int j = 0; j < CH; j++) {
@@ -1085,20 +1090,20 @@ static size_t dl_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 constexpr size_t DL_MAX_COUNTERS = 4096;
 
 // Blocks of the streaming kernel an SM holds (asked once per instantiation, after opting into its shared memory).
-static size_t dl4_smem_bytes_nt(int NT) {
-    const int ch = NT <= 2 ? DL4_CH : 4;  // Dl4Chunk
-    return (DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0) + (size_t)DL4_WARPS * DL4_RING * ch * 33 * sizeof(uint4);
+template <int NT>
+static size_t dl4_smem_bytes() {
+    return (DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0) + (size_t)DL4_WARPS * DL4_RING * Dl4Chunk<NT>::CH * 33 * sizeof(uint4);
 }
 template <int NT, bool BF16>
 static int dl4_blocks_per_sm() {
     static int blocks = 0;
     if (blocks == 0) {
         cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT, BF16>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dl4_smem_bytes_nt(NT)));
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dl4_smem_bytes<NT>()));
         cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT, BF16>,
                                        cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
         cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_linear_nf4_stream_kernel<NT, BF16>,
-                                                                DL4_THREADS, dl4_smem_bytes_nt(NT)));
+                                                                DL4_THREADS, dl4_smem_bytes<NT>()));
         if (blocks < 1) dl_fail("the streaming NF4 kernel does not fit on an SM");
     }
     return blocks;
@@ -1279,7 +1284,7 @@ static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t strea
     p.counters = ws.counters;
     dl_with_n_tiles(decode_linear_n_tiles(p.M), [&](auto nt) {
         dl_launch_dependent(decode_linear_nf4_stream_kernel<nt(), BF16>, dim3((unsigned)plan.grid), DL4_THREADS,
-                            dl4_smem_bytes_nt(nt()), p, stream);
+                            dl4_smem_bytes<nt()>(), p, stream);
     });
 }
 

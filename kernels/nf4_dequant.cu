@@ -11,10 +11,16 @@
 // The block scale, rounded exactly as bitsandbytes rounds it: dequantize_blockwise writes nested_code * absmax2
 // as fp32, and `absmax += offset` adds in a separate pass. __fmul_rn/__fadd_rn are never contracted into an FMA
 // (which would round once and differ in the last bit). nested_code comes from shared memory.
-__device__ __forceinline__ float nf4_block_scale(const NF4View& t, const float* nested_code, int64_t block) {
+// block is the row-major block number; q_at is where its 8-bit scale sits in absmax_q (block itself, except in
+// the decode-tile order).
+__device__ __forceinline__ float nf4_block_scale(const NF4View& t, const float* nested_code, int64_t block,
+                                                 int64_t q_at) {
     if (!t.double_quant) return t.absmax_f32[block];
-    float scaled = __fmul_rn(nested_code[t.absmax_q[block]], t.nested_absmax[block / NF4_NESTED_BLOCK]);
+    float scaled = __fmul_rn(nested_code[t.absmax_q[q_at]], t.nested_absmax[block / NF4_NESTED_BLOCK]);
     return __fadd_rn(scaled, t.nested_offset);
+}
+__device__ __forceinline__ float nf4_block_scale(const NF4View& t, const float* nested_code, int64_t block) {
+    return nf4_block_scale(t, nested_code, block, block);
 }
 
 // One weight: code[q] * absmax in fp32, rounded to nearest even bf16 (torch's .to(bfloat16)).
@@ -105,13 +111,7 @@ __global__ void __launch_bounds__(NF4_DQ_THREADS) nf4_dequantize_tiled_kernel(__
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int64_t row = tile * 16 + lane / 4 + 8 * h;
-        float scale;
-        if (t.double_quant)
-            scale = __fadd_rn(__fmul_rn(nested_code[t.absmax_q[unit * 16 + lane / 4 + 8 * h]],
-                                        t.nested_absmax[(row * nkb + kb) / NF4_NESTED_BLOCK]),
-                              t.nested_offset);
-        else
-            scale = t.absmax_f32[row * nkb + kb];
+        const float scale = nf4_block_scale(t, nested_code, row * nkb + kb, unit * 16 + lane / 4 + 8 * h);
         uint4 run[2];
         __nv_bfloat16* values = reinterpret_cast<__nv_bfloat16*>(run);
 #pragma unroll

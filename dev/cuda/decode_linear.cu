@@ -160,10 +160,6 @@ constexpr int R = 32;
 constexpr float SCALE = 2.0f;  // alpha 64 / r 32
 constexpr int CHECK_ROWS = 256;  // rows validated at each end of a weight (the CPU reference is slow at 7B)
 
-// Whether LabLinear::lora hands out the tiled copy of NF4 weights (the production layout; v1 and v3 read only the
-// row-major one).
-static bool g_tiled = true;
-
 // One linear: random NF4 codes (block scales around 0.05, as trained weights have) or random bf16 weights made on the
 // GPU, bias, and a PEFT-sized adapter, with the host copies the CPU reference reads for the checked rows.
 struct LabLinear {
@@ -257,9 +253,11 @@ struct LabLinear {
     ~LabLinear() {
         for (void* p : owned) cudaFree(p);
     }
-    LoraLinearGpu lora(bool with_adapter) const {
+    // NF4 weights: the tiled copy (the production layout), or with row_major the row-major one, the only one v1
+    // and v3 read.
+    LoraLinearGpu lora(bool with_adapter, bool row_major = false) const {
         LoraLinearGpu l;
-        l.base = g_tiled && gpu.format == LinearFormat::NF4 ? &gpu_tiled : &gpu;
+        l.base = !row_major && gpu.format == LinearFormat::NF4 ? &gpu_tiled : &gpu;
         if (with_adapter && A_dev) {
             l.A = A_dev;
             l.B = B_dev;
@@ -311,7 +309,6 @@ static bool check(const char* what, const LabLinear& l, const bf16* y, const std
 // flush, as below; warm: 20 calls back to back; graph: those 20 calls replayed as one graph), and a few launches
 // left for a profiler to catch (ncu --kernel-name regex:decode_linear).
 static int profile_main(const char* only_linear, int only_variant) {
-    g_tiled = false;  // "base" is the row-major copy here; the tiled variants make their own
     Rng rng(1234);
     const int C = 3584, I = 18944, KV = 512, M = 6;
     std::vector<std::unique_ptr<LabLinear>> lin;
@@ -343,16 +340,8 @@ static int profile_main(const char* only_linear, int only_variant) {
     printf("%-6s %-12s %10s %10s %10s %10s\n", "linear", "kernel", "cold ms", "warm ms", "graph ms", "roofline");
     for (auto& l : lin) {
         if (only_linear && std::string(only_linear) != l->name) continue;
-        LoraLinearGpu base = l->lora(false);
-        // the same weights in decode-tile order (nf4_tile): each warp's work one contiguous stream
-        std::vector<uint8_t> packed_t(l->nf4.packed.size()), absmax_t(l->nf4.absmax_q.size());
-        nf4_tile(nf4_view(l->nf4), packed_t.data(), absmax_t.data());
-        LinearWeight tiled_weight = l->gpu;
-        tiled_weight.nf4.packed = l->upload(packed_t);
-        tiled_weight.nf4.absmax_q = l->upload(absmax_t);
-        tiled_weight.nf4.tiled = true;
-        LoraLinearGpu tiled = base;
-        tiled.base = &tiled_weight;
+        // the row-major copy, and the same weights in decode-tile order (each warp's work one contiguous stream)
+        LoraLinearGpu base = l->lora(false, true), tiled = l->lora(false);
         for (auto& v : variants) {
             if (only_variant >= 0 && &v - variants != only_variant) continue;
             const LoraLinearGpu* which = &v - variants >= 4 ? &tiled : &base;
@@ -484,9 +473,7 @@ int main(int argc, char** argv) {
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
-                g_tiled = variant.second != v3::decode_linear_forward;  // v3 reads only row-major codes
-                LoraLinearGpu one = lin[i]->lora(true);
-                g_tiled = true;
+                LoraLinearGpu one = lin[i]->lora(true, variant.second == v3::decode_linear_forward);
                 const bf16* x_dev = lin[i]->in == C ? xc_dev : xi_dev;
                 variant.second(&one, 1, x_dev, M, R, SCALE, &y[i], ws, ws_bytes, 0, mm);
                 cudaCheck(cudaDeviceSynchronize());
@@ -500,9 +487,7 @@ int main(int argc, char** argv) {
         std::vector<float> xr(x_c.begin(), x_c.begin() + (size_t)M * C);
         for (float& e : xr) e = round_bf16(e);
         bf16* y_qkv[3] = {y[0], y[1], y[2]};
-        g_tiled = false;  // the simple kernel reads only row-major codes
-        LoraLinearGpu qkv_rows[3] = {q.lora(true), k.lora(true), v.lora(true)};
-        g_tiled = true;
+        LoraLinearGpu qkv_rows[3] = {q.lora(true, true), k.lora(true, true), v.lora(true, true)};
         decode_linear_forward_simple(qkv_rows, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, 0);
         cudaCheck(cudaDeviceSynchronize());
         ok &= check("v1", q, y[0], xr, M, true);
@@ -536,10 +521,7 @@ int main(int argc, char** argv) {
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
             const bf16* x = l.in == C ? xc_dev : xi_dev;
-            LoraLinearGpu base = l.lora(false);
-            g_tiled = false;
-            LoraLinearGpu rows = l.lora(false);  // for v3
-            g_tiled = true;
+            LoraLinearGpu base = l.lora(false), rows = l.lora(false, true);  // rows: for v3
             char label[32];
             snprintf(label, sizeof(label), "%s M=%d", l.name, M);
             printf("  %-12s", label);
@@ -564,9 +546,7 @@ int main(int argc, char** argv) {
             LoraLinearGpu base = l.lora(false), adapted = l.lora(true);
             char label[64];
             if (M <= 6) {
-                g_tiled = false;
-                LoraLinearGpu rows = l.lora(false);
-                g_tiled = true;
+                LoraLinearGpu rows = l.lora(false, true);
                 snprintf(label, sizeof(label), "%-7s v1 simple", l.name);
                 float ms = time_kernel_ms([&] { decode_linear_forward_simple(&rows, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0); });
                 report(label, ms, decode_linear_bytes(&base, 1, M, R), 0);
