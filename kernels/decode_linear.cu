@@ -30,6 +30,8 @@
 // in decode-tile order, one contiguous stream per warp, took 1.5x less time. What remains is latency: 128
 // registers a thread allow 16 warps an SM, each with one step of loads in flight, and they issue about half the
 // time. The folded dequantization (DL_CFG_V4_FOLD, lab only: not bitsandbytes' rounding) is a further 1.35x.
+// At M 48-64 x is the larger traffic (M * 128 bytes of it per 512 code bytes, mostly from L2): see v4's narrow
+// and wide shapes.
 //
 // LoRA: ax = x A^T [M, G*R] comes from cuBLASLt when the caller passes a context (as in training; only G*R columns
 // over a long k, which this kernel's split-K serves poorly), else from this kernel with the bf16 A matrices as
@@ -573,11 +575,11 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 // profile of it (and of a first version of this one) showed warps stalled most of the time, the HBM at 15% and
 // the SMs issuing a third of what they can: each block waited on its slowest warp, and the warp that did a tile's
 // epilogue held up the rest. Here every warp runs on its own ("stream-K" over warps): the launch's work, every
-// (row tile of 16, 64-block of k) pair in row-tile-major order, is cut into equal contiguous ranges, one per warp.
-// A warp streams its codes from HBM into registers, a step of DL4_CH blocks ahead of the one it computes, and
-// meets no barrier. Where a range ends inside a tile, the warp stores its partial sums in a slot of the workspace;
-// the last warp of the tile to finish (a counter per tile) adds the tile's partials in range order (so the bits
-// never depend on timing) and writes the output. A tile one warp covers whole needs no partial at all.
+// (row tile of 16, 64-block of k) pair in row-tile-major order, is cut into equal contiguous ranges, one per warp. A warp streams its codes
+// from HBM into registers, a step of DL4_CH blocks ahead of the one it computes, and meets no barrier. Where a
+// range ends inside a tile, the warp stores its partial sums in a slot of the workspace; the last warp of the tile
+// to finish (a counter per tile) adds the tile's partials in a fixed order (so the bits never depend on timing) and
+// writes the output. A tile one warp covers whole needs no partial at all.
 //
 // Layout per m-tile (16 rows) and 64-block of k (one absmax): lane (gq, c) loads 8 bytes of rows gq and gq+8, the
 // physical k c*16 .. c*16+15 of the block; mma k-step s takes its 4 weights 4s .. 4s+3 as the logical k (2c, 2c+1,
@@ -591,54 +593,47 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 //   1, fold: the mma takes bf16(code[q]) straight from a table of code-byte pairs (one byte permute and one shared
 //     load per pair), a block's four k-steps go to their own accumulator, and the block's absmax multiplies that
 //     sum once. The weights then differ from exact by at most one bf16 rounding (2^-9 relative).
+// Above 16 rows of x (NT > 2) there are two shapes, picked per launch by its number of (tile, block) pairs:
+//   narrow (few pairs: q, k, v, o): one block an SM at up to 255 registers, and the x of all n-tiles of a block
+//     loaded at once: such a launch is latency-bound, its warps few, and each round trip to L2 counts;
+//   wide (gate/up, down): two blocks an SM at 128 registers, and x loaded one n-tile at a time (8 registers
+//     instead of 64): with many warps the round trips overlap, and twice the warps keep more code bytes in flight.
+//   Lab, M 64 (session 4): gate 0.121 ms narrow, 0.103 wide; q 0.031 narrow, 0.042 wide.
+// Measured and dropped (lab, H200, session 4): 8 blocks a step, 3 blocks an SM at 80 registers, a per-warp cp.async
+// ring through shared memory, the adapters' x A^T through this kernel (each slower, or within 3%), and at M > 16
+// k slices sized for L1 (the pairs ordered slice-major so that a block's warps share x: 1.4-2.4x slower, the
+// partial tiles of every slice costing more than the x reads they saved).
 #ifndef DL_CFG_V4
 #define DL_CFG_V4 1  // route NF4 launches to this kernel (0: v3 for everything, for the lab's comparison)
 #endif
 #ifndef DL_CFG_V4_WARPS
 #define DL_CFG_V4_WARPS 8
 #endif
-#ifndef DL_CFG_V4_CHUNK
-#define DL_CFG_V4_CHUNK 4  // 64-blocks a warp loads per step at M <= 16 (4 or 8): its bytes in flight
-#endif
 #ifndef DL_CFG_V4_FOLD
 #define DL_CFG_V4_FOLD 0
 #endif
-#ifndef DL_CFG_V4_RING
-#define DL_CFG_V4_RING 0  // > 0: tiled codes and scale bytes go through a per-warp cp.async ring of this many steps
-#endif
-#ifndef DL_CFG_V4_BF16
-#define DL_CFG_V4_BF16 0  // 1: bf16 weights (the adapters' A for x A^T) through the streaming kernel too (lab variant)
-#endif
-#ifndef DL_CFG_V4_MIN_BLOCKS
-#define DL_CFG_V4_MIN_BLOCKS 2  // blocks an SM must hold at M <= 16 (the register cap: 2 -> 128, 3 -> 80, with spills)
+#ifndef DL_CFG_V4_WIDE_PAIRS
+#define DL_CFG_V4_WIDE_PAIRS 32768  // above 16 rows of x, launches of at least this many pairs run "wide" (below)
 #endif
 
-constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = DL_CFG_V4_CHUNK;
+constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = 4;
 constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0;
-// The ring (lab variant, DL_CFG_V4_RING = S): each warp keeps S - 1 steps of codes in flight through shared memory
-// instead of one step in registers, so the bytes in flight no longer cost registers. Each lane copies, and later
-// reads, its own 16 bytes of every block; lanes 0..CH-1 also copy the 16 scale bytes of a block (every row of the
-// tile), which the quad lanes read after a __syncwarp. Tiled codes only.
-constexpr int DL4_RING = DL_CFG_V4_RING, DL4_RING_SLOTS = DL4_RING > 0 ? DL4_RING : 1;
-static_assert(DL4_RING == 0 || DL4_RING >= 2, "a ring needs at least two steps");
-static_assert(DL4_CH == 4 || DL4_CH == 8, "a quad converts the scales of 4 blocks per round");
 
 // The bytes of a fold pair table: for each code byte, 64 slots of 4 bytes, of which lane L reads slot L (32 copies,
 // so that a warp's lookups never share a bank). 256-byte rows let one byte permute form the address (dl4_pair).
 constexpr int DL4_PAIR_TABLE_BYTES = 256 * 256;
 
 // Streamed once: not kept in L1, where x lives.
-__device__ __forceinline__ uint2 dl4_load_stream(const uint8_t* p) {
-    uint2 v;
-    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-    return v;
-}
-
 __device__ __forceinline__ uint4 dl4_load_stream16(const uint8_t* p) {
     uint4 v;
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
         : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint2 dl4_load_stream8(const uint8_t* p) {
+    uint2 v;
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
     return v;
 }
 
@@ -653,19 +648,12 @@ struct Dl4Pos {
     int tile, kb, n;
 };
 
-// One step's loads: DL4_CH blocks of both rows, and the raw scales of the blocks this lane converts for its quad
-// (blocks c and c + 4 of the step; the quad's four lanes cover them).
-template <int CH>
+// One step's loads: DL4_CH blocks of both rows, and the raw scales of the block this lane converts for its quad
+// (block c of the step; the quad's four lanes cover the four).
 struct Dl4Step {
-    uint2 code[CH][2];
-    uint32_t q[CH / 4][2];
-    float a[CH / 4][2];
-};
-// Blocks per step at NT n-tiles: DL4_CH up to 16 rows of x; 4 above, where the accumulators and x take the
-// registers.
-template <int NT>
-struct Dl4Chunk {
-    static constexpr int CH = NT <= 2 ? DL4_CH : 4;
+    uint2 code[DL4_CH][2];
+    uint32_t q[2];
+    float a[2];
 };
 
 // The split of a launch's (tile, block) pairs over W warps: warp w owns [w * len, min(F, (w + 1) * len)).
@@ -674,31 +662,28 @@ __host__ __device__ inline int dl4_last_warp(int tile, int nkb, int64_t len) {
     return (int)(((int64_t)(tile + 1) * nkb - 1) / len);
 }
 
-// BF16 (lab variant, DL_CFG_V4_BF16): bf16 weights; a "block" is then one mma k-step of 16 k, of which lane c holds
-// k 4c .. 4c+3 of rows gq and gq+8 (8 bytes each, as an NF4 block's 16 codes), taken as the logical k (2c, 2c+1,
-// 2c+8, 2c+9), and x read in the same order.
-template <int NT, bool BF16 = false>
-__global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 1)
+template <int NT, bool WIDE>
+__global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     decode_linear_nf4_stream_kernel(const __grid_constant__ DecodeParams p) {
     extern __shared__ uint4 dl4_smem[];  // the fold pair table
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
-    constexpr int CH = Dl4Chunk<NT>::CH, KB = BF16 ? 16 : NF4_BLOCK;  // k of a block
+    constexpr int CH = DL4_CH;
     grid_launch_dependents();
     const int lane = threadIdx.x % 32, gq = lane / 4, c = lane % 4;
     const int warp = blockIdx.x * DL4_WARPS + threadIdx.x / 32;
-    const int K = p.K, M = p.M, nkb = K / KB, tiles = p.total_rows / 16;
+    const int K = p.K, M = p.M, nkb = K / NF4_BLOCK, tiles = p.total_rows / 16;
     const int64_t F = (int64_t)tiles * nkb, len = p.warp_blocks;
     const int64_t f_begin = min(F, warp * len), f_end = min(F, f_begin + len);
     const char* pair_table = reinterpret_cast<const char*>(dl4_smem);
     const uint32_t lane4 = (uint32_t)lane * 4u;
 
     // the tables: a checkpoint's stored ones (fold: the group shares the default code, checked by the launcher)
-    for (int g = 0; g < p.G && !BF16; g++) {
+    for (int g = 0; g < p.G; g++) {
         if (threadIdx.x < 16) dl_code_table[g][threadIdx.x] = p.nf4[g].code[threadIdx.x];
         if (p.nf4[g].double_quant)
             for (int i = threadIdx.x; i < 256; i += DL4_THREADS) nested_code[g][i] = p.nf4[g].nested_code[i];
     }
-    if (DL4_FOLD && !BF16) {
+    if (DL4_FOLD) {
         uint32_t* table = reinterpret_cast<uint32_t*>(dl4_smem);
         for (int i = threadIdx.x; i < 256 * 32; i += DL4_THREADS) {
             const int byte = i / 32;
@@ -709,31 +694,20 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
 
     // the step after pos (same tile while blocks remain in it and in the range)
     auto next = [&](Dl4Pos pos) {
-        int64_t f = (int64_t)pos.tile * nkb + pos.kb + pos.n;
+        const int64_t f = (int64_t)pos.tile * nkb + pos.kb + pos.n;
         Dl4Pos to;
         to.tile = (int)(f / nkb);
         to.kb = (int)(f - (int64_t)to.tile * nkb);
         to.n = (int)max((int64_t)0, min((int64_t)min(CH, nkb - to.kb), f_end - f));
         return to;
     };
-    auto load = [&](Dl4Step<CH>& s, const Dl4Pos& pos) {
+    auto load = [&](Dl4Step& s, const Dl4Pos& pos) {
         if (pos.n == 0) return;
-        const int v = pos.tile * 16, g = dl_linear_of(p, v), r = v - p.row_start[g] + gq;
+        const int v = pos.tile * 16, kb = pos.kb, g = dl_linear_of(p, v), r = v - p.row_start[g] + gq;
         const NF4View& t = p.nf4[g];
         // the tile's unit of this block in the tiled order (its tile number within linear g), or the row-major codes
-        const int64_t unit = ((int64_t)(v - p.row_start[g]) / 16 * nkb + pos.kb);
-        if (BF16) {
-            const bf16* row = p.w[g] + (int64_t)r * K + pos.kb * KB + c * 4;
-#pragma unroll
-            for (int j = 0; j < CH; j++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-                    s.code[j][h] = j < pos.n ? dl4_load_stream(reinterpret_cast<const uint8_t*>(row + (int64_t)h * 8 * K + j * KB))
-                                             : make_uint2(0, 0);
-            return;
-        }
-        if (DL4_RING > 0) {  // the codes and scale bytes come through the ring: only the nested scales here
-        } else if (t.tiled) {
+        const int64_t unit = ((int64_t)(v - p.row_start[g]) / 16 * nkb + kb);
+        if (t.tiled) {
             const uint8_t* units = t.packed + unit * 512 + lane * 16;
 #pragma unroll
             for (int j = 0; j < CH; j++) {
@@ -742,30 +716,27 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
                 s.code[j][1] = make_uint2(both.z, both.w);
             }
         } else {
-            const uint8_t* row_codes = t.packed + (int64_t)r * (K / 2) + pos.kb * 32 + c * 8;
+            const uint8_t* row_codes = t.packed + (int64_t)r * (K / 2) + kb * 32 + c * 8;
 #pragma unroll
             for (int j = 0; j < CH; j++)
 #pragma unroll
                 for (int h = 0; h < 2; h++)
-                    s.code[j][h] = j < pos.n ? dl4_load_stream(row_codes + (int64_t)h * 8 * (K / 2) + j * 32) : make_uint2(0, 0);
+                    s.code[j][h] = j < pos.n ? dl4_load_stream8(row_codes + (int64_t)h * 8 * (K / 2) + j * 32) : make_uint2(0, 0);
         }
 #pragma unroll
-        for (int jj = 0; jj < CH / 4; jj++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int j = jj * 4 + c;
-                const int64_t block = (int64_t)(r + 8 * h) * nkb + pos.kb + j;
-                s.q[jj][h] = 0;
-                s.a[jj][h] = 0.0f;
-                if (j < pos.n) {
-                    if (t.double_quant) {
-                        if (DL4_RING == 0) s.q[jj][h] = __ldg(t.absmax_q + (t.tiled ? (unit + j) * 16 + gq + 8 * h : block));
-                        s.a[jj][h] = __ldg(t.nested_absmax + block / NF4_NESTED_BLOCK);
-                    } else {
-                        s.a[jj][h] = __ldg(t.absmax_f32 + block);
-                    }
+        for (int h = 0; h < 2; h++) {
+            const int64_t block = (int64_t)(r + 8 * h) * nkb + kb + c;
+            s.q[h] = 0;
+            s.a[h] = 0.0f;
+            if (c < pos.n) {
+                if (t.double_quant) {
+                    s.q[h] = __ldg(t.absmax_q + (t.tiled ? (unit + c) * 16 + gq + 8 * h : block));
+                    s.a[h] = __ldg(t.nested_absmax + block / NF4_NESTED_BLOCK);
+                } else {
+                    s.a[h] = __ldg(t.absmax_f32 + block);
                 }
             }
+        }
     };
 
     float acc[NT][4];
@@ -775,54 +746,38 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
         for (int e = 0; e < 4; e++) acc[t][e] = 0.0f;
 
     // a step: blocks past pos.n have zero scales and zero x, so they add exact zeros and need no branch
-    auto compute = [&](const Dl4Step<CH>& s, const Dl4Pos& pos) {
-        if (BF16) {  // one mma per block, the weights as loaded
-#pragma unroll
-            for (int j = 0; j < CH; j++) {
-                const uint32_t a[4] = {s.code[j][0].x, s.code[j][1].x, s.code[j][0].y, s.code[j][1].y};
-#pragma unroll
-                for (int tt = 0; tt < NT; tt++) {
-                    const int n = tt * 8 + gq;
-                    uint2 xv = make_uint2(0, 0);
-                    if (j < pos.n && n < M)
-                        xv = __ldg(reinterpret_cast<const uint2*>(p.x + (int64_t)n * K + (pos.kb + j) * KB + c * 4));
-                    const uint32_t b[2] = {xv.x, xv.y};
-                    mma_bf16_m16n8k16(acc[tt], a, b);
-                }
-            }
-            return;
-        }
-        const int v = pos.tile * 16, g = dl_linear_of(p, v);
+    auto compute = [&](const Dl4Step& s, const Dl4Pos& pos) {
+        const int kb = pos.kb, g = dl_linear_of(p, pos.tile * 16);
         const NF4View& t = p.nf4[g];
-        float mine[CH / 4][2];  // the scales this lane converted (exactly as nf4_dequant.cu rounds them)
+        float mine[2];  // the scales this lane converted (exactly as nf4_dequant.cu rounds them)
 #pragma unroll
-        for (int jj = 0; jj < CH / 4; jj++)
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-                mine[jj][h] = t.double_quant ? dl_double_quant_scale(t, nested_code[g][s.q[jj][h]], s.a[jj][h])
-                                             : s.a[jj][h];
+        for (int h = 0; h < 2; h++)
+            mine[h] = t.double_quant ? dl_double_quant_scale(t, nested_code[g][s.q[h]], s.a[h]) : s.a[h];
 #pragma unroll
         for (int j = 0; j < CH; j++) {
             const bool valid = j < pos.n;
             float scale[2];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                const float from_quad = __shfl_sync(0xFFFFFFFFu, mine[j / 4][h], (lane & ~3) | (j % 4));
+                const float from_quad = __shfl_sync(0xFFFFFFFFu, mine[h], (lane & ~3) | j);
                 scale[h] = valid ? from_quad : 0.0f;
             }
+            // x of n-tile tt: 32 bytes a lane (L1), the b registers of four k-steps
             uint32_t xw[NT][8];
-#pragma unroll
-            for (int tt = 0; tt < NT; tt++) {
+            auto load_x = [&](int tt) {
                 const int n = tt * 8 + gq;
                 uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
                 if (valid && n < M) {
-                    const uint4* xr = reinterpret_cast<const uint4*>(p.x + (int64_t)n * K + (pos.kb + j) * NF4_BLOCK + c * 16);
+                    const uint4* xr = reinterpret_cast<const uint4*>(p.x + (int64_t)n * K + (kb + j) * NF4_BLOCK + c * 16);
                     lo = __ldg(xr);
                     hi = __ldg(xr + 1);
                 }
                 xw[tt][0] = lo.x, xw[tt][1] = lo.y, xw[tt][2] = lo.z, xw[tt][3] = lo.w;
                 xw[tt][4] = hi.x, xw[tt][5] = hi.y, xw[tt][6] = hi.z, xw[tt][7] = hi.w;
-            }
+            };
+            if (!WIDE)  // all of x ahead of the dequantization, whose latency it then hides
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++) load_x(tt);
             uint32_t w[2][8];  // the bf16 pairs of rows gq, gq+8: pairs 2s and 2s+1 feed k-step s
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -837,25 +792,21 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
                     dl_nf4_word(&w[h][4], s.code[j][h].y, (uint32_t)g * 0x40404040u, scale[h]);
                 }
             }
-            float blk[NT][4];
+            // wide: one n-tile of x at a time (all of them would take 64 registers and spill)
 #pragma unroll
-            for (int tt = 0; tt < NT; tt++)
+            for (int tt = 0; tt < NT; tt++) {
+                if (WIDE) load_x(tt);
+                float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-                for (int e = 0; e < 4; e++) blk[tt][e] = 0.0f;
-#pragma unroll
-            for (int ks = 0; ks < 4; ks++) {
-                const uint32_t a[4] = {w[0][2 * ks], w[1][2 * ks], w[0][2 * ks + 1], w[1][2 * ks + 1]};
-#pragma unroll
-                for (int tt = 0; tt < NT; tt++) {
+                for (int ks = 0; ks < 4; ks++) {
+                    const uint32_t a[4] = {w[0][2 * ks], w[1][2 * ks], w[0][2 * ks + 1], w[1][2 * ks + 1]};
                     const uint32_t b[2] = {xw[tt][2 * ks], xw[tt][2 * ks + 1]};
-                    mma_bf16_m16n8k16(DL4_FOLD ? blk[tt] : acc[tt], a, b);
+                    mma_bf16_m16n8k16(DL4_FOLD ? blk : acc[tt], a, b);
                 }
+                if (DL4_FOLD)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) acc[tt][e] = fmaf(blk[e], scale[e >> 1], acc[tt][e]);
             }
-            if (DL4_FOLD)
-#pragma unroll
-                for (int tt = 0; tt < NT; tt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) acc[tt][e] = fmaf(blk[tt][e], scale[e >> 1], acc[tt][e]);
         }
     };
 
@@ -902,64 +853,16 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 ? DL_CFG_V4_MIN_BLOCKS : 
             for (int e = 0; e < 4; e++) acc[tt][e] = 0.0f;
     };
 
-    // the ring (DL4_RING > 0): this warp's S slots of CH blocks' codes, then S slots of CH blocks' scale bytes
-    uint4* ring = reinterpret_cast<uint4*>(reinterpret_cast<char*>(dl4_smem) + (DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0)) +
-                  (threadIdx.x / 32) * (DL4_RING * CH * 33);
-    auto issue = [&](int slot, const Dl4Pos& pos) {  // one step into a ring slot, as one commit group (maybe empty)
-        if (pos.n > 0) {
-            const int v = pos.tile * 16, g = dl_linear_of(p, v);
-            const NF4View& t = p.nf4[g];
-            const int64_t unit = ((int64_t)(v - p.row_start[g]) / 16 * nkb + pos.kb);
-#pragma unroll
-            for (int j = 0; j < CH; j++)
-                dl_cp_async16(ring + (slot * CH + j) * 32 + lane,
-                              j < pos.n ? t.packed + (unit + j) * 512 + lane * 16 : t.packed, j < pos.n);
-            if (lane < CH && t.double_quant)
-                dl_cp_async16(ring + DL4_RING * CH * 32 + slot * CH + lane,
-                              lane < pos.n ? t.absmax_q + (unit + lane) * 16 : t.absmax_q, lane < pos.n);
-        }
-        dl_cp_async_commit();
-    };
-    auto from_ring = [&](Dl4Step<CH>& s, int slot) {  // the codes and scale bytes of the step in `slot`
-#pragma unroll
-        for (int j = 0; j < CH; j++) {
-            const uint4 both = ring[(slot * CH + j) * 32 + lane];
-            s.code[j][0] = make_uint2(both.x, both.y);
-            s.code[j][1] = make_uint2(both.z, both.w);
-        }
-        const uint8_t* scale_bytes = reinterpret_cast<const uint8_t*>(ring + DL4_RING * CH * 32 + slot * CH);
-#pragma unroll
-        for (int jj = 0; jj < CH / 4; jj++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) s.q[jj][h] = scale_bytes[(jj * 4 + c) * 16 + gq + 8 * h];
-    };
-
     // before the dependency: only what no earlier kernel writes (the weights)
     Dl4Pos pos0 = next(Dl4Pos{(int)(f_begin / nkb), (int)(f_begin % nkb), 0});
-    Dl4Step<CH> bufs[2];
+    Dl4Step bufs[2];
     load(bufs[0], pos0);
-    Dl4Pos issue_pos = pos0;
-    int step = 0;
-    if (DL4_RING > 0 && !BF16)
-        for (int slot = 0; slot < DL4_RING - 1; slot++) {
-            issue(slot, issue_pos);
-            issue_pos = next(issue_pos);
-        }
     __syncthreads();  // the tables
     grid_dependency_wait();
     int tile_start_kb = pos0.kb;  // where this warp's part of the current tile began
     Dl4Pos cur = pos0;
-    auto run = [&](Dl4Step<CH>& use, Dl4Step<CH>& fill) {  // one step; false when the range is done
+    auto run = [&](Dl4Step& use, Dl4Step& fill) {  // one step; false when the range is done
         if (cur.n == 0) return false;
-        if (DL4_RING > 0 && !BF16) {  // step `step` has landed (every lane's copies, seen by all after the __syncwarp); the
-                             // slot the last step used is free for the step DL4_RING - 1 ahead
-            dl_cp_async_wait_all_but<DL4_RING == 0 ? 0 : DL4_RING - 2>();
-            __syncwarp();
-            issue((step + DL4_RING - 1) % DL4_RING_SLOTS, issue_pos);
-            issue_pos = next(issue_pos);
-            from_ring(use, step % DL4_RING_SLOTS);
-            step++;
-        }
         const Dl4Pos after = next(cur);
         load(fill, after);
         compute(use, cur);
@@ -1090,42 +993,40 @@ static size_t dl_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 constexpr size_t DL_MAX_COUNTERS = 4096;
 
 // Blocks of the streaming kernel an SM holds (asked once per instantiation, after opting into its shared memory).
-template <int NT>
-static size_t dl4_smem_bytes() {
-    return (DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0) + (size_t)DL4_WARPS * DL4_RING * Dl4Chunk<NT>::CH * 33 * sizeof(uint4);
-}
-template <int NT, bool BF16>
+static size_t dl4_smem_bytes() { return DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0; }
+template <int NT, bool WIDE>
 static int dl4_blocks_per_sm() {
     static int blocks = 0;
     if (blocks == 0) {
-        cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT, BF16>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dl4_smem_bytes<NT>()));
-        cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT, BF16>,
-                                       cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
-        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_linear_nf4_stream_kernel<NT, BF16>,
-                                                                DL4_THREADS, dl4_smem_bytes<NT>()));
+        cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT, WIDE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       (int)dl4_smem_bytes()));
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_linear_nf4_stream_kernel<NT, WIDE>,
+                                                                DL4_THREADS, dl4_smem_bytes()));
         if (blocks < 1) dl_fail("the streaming NF4 kernel does not fit on an SM");
     }
     return blocks;
 }
 
 // How a launch of the streaming kernel is cut: blocks of warps, the (tile, 64-block) pairs per warp, and the partial
-// slots (one per warp and tile it touches: warp + tile is unique, see the kernel) the workspace needs. As many warps
-// as fit on the GPU at once, but each with at least two steps of work.
+// slots (one per warp and tile it touches: warp + tile is unique, as both only grow along the order) the workspace
+// needs. As many warps as fit on the GPU at once, but each with at least two steps of work.
 struct Dl4Plan {
     int grid = 0;
+    bool wide = false;  // see the kernel
     int64_t warp_blocks = 1;
     size_t partial_floats = 0;
 };
-template <bool BF16>
 static Dl4Plan dl4_plan(int total_rows, int K, int M) {
     Dl4Plan plan;
-    const int NT = decode_linear_n_tiles(M), tiles = total_rows / 16;
-    const int64_t F = (int64_t)tiles * (K / (BF16 ? 16 : NF4_BLOCK));
+    const int NT = decode_linear_n_tiles(M), tiles = total_rows / 16, nkb = K / NF4_BLOCK;
+    const int64_t F = (int64_t)tiles * nkb;
     int per_sm = 1;
-    dl_with_n_tiles(NT, [&](auto nt) { per_sm = dl4_blocks_per_sm<nt(), BF16>(); });
+    plan.wide = NT > 2 && F >= DL_CFG_V4_WIDE_PAIRS;
+    dl_with_n_tiles(NT, [&](auto nt) {
+        per_sm = plan.wide ? dl4_blocks_per_sm<nt(), true>() : dl4_blocks_per_sm<nt(), false>();
+    });
     const int64_t warps = std::max<int64_t>(1, std::min<int64_t>((int64_t)per_sm * cuda_sm_count() * DL4_WARPS,
-                                                                 F / (2 * 4)));
+                                                                 F / (2 * DL4_CH)));
     plan.grid = (int)((warps + DL4_WARPS - 1) / DL4_WARPS);
     plan.warp_blocks = (F + (int64_t)plan.grid * DL4_WARPS - 1) / ((int64_t)plan.grid * DL4_WARPS);
     plan.partial_floats = ((size_t)plan.grid * DL4_WARPS + tiles) * NT * 4 * 32;
@@ -1163,13 +1064,7 @@ static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int max_M) {
         DlPlan main_plan = dl_plan(nf4, dl_total_rows(linears, G), in, M);
         partials = std::max(partials, main_plan.partial_floats);
         if (nf4 && in % NF4_BLOCK == 0)
-            partials = std::max(partials, dl4_plan<false>(dl_total_rows(linears, G), in, M).partial_floats);
-#if DL_CFG_V4_BF16
-        if (in % 16 == 0) {
-            if (!nf4) partials = std::max(partials, dl4_plan<true>(dl_total_rows(linears, G), in, M).partial_floats);
-            if (adapted > 0) partials = std::max(partials, dl4_plan<true>(adapted * R, in, M).partial_floats);
-        }
-#endif
+            partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M).partial_floats);
         if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
         if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
     }
@@ -1258,33 +1153,22 @@ static bool dl4_shapes_ok(const DecodeParams& p) {
     for (int g = 0; g < p.G; g++) {
         if ((p.row_start[g + 1] - p.row_start[g]) % 16 != 0 || (uintptr_t)p.nf4[g].packed % 16 != 0) return false;
         if (DL4_FOLD && !p.nf4[g].default_code) return false;
-        if (DL4_RING > 0 && !p.nf4[g].tiled) return false;
     }
     return true;
 }
-#if DL_CFG_V4_BF16
-// The same for bf16 weights (lab variant): k in whole mma steps, 16-row tiles, 8-byte aligned weights and x.
-static bool dl4_bf16_ok(const DecodeParams& p) {
-    if (p.K % 16 != 0 || (uintptr_t)p.x % 8 != 0 || p.total_rows / 16 > (int)DL_MAX_COUNTERS) return false;
-    for (int g = 0; g < p.G; g++)
-        if ((p.row_start[g + 1] - p.row_start[g]) % 16 != 0 || (uintptr_t)p.w[g] % 8 != 0) return false;
-    return true;
-}
-#endif
 static bool dl4_ok(const DecodeParams& p) {
     return DL_CFG_V4 != 0 && p.total_rows / 16 <= (int)DL_MAX_COUNTERS && dl4_shapes_ok(p);
 }
 
 
-template <bool BF16>
 static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
-    const Dl4Plan plan = dl4_plan<BF16>(p.total_rows, p.K, p.M);
+    const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M);
     p.warp_blocks = plan.warp_blocks;
     p.partials = ws.partials;
     p.counters = ws.counters;
     dl_with_n_tiles(decode_linear_n_tiles(p.M), [&](auto nt) {
-        dl_launch_dependent(decode_linear_nf4_stream_kernel<nt(), BF16>, dim3((unsigned)plan.grid), DL4_THREADS,
-                            dl4_smem_bytes<nt()>(), p, stream);
+        dl_launch_dependent(plan.wide ? decode_linear_nf4_stream_kernel<nt(), true> : decode_linear_nf4_stream_kernel<nt(), false>,
+                            dim3((unsigned)plan.grid), DL4_THREADS, dl4_smem_bytes(), p, stream);
     });
 }
 
@@ -1301,15 +1185,9 @@ static void dl_launch_mma(DecodeParams p, const DlWorkspace& ws, cudaStream_t st
 
 static void dl_launch(const DecodeParams& p, bool nf4, bool simple, const DlWorkspace& ws, cudaStream_t stream) {
     if (!simple && nf4 && dl4_ok(p)) {
-        dl4_launch<false>(p, ws, stream);
+        dl4_launch(p, ws, stream);
         return;
     }
-#if DL_CFG_V4_BF16
-    if (!simple && !nf4 && dl4_bf16_ok(p)) {
-        dl4_launch<true>(p, ws, stream);
-        return;
-    }
-#endif
     for (int g = 0; nf4 && g < p.G; g++)
         if (p.nf4[g].tiled) dl_fail("NF4 weights in decode-tile order need the streaming kernel (in % 64 == 0, 16-row tiles)");
     if (!simple && dl_fast_ok(p, nf4)) {
@@ -1446,8 +1324,5 @@ double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
 #undef DL_CFG_KSPLIT_NF4
 #undef DL_CFG_V4
 #undef DL_CFG_V4_WARPS
-#undef DL_CFG_V4_CHUNK
 #undef DL_CFG_V4_FOLD
-#undef DL_CFG_V4_MIN_BLOCKS
-#undef DL_CFG_V4_RING
-#undef DL_CFG_V4_BF16
+#undef DL_CFG_V4_WIDE_PAIRS

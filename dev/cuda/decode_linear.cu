@@ -21,8 +21,7 @@
 //   on its own contiguous range of (16-row tile, 64-block) pairs, codes from HBM into registers a step ahead,
 //   partial tiles added in a fixed order; "prod" reads the codes in decode-tile order (nf4_tile), as the GPU model
 //   holds them. Variants: fold (bf16 codes from a pair table, the block scale applied once per block: not
-//   bitsandbytes' rounding), 8 blocks per step, 3 blocks an SM, a cp.async ring, and bf16 weights through it
-//   (for the adapters' x A^T without cuBLASLt).
+//   bitsandbytes' rounding), and above 16 rows of x every launch narrow or every launch wide.
 // Tuning: the variants side by side (kernels/decode_linear.cu compiled again with other DL_CFG_* knobs).
 // Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
 // plus the bf16 lm_head (the decode kernel and cuBLASLt), per decode step, eager and as a CUDA graph.
@@ -63,26 +62,13 @@ DL_VARIANT(v3, "v3 for NF4 (shared-memory pipeline, split-K across blocks)")
 DL_VARIANT(fold, "v4, folded dequantization")
 #include "kernels/decode_linear.cu"
 }
-#define DL_CFG_V4_FOLD 1
-#define DL_CFG_V4_CHUNK 8
-DL_VARIANT(fold_ch8, "v4 fold, 8 blocks per warp step")
+// v4 above 16 rows of x with every launch narrow (the kernel before session 4) or every launch wide (see the kernel)
+#define DL_CFG_V4_WIDE_PAIRS 0x7FFFFFFF
+DL_VARIANT(narrow, "v4 exact, every launch narrow above 16 rows of x (1 block an SM, all x of a block at once)")
 #include "kernels/decode_linear.cu"
 }
-#define DL_CFG_V4_CHUNK 8
-DL_VARIANT(exact_ch8, "v4 exact, 8 blocks per warp step")
-#include "kernels/decode_linear.cu"
-}
-// (added after the last device run of session 3: not yet measured)
-#define DL_CFG_V4_MIN_BLOCKS 3
-DL_VARIANT(exact_occ3, "v4 exact, 3 blocks (24 warps) an SM: 80 registers, some spilled")
-#include "kernels/decode_linear.cu"
-}
-#define DL_CFG_V4_RING 4
-DL_VARIANT(exact_ring4, "v4 exact, codes through a 4-step cp.async ring per warp (tiled codes only)")
-#include "kernels/decode_linear.cu"
-}
-#define DL_CFG_V4_BF16 1
-DL_VARIANT(bf16_v4, "bf16 weights (the adapters' x A^T without cuBLASLt) through the streaming kernel too")
+#define DL_CFG_V4_WIDE_PAIRS 0
+DL_VARIANT(wide, "v4 exact, every launch wide above 16 rows of x (2 blocks an SM, x one n-tile at a time)")
 #include "kernels/decode_linear.cu"
 }
 
@@ -239,6 +225,7 @@ struct LabLinear {
             fill_uniform(b, rng, -0.5f, 0.5f);
             bias = to_bf16(b);
             gpu.bias = upload(bias);
+            gpu_tiled.bias = gpu.bias;
         }
         if (adapter) {
             A.resize((size_t)R * in);
@@ -326,15 +313,12 @@ static int profile_main(const char* only_linear, int only_variant) {
     cudaCheck(cudaMemset(ws, 0, ws_bytes));
     typedef void (*ForwardFn)(const LoraLinearGpu*, int, const bf16*, int, int, float, bf16* const*, void*, size_t,
                               cudaStream_t, MatmulContext*);
-    // the last four read the tiled copy
-    const std::pair<const char*, ForwardFn> variants[8] = {{"v4 exact", decode_linear_forward},
+    // the last two read the tiled copy
+    const std::pair<const char*, ForwardFn> variants[5] = {{"v4 exact", decode_linear_forward},
                                                            {"v3", v3::decode_linear_forward},
                                                            {"v4 fold", fold::decode_linear_forward},
-                                                           {"v4 exact ch8", exact_ch8::decode_linear_forward},
                                                            {"exact tiled", decode_linear_forward},
-                                                           {"fold tiled", fold::decode_linear_forward},
-                                                           {"occ3 tiled", exact_occ3::decode_linear_forward},
-                                                           {"ring4 tiled", exact_ring4::decode_linear_forward}};
+                                                           {"fold tiled", fold::decode_linear_forward}};
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     printf("%-6s %-12s %10s %10s %10s %10s\n", "linear", "kernel", "cold ms", "warm ms", "graph ms", "roofline");
@@ -344,11 +328,11 @@ static int profile_main(const char* only_linear, int only_variant) {
         LoraLinearGpu base = l->lora(false, true), tiled = l->lora(false);
         for (auto& v : variants) {
             if (only_variant >= 0 && &v - variants != only_variant) continue;
-            const LoraLinearGpu* which = &v - variants >= 4 ? &tiled : &base;
+            const LoraLinearGpu* which = &v - variants >= 3 ? &tiled : &base;
             auto call = [&](cudaStream_t s) { v.second(which, 1, x_dev, M, R, SCALE, &y, ws, ws_bytes, s, nullptr); };
-            if (&v - variants == 4 || &v - variants == 5) {  // the tiled copy gives the row-major bits
+            if (&v - variants >= 3) {  // the tiled copy gives the row-major bits
                 std::vector<bf16_bits> want((size_t)M * l->out), got((size_t)M * l->out);
-                variants[&v - variants - 4 == 0 ? 0 : 2].second(&base, 1, x_dev, M, R, SCALE, &y, ws, ws_bytes, 0, nullptr);
+                variants[&v - variants == 3 ? 0 : 2].second(&base, 1, x_dev, M, R, SCALE, &y, ws, ws_bytes, 0, nullptr);
                 cudaCheck(cudaMemcpy(want.data(), y, want.size() * 2, cudaMemcpyDeviceToHost));
                 call(0);
                 cudaCheck(cudaMemcpy(got.data(), y, got.size() * 2, cudaMemcpyDeviceToHost));
@@ -453,25 +437,12 @@ int main(int argc, char** argv) {
             }
         }
     // the variants that compute differently: v3, and v4 with the folded dequantization
-    const std::pair<const char*, ForwardFn> checked_variants[5] = {{"v3", v3::decode_linear_forward},
+    const std::pair<const char*, ForwardFn> checked_variants[4] = {{"v3", v3::decode_linear_forward},
                                                                    {"v4 fold", fold::decode_linear_forward},
-                                                                   {"v4 fold ch8", fold_ch8::decode_linear_forward},
-                                                                   {"v4 occ3", exact_occ3::decode_linear_forward},
-                                                                   {"v4 ring4", exact_ring4::decode_linear_forward}};
-    // and the adapters' x A^T through the streaming kernel (no cuBLASLt context)
-    for (int M : {1, 6, 64})
-        for (size_t i = 0; i + 1 < lin.size(); i++) {
-            LoraLinearGpu one = lin[i]->lora(true);
-            const bf16* x_dev = lin[i]->in == C ? xc_dev : xi_dev;
-            bf16_v4::decode_linear_forward(&one, 1, x_dev, M, R, SCALE, &y[i], ws, ws_bytes, 0, nullptr);
-            cudaCheck(cudaDeviceSynchronize());
-            const std::vector<float>& x = lin[i]->in == C ? x_c : x_i;
-            std::vector<float> xr(x.begin(), x.begin() + (size_t)M * lin[i]->in);
-            for (float& e : xr) e = round_bf16(e);
-            ok &= check("v4 bf16 x A^T", *lin[i], y[i], xr, M, true);
-        }
+                                                                   {"v4 narrow", narrow::decode_linear_forward},
+                                                                   {"v4 wide", wide::decode_linear_forward}};
     for (auto& variant : checked_variants)
-        for (int M : {1, 6, 64})
+        for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
                 LoraLinearGpu one = lin[i]->lora(true, variant.second == v3::decode_linear_forward);
                 const bf16* x_dev = lin[i]->in == C ? xc_dev : xi_dev;
@@ -505,18 +476,15 @@ int main(int argc, char** argv) {
 
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
-    printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n  %s\n  %s\n  %s\n  %s\n  %s\n  %s\n",
-           v3::knobs, fold::knobs, fold_ch8::knobs, exact_ch8::knobs, exact_occ3::knobs, exact_ring4::knobs);
-    const ForwardFn variants[7] = {decode_linear_forward,            v3::decode_linear_forward,
-                                   fold::decode_linear_forward,       fold_ch8::decode_linear_forward,
-                                   exact_ch8::decode_linear_forward,  exact_occ3::decode_linear_forward,
-                                   exact_ring4::decode_linear_forward};
+    printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n  %s\n  %s\n  %s\n  %s\n", v3::knobs,
+           fold::knobs, narrow::knobs, wide::knobs);
+    const ForwardFn variants[5] = {decode_linear_forward, v3::decode_linear_forward, fold::decode_linear_forward,
+                                   narrow::decode_linear_forward, wide::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %10s %10s %10s %10s %10s %10s %10s\n", "linear", "prod", "v3", "fold", "fold_ch8", "exact_ch8",
-           "exact_occ3", "ring4");
+    printf("  %-12s %10s %10s %10s %10s %10s\n", "linear", "prod", "v3", "fold", "narrow", "wide");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -590,7 +558,7 @@ int main(int argc, char** argv) {
 
     // ---- a decode step: one layer's seven linears and the lm_head ----
     printf("\na 7B decode step's linears (r %d LoRA on all seven): one layer, and layer + lm_head, eager and as a "
-           "CUDA graph (\"fold\": %s; \"xA v4\": %s)\n", R, fold::knobs, bf16_v4::knobs);
+           "CUDA graph (\"fold\": %s; \"narrow\": %s)\n", R, fold::knobs, narrow::knobs);
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     for (int M : {1, 6, 48, 64}) {
@@ -618,8 +586,7 @@ int main(int argc, char** argv) {
         cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
         snprintf(label, sizeof(label), "layer M=%d graph", M);
         report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); }), layer_bytes, 0);
-        // the same layer as a graph through other variants: the folded dequantization; the adapters' x A^T through
-        // the streaming kernel (a dependent launch) instead of cuBLASLt
+        // the same layer as a graph through other variants: the folded dequantization; every launch narrow
         auto time_variant_graph = [&](const char* what, MatmulContext* ctx, ForwardFn forward) {
             cudaGraph_t variant_graph;
             cudaGraphExec_t variant_exec;
@@ -633,7 +600,7 @@ int main(int argc, char** argv) {
             cudaCheck(cudaGraphDestroy(variant_graph));
         };
         time_variant_graph("fold", mm, fold::decode_linear_forward);
-        time_variant_graph("xA v4", nullptr, bf16_v4::decode_linear_forward);
+        time_variant_graph("narrow", mm, narrow::decode_linear_forward);
         float layer_ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
         float head_ms = time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); });
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "

@@ -204,6 +204,61 @@ void check_exact(const DecodeGroup& group, bool simple) {
            compared);
 }
 
+// The group's NF4 weights rewritten into the decode-tile order on the GPU, as the GPU model stores them at load.
+void tile_weights(DecodeGroup& group) {
+    for (auto& linear : group.linears) {
+        DeviceArray<uint8_t> scratch(nf4_tile_scratch_bytes(linear->gpu.nf4));
+        nf4_tile_gpu(&linear->gpu.nf4, scratch.ptr, nf4_tile_scratch_bytes(linear->gpu.nf4), 0);
+        REQUIRE(linear->gpu.nf4.tiled);
+    }
+}
+
+// Random rows of x through the group at each M against the CPU reference, the same bits on a second call, and the
+// same bits again once the weights are rewritten into the decode-tile order (as the GPU model holds them: the codes
+// are only permuted, and the kernel's summation order does not depend on where they sit).
+void check_random_rows(DecodeGroup& group, std::initializer_list<int> Ms, Rng& rng) {
+    const int in = (int)group.linears[0]->host.in;
+    std::vector<std::vector<float>> xs;
+    std::vector<std::vector<std::vector<float>>> row_major;
+    for (int M : Ms) {
+        std::vector<float> x((size_t)M * in);
+        fill_uniform(x, rng);
+        for (float& v : x) v = round_bf16(v);
+        std::vector<std::vector<float>> got = group.run(x, M, false);
+        std::vector<std::vector<float>> again = group.run(x, M, false);
+        for (size_t g = 0; g < group.linears.size(); g++) {
+            INFO("M " << M << ", linear " << g);
+            std::vector<float> ref = group.reference((int)g, x, M);
+            // Both sides sum in fp32 (different orders: ~1e-6 relative) and round to bf16, so a sum near a rounding
+            // boundary may go either way: one ulp, 2^-7 relative at most. With an adapter the GPU's x A^T is rounded
+            // to bf16 (2^-9 of the adapter term, which is as large as y here), and a flipped base rounding is carried
+            // into the sum: together under one ulp of the largest |y|, the absolute part (test_linear.cpp's bound).
+            // Without an adapter only sum-order flips remain: at most 1% of the elements may differ in their bits.
+            const bool adapted = group.adapters[g] != nullptr;
+            check_close("y", got[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128, adapted ? 1.0 : 0.01);
+            // fixed summation order, and the split-K counters reset themselves
+            size_t differ = 0;
+            for (size_t i = 0; i < got[g].size(); i++) differ += !(got[g][i] == again[g][i]);
+            CHECK(differ == 0);
+        }
+        xs.push_back(x);
+        row_major.push_back(got);
+    }
+    tile_weights(group);
+    size_t i = 0;
+    for (int M : Ms) {
+        std::vector<std::vector<float>> tiled = group.run(xs[i], M, false);
+        for (size_t g = 0; g < group.linears.size(); g++) {
+            INFO("tiled weights, M " << M << ", linear " << g);
+            size_t differ = 0;
+            for (size_t e = 0; e < tiled[g].size(); e++) differ += !(tiled[g][e] == row_major[i][g][e]);
+            CHECK(differ == 0);
+        }
+        i++;
+    }
+}
+
+
 }  // namespace
 
 TEST_CASE("decode_linear: one-hot rows reproduce every NF4 weight, bias and adapter term bit for bit", "[gpu][decode_linear]") {
@@ -218,6 +273,17 @@ TEST_CASE("decode_linear: one-hot rows reproduce every NF4 weight, bias and adap
     add_linear(group, 32, 256, LinearFormat::NF4, true, true, true, rng);
     check_exact(group, false);
     check_exact(group, true);
+
+    // in 1024 (16 blocks of 64, several warps a tile: partial tiles at every M, which the tile's last warp adds),
+    // row-major codes, then the same weights in decode-tile order (as the GPU model holds them)
+    DecodeGroup sliced;
+    sliced.R = 16;
+    sliced.scale = 0.5f;
+    add_linear(sliced, 48, 1024, LinearFormat::NF4, true, true, true, rng);
+    add_linear(sliced, 32, 1024, LinearFormat::NF4, false, true, true, rng);
+    check_exact(sliced, false);
+    tile_weights(sliced);
+    check_exact(sliced, false);
 
     // in 72 (not a multiple of 32) and out 24 (not a multiple of 16): the launcher falls back to the simple kernel
     DecodeGroup odd;
@@ -235,7 +301,7 @@ TEST_CASE("decode_linear: one-hot rows reproduce every NF4 weight, bias and adap
     check_exact(bf, false);
 }
 
-TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v width, and are reproducible", "[gpu][decode_linear]") {
+TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v width and in a wide launch, and are reproducible", "[gpu][decode_linear]") {
     Rng rng(2718);
     // k_proj and v_proj of Qwen2.5-7B [512, 3584] (112 chunks of 128: many k splits) plus a 128-row linear without
     // adapter; PEFT-sized adapters (B nonzero, as after training) with alpha/R = 2
@@ -245,29 +311,7 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
     add_linear(group, 512, 3584, LinearFormat::NF4, true, true, false, rng);
     add_linear(group, 128, 3584, LinearFormat::NF4, false, false, false, rng);
     add_linear(group, 512, 3584, LinearFormat::NF4, true, true, false, rng);
-    for (int M : {1, 6, 48, 64, 70}) {
-        std::vector<float> x((size_t)M * 3584);
-        fill_uniform(x, rng);
-        for (float& v : x) v = round_bf16(v);
-        std::vector<std::vector<float>> got = group.run(x, M, false);
-        std::vector<std::vector<float>> again = group.run(x, M, false);
-        for (size_t g = 0; g < group.linears.size(); g++) {
-            INFO("M " << M << ", linear " << g);
-            std::vector<float> ref = group.reference((int)g, x, M);
-            // Both sides sum in fp32 (different orders: ~1e-6 relative) and round to bf16, so a sum near a rounding
-            // boundary may go either way: one ulp, 2^-7 relative at most. With an adapter the GPU's x A^T is rounded
-            // to bf16 (2^-9 of the adapter term, which is as large as y here), and a flipped base rounding is carried
-            // into the sum: together under one ulp of the largest |y|, the absolute part (test_linear.cpp's bound).
-            // Without an adapter only sum-order flips remain: at most 1% of the elements may differ in their bits.
-            const bool adapted = group.adapters[g] != nullptr;
-            check_close("y", got[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128, adapted ? 1.0 : 0.01);
-            // the same bits on a second call: fixed summation order, and the split-K counters reset themselves
-            size_t differ = 0;
-            for (size_t i = 0; i < got[g].size(); i++) differ += !(got[g][i] == again[g][i]);
-            CHECK(differ == 0);
-        }
-    }
-    // the simple kernel on the same inputs, with the same tolerances
+    // the simple kernel first (it reads row-major codes only), with the tolerances of check_random_rows
     std::vector<float> x((size_t)6 * 3584);
     fill_uniform(x, rng);
     for (float& v : x) v = round_bf16(v);
@@ -278,32 +322,15 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         check_close("y simple", simple[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128,
                     group.adapters[g] ? 1.0 : 0.01);
     }
-    // the weights rewritten into the decode-tile order (as the GPU model holds them) give the same bits: the codes
-    // are only permuted, and the kernel's summation order does not depend on where they sit
-    std::vector<std::vector<std::vector<float>>> row_major;
-    std::vector<std::vector<float>> xs;
-    for (int M : {1, 6, 64}) {
-        xs.emplace_back((size_t)M * 3584);
-        fill_uniform(xs.back(), rng);
-        for (float& v : xs.back()) v = round_bf16(v);
-        row_major.push_back(group.run(xs.back(), M, false));
-    }
-    for (auto& linear : group.linears) {
-        DeviceArray<uint8_t> scratch(nf4_tile_scratch_bytes(linear->gpu.nf4));
-        nf4_tile_gpu(&linear->gpu.nf4, scratch.ptr, nf4_tile_scratch_bytes(linear->gpu.nf4), 0);
-        REQUIRE(linear->gpu.nf4.tiled);
-    }
-    int i = 0;
-    for (int M : {1, 6, 64}) {
-        std::vector<std::vector<float>> tiled = group.run(xs[i], M, false);
-        for (size_t g = 0; g < group.linears.size(); g++) {
-            INFO("tiled weights, M " << M << ", linear " << g);
-            size_t differ = 0;
-            for (size_t e = 0; e < tiled[g].size(); e++) differ += !(tiled[g][e] == row_major[i][g][e]);
-            CHECK(differ == 0);
-        }
-        i++;
-    }
+    check_random_rows(group, {1, 6, 48, 64, 70}, rng);
+
+    // one linear of 2048 rows over in 16384: 128 tiles x 256 blocks = 32768 pairs, the least that the streaming
+    // kernel runs "wide" (one n-tile of x at a time, two blocks an SM) above 16 rows of x; narrow at M 6
+    DecodeGroup wide;
+    wide.R = group.R;
+    wide.scale = group.scale;
+    add_linear(wide, 2048, 16384, LinearFormat::NF4, true, true, false, rng);
+    check_random_rows(wide, {6, 24, 64}, rng);
 }
 
 TEST_CASE("decode_linear: bf16 weights (an lm_head slice) match the CPU reference", "[gpu][decode_linear]") {
