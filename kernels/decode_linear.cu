@@ -114,7 +114,7 @@ struct DecodeParams {
     float* partials = nullptr;                     // split-K partial tiles
     int* counters = nullptr;                       // one per row tile, zero between launches
     int chunks_per_split = 1, splits = 1;          // v3's split-K plan
-    int64_t warp_blocks = 1;                       // v4: (row tile, 64-block) pairs per warp
+    int64_t stream_rows = 1;                       // v4: (group, 64-block) rows per stream (pairs per warp at 1 column)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -599,6 +599,12 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 //   wide (gate/up, down): two blocks an SM at 128 registers, and x loaded one n-tile at a time (8 registers
 //     instead of 64): with many warps the round trips overlap, and twice the warps keep more code bytes in flight.
 //   Lab, M 64 (session 4): gate 0.121 ms narrow, 0.103 wide; q 0.031 narrow, 0.042 wide.
+// What still bounds the wide shape is x from L2: each warp reads M * 128 bytes of x for each 512 code bytes, 16x
+// the code bytes at M 64 (gate: 543 MB, about its 0.1 ms at L2's bandwidth). Columns (DL_CFG_V4_COLUMNS = C > 1,
+// a lab variant until measured): the unit of the stream-K split becomes a "stream" of C warps, which walks
+// (group of C tiles, 64-block) rows, warp i of the stream taking tile C * group + i of each row. The C warps of a
+// stream then read the same x block at about the same time, from L1 after the first, and x's L2 traffic drops by
+// up to C. Partial sums and counters work as with C = 1 (a stream in place of a warp, a group in place of a tile).
 // Measured and dropped (lab, H200, session 4): 8 blocks a step, 3 blocks an SM at 80 registers, a per-warp cp.async
 // ring through shared memory, the adapters' x A^T through this kernel (each slower, or within 3%), and at M > 16
 // k slices sized for L1 (the pairs ordered slice-major so that a block's warps share x: 1.4-2.4x slower, the
@@ -612,11 +618,15 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_V4_FOLD
 #define DL_CFG_V4_FOLD 0
 #endif
+#ifndef DL_CFG_V4_COLUMNS
+#define DL_CFG_V4_COLUMNS 1  // warps of a block that walk k together, each on its own tile (see "Columns" above)
+#endif
 #ifndef DL_CFG_V4_WIDE_PAIRS
 #define DL_CFG_V4_WIDE_PAIRS 32768  // above 16 rows of x, launches of at least this many pairs run "wide" (below)
 #endif
 
-constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = 4;
+constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = 4, DL4_COLS = DL_CFG_V4_COLUMNS;
+static_assert(DL4_WARPS % DL4_COLS == 0, "a block holds whole streams");
 constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0;
 
 // The bytes of a fold pair table: for each code byte, 64 slots of 4 bytes, of which lane L reads slot L (32 copies,
@@ -643,9 +653,10 @@ __device__ __forceinline__ uint32_t dl4_pair(const char* table, uint32_t word, u
     return *reinterpret_cast<const uint32_t*>(table + __byte_perm(word, lane4, 0x5504 | (b << 4)));
 }
 
-// Where a warp is in its range: row tile, block of k, and the blocks of the step (0 when the range is done).
+// Where a warp is in its stream's range: group of DL4_COLS row tiles (the tile itself when DL4_COLS is 1), block of
+// k, and the blocks of the step (0 when the range is done).
 struct Dl4Pos {
-    int tile, kb, n;
+    int group, kb, n;
 };
 
 // One step's loads: DL4_CH blocks of both rows, and the raw scales of the block this lane converts for its quad
@@ -656,10 +667,12 @@ struct Dl4Step {
     float a[2];
 };
 
-// The split of a launch's (tile, block) pairs over W warps: warp w owns [w * len, min(F, (w + 1) * len)).
-__host__ __device__ inline int dl4_first_warp(int tile, int nkb, int64_t len) { return (int)((int64_t)tile * nkb / len); }
-__host__ __device__ inline int dl4_last_warp(int tile, int nkb, int64_t len) {
-    return (int)(((int64_t)(tile + 1) * nkb - 1) / len);
+// The split of a launch's (group, block) rows over streams: stream s owns [s * len, min(F, (s + 1) * len)).
+__host__ __device__ inline int dl4_first_stream(int group, int nkb, int64_t len) {
+    return (int)((int64_t)group * nkb / len);
+}
+__host__ __device__ inline int dl4_last_stream(int group, int nkb, int64_t len) {
+    return (int)(((int64_t)(group + 1) * nkb - 1) / len);
 }
 
 template <int NT, bool WIDE>
@@ -670,10 +683,11 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     constexpr int CH = DL4_CH;
     grid_launch_dependents();
     const int lane = threadIdx.x % 32, gq = lane / 4, c = lane % 4;
-    const int warp = blockIdx.x * DL4_WARPS + threadIdx.x / 32;
+    const int stream = (blockIdx.x * DL4_WARPS + threadIdx.x / 32) / DL4_COLS, column = threadIdx.x / 32 % DL4_COLS;
     const int K = p.K, M = p.M, nkb = K / NF4_BLOCK, tiles = p.total_rows / 16;
-    const int64_t F = (int64_t)tiles * nkb, len = p.warp_blocks;
-    const int64_t f_begin = min(F, warp * len), f_end = min(F, f_begin + len);
+    const int groups = (tiles + DL4_COLS - 1) / DL4_COLS;
+    const int64_t F = (int64_t)groups * nkb, len = p.stream_rows;
+    const int64_t f_begin = min(F, stream * len), f_end = min(F, f_begin + len);
     const char* pair_table = reinterpret_cast<const char*>(dl4_smem);
     const uint32_t lane4 = (uint32_t)lane * 4u;
 
@@ -692,18 +706,20 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         }
     }
 
-    // the step after pos (same tile while blocks remain in it and in the range)
+    // the step after pos (same group while blocks remain in it and in the range); the last group may lack this
+    // warp's column, and then the warp's range ends there (no group follows the last)
     auto next = [&](Dl4Pos pos) {
-        const int64_t f = (int64_t)pos.tile * nkb + pos.kb + pos.n;
+        const int64_t f = (int64_t)pos.group * nkb + pos.kb + pos.n;
         Dl4Pos to;
-        to.tile = (int)(f / nkb);
-        to.kb = (int)(f - (int64_t)to.tile * nkb);
+        to.group = (int)(f / nkb);
+        to.kb = (int)(f - (int64_t)to.group * nkb);
         to.n = (int)max((int64_t)0, min((int64_t)min(CH, nkb - to.kb), f_end - f));
+        if (to.group * DL4_COLS + column >= tiles) to.n = 0;
         return to;
     };
     auto load = [&](Dl4Step& s, const Dl4Pos& pos) {
         if (pos.n == 0) return;
-        const int v = pos.tile * 16, kb = pos.kb, g = dl_linear_of(p, v), r = v - p.row_start[g] + gq;
+        const int v = (pos.group * DL4_COLS + column) * 16, kb = pos.kb, g = dl_linear_of(p, v), r = v - p.row_start[g] + gq;
         const NF4View& t = p.nf4[g];
         // the tile's unit of this block in the tiled order (its tile number within linear g), or the row-major codes
         const int64_t unit = ((int64_t)(v - p.row_start[g]) / 16 * nkb + kb);
@@ -747,7 +763,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
 
     // a step: blocks past pos.n have zero scales and zero x, so they add exact zeros and need no branch
     auto compute = [&](const Dl4Step& s, const Dl4Pos& pos) {
-        const int kb = pos.kb, g = dl_linear_of(p, pos.tile * 16);
+        const int kb = pos.kb, g = dl_linear_of(p, (pos.group * DL4_COLS + column) * 16);
         const NF4View& t = p.nf4[g];
         float mine[2];  // the scales this lane converted (exactly as nf4_dequant.cu rounds them)
 #pragma unroll
@@ -810,23 +826,24 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         }
     };
 
-    // the end of this warp's part of a tile: the whole tile's epilogue, or its partial into slot warp + tile and,
-    // for the last of the tile's warps to arrive, the sum of all of them in warp order, then the epilogue
-    auto finish = [&](int tile, bool whole) {
-        const int v = tile * 16, g = dl_linear_of(p, v);
+    // the end of this warp's part of a tile: the whole tile's epilogue, or its partial into the slot of (stream +
+    // group, column) and, for the last of the tile's streams to arrive, the sum of all of them in stream order, then
+    // the epilogue (stream + group is unique along a column: both only grow along the order)
+    auto finish = [&](int group, bool whole) {
+        const int tile = group * DL4_COLS + column, v = tile * 16, g = dl_linear_of(p, v);
         if (whole) {
             dl_tile_epilogue<NT>(p, acc, g, v - p.row_start[g], gq, c);
         } else {
             float4* slots = reinterpret_cast<float4*>(p.partials);
 #pragma unroll
             for (int tt = 0; tt < NT; tt++)
-                __stcg(slots + ((int64_t)(warp + tile) * NT + tt) * 32 + lane,
+                __stcg(slots + (((int64_t)(stream + group) * DL4_COLS + column) * NT + tt) * 32 + lane,
                        make_float4(acc[tt][0], acc[tt][1], acc[tt][2], acc[tt][3]));
             __threadfence();
             int arrived = 0;
             if (lane == 0) arrived = atomicAdd(&p.counters[tile], 1);
             arrived = __shfl_sync(0xFFFFFFFFu, arrived, 0);
-            const int first = dl4_first_warp(tile, nkb, len), last = dl4_last_warp(tile, nkb, len);
+            const int first = dl4_first_stream(group, nkb, len), last = dl4_last_stream(group, nkb, len);
             if (arrived == last - first) {
                 __threadfence();
                 float sum[NT][4];
@@ -837,7 +854,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
                 for (int w = first; w <= last; w++)
 #pragma unroll
                     for (int tt = 0; tt < NT; tt++) {
-                        const float4 part = __ldcg(slots + ((int64_t)(w + tile) * NT + tt) * 32 + lane);
+                        const float4 part = __ldcg(slots + (((int64_t)(w + group) * DL4_COLS + column) * NT + tt) * 32 + lane);
                         sum[tt][0] += part.x;
                         sum[tt][1] += part.y;
                         sum[tt][2] += part.z;
@@ -854,7 +871,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     };
 
     // before the dependency: only what no earlier kernel writes (the weights)
-    Dl4Pos pos0 = next(Dl4Pos{(int)(f_begin / nkb), (int)(f_begin % nkb), 0});
+    Dl4Pos pos0 = next(Dl4Pos{(int)(f_begin / nkb), (int)(f_begin % nkb), 0});  // n = 0: next starts at f_begin
     Dl4Step bufs[2];
     load(bufs[0], pos0);
     __syncthreads();  // the tables
@@ -867,7 +884,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         load(fill, after);
         compute(use, cur);
         if (cur.kb + cur.n == nkb || after.n == 0) {  // the end of the tile or of the range
-            finish(cur.tile, tile_start_kb == 0 && cur.kb + cur.n == nkb);
+            finish(cur.group, tile_start_kb == 0 && cur.kb + cur.n == nkb);
             tile_start_kb = 0;
         }
         cur = after;
@@ -1007,29 +1024,30 @@ static int dl4_blocks_per_sm() {
     return blocks;
 }
 
-// How a launch of the streaming kernel is cut: blocks of warps, the (tile, 64-block) pairs per warp, and the partial
-// slots (one per warp and tile it touches: warp + tile is unique, as both only grow along the order) the workspace
-// needs. As many warps as fit on the GPU at once, but each with at least two steps of work.
+// How a launch of the streaming kernel is cut: blocks of streams (DL4_COLS warps each), the (group, 64-block) rows
+// per stream, and the partial slots (one per stream, group it touches and column) the workspace needs. As many
+// warps as fit on the GPU at once, but each stream with at least two steps of work.
 struct Dl4Plan {
     int grid = 0;
     bool wide = false;  // see the kernel
-    int64_t warp_blocks = 1;
+    int64_t stream_rows = 1;
     size_t partial_floats = 0;
 };
 static Dl4Plan dl4_plan(int total_rows, int K, int M) {
     Dl4Plan plan;
     const int NT = decode_linear_n_tiles(M), tiles = total_rows / 16, nkb = K / NF4_BLOCK;
-    const int64_t F = (int64_t)tiles * nkb;
+    const int groups = (tiles + DL4_COLS - 1) / DL4_COLS, streams_per_block = DL4_WARPS / DL4_COLS;
+    const int64_t pairs = (int64_t)tiles * nkb, F = (int64_t)groups * nkb;
     int per_sm = 1;
-    plan.wide = NT > 2 && F >= DL_CFG_V4_WIDE_PAIRS;
+    plan.wide = NT > 2 && pairs >= DL_CFG_V4_WIDE_PAIRS;
     dl_with_n_tiles(NT, [&](auto nt) {
         per_sm = plan.wide ? dl4_blocks_per_sm<nt(), true>() : dl4_blocks_per_sm<nt(), false>();
     });
-    const int64_t warps = std::max<int64_t>(1, std::min<int64_t>((int64_t)per_sm * cuda_sm_count() * DL4_WARPS,
-                                                                 F / (2 * DL4_CH)));
-    plan.grid = (int)((warps + DL4_WARPS - 1) / DL4_WARPS);
-    plan.warp_blocks = (F + (int64_t)plan.grid * DL4_WARPS - 1) / ((int64_t)plan.grid * DL4_WARPS);
-    plan.partial_floats = ((size_t)plan.grid * DL4_WARPS + tiles) * NT * 4 * 32;
+    const int64_t streams = std::max<int64_t>(
+        1, std::min<int64_t>((int64_t)per_sm * cuda_sm_count() * streams_per_block, F / (2 * DL4_CH)));
+    plan.grid = (int)((streams + streams_per_block - 1) / streams_per_block);
+    plan.stream_rows = (F + (int64_t)plan.grid * streams_per_block - 1) / ((int64_t)plan.grid * streams_per_block);
+    plan.partial_floats = ((size_t)plan.grid * streams_per_block + groups) * DL4_COLS * NT * 4 * 32;
     return plan;
 }
 
@@ -1163,7 +1181,7 @@ static bool dl4_ok(const DecodeParams& p) {
 
 static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
     const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M);
-    p.warp_blocks = plan.warp_blocks;
+    p.stream_rows = plan.stream_rows;
     p.partials = ws.partials;
     p.counters = ws.counters;
     dl_with_n_tiles(decode_linear_n_tiles(p.M), [&](auto nt) {
@@ -1326,3 +1344,4 @@ double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
 #undef DL_CFG_V4_WARPS
 #undef DL_CFG_V4_FOLD
 #undef DL_CFG_V4_WIDE_PAIRS
+#undef DL_CFG_V4_COLUMNS

@@ -21,7 +21,7 @@
 //   on its own contiguous range of (16-row tile, 64-block) pairs, codes from HBM into registers a step ahead,
 //   partial tiles added in a fixed order; "prod" reads the codes in decode-tile order (nf4_tile), as the GPU model
 //   holds them. Variants: fold (bf16 codes from a pair table, the block scale applied once per block: not
-//   bitsandbytes' rounding), and above 16 rows of x every launch narrow or every launch wide.
+//   bitsandbytes' rounding), and streams of 4 or 8 warps sharing x through L1 ("columns").
 // Tuning: the variants side by side (kernels/decode_linear.cu compiled again with other DL_CFG_* knobs).
 // Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
 // plus the bf16 lm_head (the decode kernel and cuBLASLt), per decode step, eager and as a CUDA graph.
@@ -62,13 +62,14 @@ DL_VARIANT(v3, "v3 for NF4 (shared-memory pipeline, split-K across blocks)")
 DL_VARIANT(fold, "v4, folded dequantization")
 #include "kernels/decode_linear.cu"
 }
-// v4 above 16 rows of x with every launch narrow (the kernel before session 4) or every launch wide (see the kernel)
-#define DL_CFG_V4_WIDE_PAIRS 0x7FFFFFFF
-DL_VARIANT(narrow, "v4 exact, every launch narrow above 16 rows of x (1 block an SM, all x of a block at once)")
+// v4 with columns (see the kernel): streams of 4 or 8 warps walking k together, each warp on its own tile, so that
+// the warps of a stream share each x block through L1
+#define DL_CFG_V4_COLUMNS 4
+DL_VARIANT(cols4, "v4 exact, streams of 4 warps on 4 tiles (x shared through L1)")
 #include "kernels/decode_linear.cu"
 }
-#define DL_CFG_V4_WIDE_PAIRS 0
-DL_VARIANT(wide, "v4 exact, every launch wide above 16 rows of x (2 blocks an SM, x one n-tile at a time)")
+#define DL_CFG_V4_COLUMNS 8
+DL_VARIANT(cols8, "v4 exact, streams of 8 warps on 8 tiles (x shared through L1)")
 #include "kernels/decode_linear.cu"
 }
 
@@ -439,8 +440,8 @@ int main(int argc, char** argv) {
     // the variants that compute differently: v3, and v4 with the folded dequantization
     const std::pair<const char*, ForwardFn> checked_variants[4] = {{"v3", v3::decode_linear_forward},
                                                                    {"v4 fold", fold::decode_linear_forward},
-                                                                   {"v4 narrow", narrow::decode_linear_forward},
-                                                                   {"v4 wide", wide::decode_linear_forward}};
+                                                                   {"v4 cols4", cols4::decode_linear_forward},
+                                                                   {"v4 cols8", cols8::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -477,14 +478,14 @@ int main(int argc, char** argv) {
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
     printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n  %s\n  %s\n  %s\n  %s\n", v3::knobs,
-           fold::knobs, narrow::knobs, wide::knobs);
+           fold::knobs, cols4::knobs, cols8::knobs);
     const ForwardFn variants[5] = {decode_linear_forward, v3::decode_linear_forward, fold::decode_linear_forward,
-                                   narrow::decode_linear_forward, wide::decode_linear_forward};
+                                   cols4::decode_linear_forward, cols8::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %10s %10s %10s %10s %10s\n", "linear", "prod", "v3", "fold", "narrow", "wide");
+    printf("  %-12s %10s %10s %10s %10s %10s\n", "linear", "prod", "v3", "fold", "cols4", "cols8");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -558,7 +559,7 @@ int main(int argc, char** argv) {
 
     // ---- a decode step: one layer's seven linears and the lm_head ----
     printf("\na 7B decode step's linears (r %d LoRA on all seven): one layer, and layer + lm_head, eager and as a "
-           "CUDA graph (\"fold\": %s; \"narrow\": %s)\n", R, fold::knobs, narrow::knobs);
+           "CUDA graph (\"fold\": %s; \"cols8\": %s)\n", R, fold::knobs, cols8::knobs);
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     for (int M : {1, 6, 48, 64}) {
@@ -586,7 +587,7 @@ int main(int argc, char** argv) {
         cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
         snprintf(label, sizeof(label), "layer M=%d graph", M);
         report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); }), layer_bytes, 0);
-        // the same layer as a graph through other variants: the folded dequantization; every launch narrow
+        // the same layer as a graph through other variants: the folded dequantization; streams of 8 columns
         auto time_variant_graph = [&](const char* what, MatmulContext* ctx, ForwardFn forward) {
             cudaGraph_t variant_graph;
             cudaGraphExec_t variant_exec;
@@ -600,7 +601,7 @@ int main(int argc, char** argv) {
             cudaCheck(cudaGraphDestroy(variant_graph));
         };
         time_variant_graph("fold", mm, fold::decode_linear_forward);
-        time_variant_graph("narrow", mm, narrow::decode_linear_forward);
+        time_variant_graph("cols8", mm, cols8::decode_linear_forward);
         float layer_ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
         float head_ms = time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); });
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
