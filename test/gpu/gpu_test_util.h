@@ -1,10 +1,11 @@
-// gpu_test_util.h: helpers the GPU test files share: device arrays that free themselves, random bf16 inputs for both sides, and the elementwise comparison with a tolerance.
+// gpu_test_util.h: helpers the GPU test files share: device arrays that free themselves, random bf16 and NF4 inputs for both sides, and the elementwise comparison with a tolerance.
 #pragma once
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -14,6 +15,7 @@
 #include "dev/cuda/lab_common.cuh"  // fill_uniform, to_bf16, to_device, to_host, bf16_to_floats, validate
 #include "kernels/cuda_common.cuh"
 #include "quant/bf16.h"
+#include "quant/nf4.h"
 
 // Everything here is inline or a template: each GPU test file includes it, and one program links them all. Helpers
 // of one file only belong in an anonymous namespace in that file, so that two files can never give one name two
@@ -72,6 +74,58 @@ struct RandomBf16 {
     RandomBf16(size_t n, Rng& rng, float lo, float hi) : values(n) {
         fill_uniform(values, rng, lo, hi);
         bits = to_bf16(values);
+    }
+};
+
+// Random NF4 codes and scales (every byte pattern is a valid NF4 tensor), with the default tables. random_scale
+// draws each nested scale (double quantization) or block scale; nested_offset is double quantization's offset.
+inline NF4Tensor random_nf4(int64_t rows, int64_t cols, bool double_quant, Rng& rng,
+                            const std::function<float()>& random_scale, float nested_offset) {
+    NF4Tensor t;
+    t.rows = rows;
+    t.cols = cols;
+    t.double_quant = double_quant;
+    nf4_default_code(t.code);
+    nf4_default_nested_code(t.nested_code);
+    t.packed.resize((t.numel() + 1) / 2);
+    for (uint8_t& b : t.packed) b = (uint8_t)rng.next_u64();
+    if (double_quant) {
+        t.absmax_q.resize(t.num_blocks());
+        for (uint8_t& b : t.absmax_q) b = (uint8_t)rng.next_u64();
+        t.nested_absmax.resize(t.num_nested_blocks());
+        for (float& s : t.nested_absmax) s = random_scale();
+        t.nested_offset = nested_offset;
+    } else {
+        t.absmax_f32.resize(t.num_blocks());
+        for (float& s : t.absmax_f32) s = random_scale();
+    }
+    return t;
+}
+
+// An NF4 tensor's arrays in GPU memory and the view of them the kernels take.
+struct GpuNF4 {
+    DeviceArray<uint8_t> packed, absmax_q;
+    DeviceArray<float> nested_absmax, absmax_f32, code, nested_code;
+    NF4View view;
+    explicit GpuNF4(const NF4View& host)
+        : packed(std::vector<uint8_t>(host.packed, host.packed + (host.numel() + 1) / 2)),
+          code(std::vector<float>(host.code, host.code + 16)) {
+        view = host;
+        int64_t blocks = host.num_blocks();
+        if (host.double_quant) {
+            absmax_q.assign(std::vector<uint8_t>(host.absmax_q, host.absmax_q + blocks));
+            int64_t nested = (blocks + NF4_NESTED_BLOCK - 1) / NF4_NESTED_BLOCK;
+            nested_absmax.assign(std::vector<float>(host.nested_absmax, host.nested_absmax + nested));
+            nested_code.assign(std::vector<float>(host.nested_code, host.nested_code + 256));
+        } else {
+            absmax_f32.assign(std::vector<float>(host.absmax_f32, host.absmax_f32 + blocks));
+        }
+        view.packed = packed.ptr;
+        view.absmax_q = absmax_q.ptr;
+        view.nested_absmax = nested_absmax.ptr;
+        view.absmax_f32 = absmax_f32.ptr;
+        view.code = code.ptr;
+        view.nested_code = nested_code.ptr;
     }
 };
 

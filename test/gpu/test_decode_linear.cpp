@@ -22,8 +22,7 @@ struct DecodeTestLinear {
     NF4Tensor nf4;
     std::vector<bf16_bits> w_bits, bias_bits;
     std::vector<float> w_dequant;  // the bf16 weight the CPU reference multiplies by, as floats
-    DeviceArray<uint8_t> packed, absmax_q;
-    DeviceArray<float> nested_absmax, code, nested_code;
+    std::unique_ptr<GpuNF4> nf4_dev;
     DeviceArray<bf16_bits> w_dev, bias_dev;
     LinearWeight host, gpu;
 
@@ -33,32 +32,12 @@ struct DecodeTestLinear {
         host.in = gpu.in = in;
         host.format = gpu.format = format;
         if (format == LinearFormat::NF4) {
-            nf4.rows = out;
-            nf4.cols = in;
-            nf4.double_quant = true;
-            nf4_default_code(nf4.code);
-            nf4_default_nested_code(nf4.nested_code);
-            nf4.packed.resize((nf4.numel() + 1) / 2);
-            for (uint8_t& b : nf4.packed) b = (uint8_t)rng.next_u64();
-            nf4.absmax_q.resize(nf4.num_blocks());
-            for (uint8_t& b : nf4.absmax_q) b = (uint8_t)rng.next_u64();
-            nf4.nested_absmax.resize(nf4.num_nested_blocks());
-            for (float& s : nf4.nested_absmax) s = 0.03f + 0.06f * rng.next_float();
-            nf4.nested_offset = 0.05f;
+            nf4 = random_nf4(out, in, true, rng, [&] { return 0.03f + 0.06f * rng.next_float(); }, 0.05f);
             host.nf4 = nf4_view(nf4);
             w_bits.resize(nf4.numel());
             nf4_view_dequantize(host.nf4, w_bits.data());
-            packed.assign(nf4.packed);
-            absmax_q.assign(nf4.absmax_q);
-            nested_absmax.assign(nf4.nested_absmax);
-            code.assign(std::vector<float>(nf4.code, nf4.code + 16));
-            nested_code.assign(std::vector<float>(nf4.nested_code, nf4.nested_code + 256));
-            gpu.nf4 = host.nf4;
-            gpu.nf4.packed = packed.ptr;
-            gpu.nf4.absmax_q = absmax_q.ptr;
-            gpu.nf4.nested_absmax = nested_absmax.ptr;
-            gpu.nf4.code = code.ptr;
-            gpu.nf4.nested_code = nested_code.ptr;
+            nf4_dev.reset(new GpuNF4(host.nf4));
+            gpu.nf4 = nf4_dev->view;
         } else {
             RandomBf16 w((size_t)(out * in), rng, -0.1f, 0.1f);
             w_bits = w.bits;

@@ -24,33 +24,6 @@ namespace {
 
 // ---- NF4 dequantization ------------------------------------------------------------------------------------
 
-// An NF4 tensor's arrays in GPU memory and the view of them the launcher takes.
-struct GpuNF4 {
-    DeviceArray<uint8_t> packed, absmax_q;
-    DeviceArray<float> nested_absmax, absmax_f32, code, nested_code;
-    NF4View view;
-    explicit GpuNF4(const NF4View& host)
-        : packed(std::vector<uint8_t>(host.packed, host.packed + (host.numel() + 1) / 2)),
-          code(std::vector<float>(host.code, host.code + 16)) {
-        view = host;
-        int64_t blocks = host.num_blocks();
-        if (host.double_quant) {
-            absmax_q.assign(std::vector<uint8_t>(host.absmax_q, host.absmax_q + blocks));
-            int64_t nested = (blocks + NF4_NESTED_BLOCK - 1) / NF4_NESTED_BLOCK;
-            nested_absmax.assign(std::vector<float>(host.nested_absmax, host.nested_absmax + nested));
-            nested_code.assign(std::vector<float>(host.nested_code, host.nested_code + 256));
-        } else {
-            absmax_f32.assign(std::vector<float>(host.absmax_f32, host.absmax_f32 + blocks));
-        }
-        view.packed = packed.ptr;
-        view.absmax_q = absmax_q.ptr;
-        view.nested_absmax = nested_absmax.ptr;
-        view.absmax_f32 = absmax_f32.ptr;
-        view.code = code.ptr;
-        view.nested_code = nested_code.ptr;
-    }
-};
-
 // The GPU's dequantization of a view with device pointers, into a buffer at `out_offset` elements (an offset
 // that breaks 16-byte alignment sends the launcher down its fallback path).
 std::vector<uint16_t> gpu_dequantize(const NF4View& device_view, int64_t out_offset = 0) {
@@ -171,29 +144,12 @@ TEST_CASE("nf4 gpu: dequantizing the bitsandbytes dumps is bit-identical to the 
 
 namespace {
 
-// Random codes and scales: every byte pattern is a valid NF4 tensor. The nested scales span 2^-140 .. 2^10, so
-// some block scales and products are subnormal (the GPU must not flush them) and some blocks scale to <= 0.
+// Random codes and scales: every byte pattern is a valid NF4 tensor. The scales span 2^-140 .. 2^10, so some block
+// scales and products are subnormal (the GPU must not flush them) and some blocks scale to <= 0.
 NF4Tensor random_nf4(int64_t rows, int64_t cols, bool double_quant, Rng& rng) {
-    NF4Tensor t;
-    t.rows = rows;
-    t.cols = cols;
-    t.double_quant = double_quant;
-    nf4_default_code(t.code);
-    nf4_default_nested_code(t.nested_code);
-    t.packed.resize((t.numel() + 1) / 2);
-    for (uint8_t& b : t.packed) b = (uint8_t)rng.next_u64();
-    auto random_scale = [&] { return std::ldexp(0.5f + rng.next_float(), (int)rng.next_below(151) - 140); };
-    if (double_quant) {
-        t.absmax_q.resize(t.num_blocks());
-        for (uint8_t& b : t.absmax_q) b = (uint8_t)rng.next_u64();
-        t.nested_absmax.resize(t.num_nested_blocks());
-        for (float& s : t.nested_absmax) s = random_scale();
-        t.nested_offset = rng.next_below(2) ? random_scale() : 0.0f;
-    } else {
-        t.absmax_f32.resize(t.num_blocks());
-        for (float& s : t.absmax_f32) s = random_scale();
-    }
-    return t;
+    auto extreme_scale = [&] { return std::ldexp(0.5f + rng.next_float(), (int)rng.next_below(151) - 140); };
+    const float nested_offset = rng.next_below(2) ? extreme_scale() : 0.0f;
+    return ::random_nf4(rows, cols, double_quant, rng, extreme_scale, nested_offset);
 }
 
 }  // namespace
