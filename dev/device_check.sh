@@ -8,7 +8,13 @@ out="${OUT:-/tmp}"
 export NCCL_NVLS_ENABLE=0  # never NVLink multicast on these shared machines
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv,noheader
 command -v make >/dev/null || { echo "device_check: no make on this machine"; exit 1; }
-if ! make -j16 CATCH_INC=dev/carry build/test_gpu labs > "$out/build.log" 2>&1; then
+# with a FILTER, only the labs it names are built (each lab is one large translation unit); train_grpo always, since
+# a generation test runs it
+lab_targets=labs
+if [ -n "$filter" ]; then
+    lab_targets=$(ls dev/cuda/*"$filter"*.cu 2>/dev/null | sed 's#^dev/cuda/\(.*\)\.cu$#build/lab_\1#' | tr '\n' ' ')
+fi
+if ! make -j16 CATCH_INC=dev/carry train_grpo build/test_gpu $lab_targets > "$out/build.log" 2>&1; then
     grep -E "error|Error" "$out/build.log" | head -40
     echo "device_check: build failed (full log: $out/build.log)"
     exit 1
