@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench_generate.sh: on the GPU machine, batched generation at Qwen2.5-7B shape (prompt 256, 512 new tokens, stop tokens ignored) for batches of 6, 48 and 64 sequences through grpo.cu and through HF transformers + PEFT (bf16) generate() in the same call, with a comparison table last.
 # Usage (repo root; carry dev/carry, which holds bench/hf_peft_grpo_step.py): bash dev/bench_generate.sh
+# Budget: most of one 10-minute device call (session 3's run fit in one with its build; 280 s was too few).
 set -uo pipefail
 out="${OUT:-/tmp}"
 export NCCL_NVLS_ENABLE=0
@@ -8,10 +9,11 @@ nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader
 make -j16 build/bench_generate > "$out/bench_build.log" 2>&1 || { grep -E "error" "$out/bench_build.log" | head -20; exit 1; }
 : > "$out/bench.log"
 ./build/bench_generate 7B 256 512 6,48,64 2>&1 | tee -a "$out/bench.log" | grep -E "RESULT|error|total"
-# the peer's generate(): prompts x G = 1 x 6, 8 x 6, 8 x 8 (it forces min_new_tokens = 512, so lengths are fixed)
-for spec in 1:6 8:6 8:8; do
-    python3 dev/carry/bench/hf_peft_grpo_step.py "qwen2.5-7b:$spec:256:512:bf16" 2>&1 | tee -a "$out/bench.log" | grep -E '^\{"model'
-done
+# the peer's generate(): prompts x G = 1 x 6, 8 x 6, 8 x 8 (it forces min_new_tokens = 512, so lengths are fixed), in
+# one process (one import of torch); it runs two whole GRPO steps per shape (the first a warm-up), most of the time
+python3 dev/carry/bench/hf_peft_grpo_step.py qwen2.5-7b:{1:6,8:6,8:8}:256:512:bf16 2>&1 | tee -a "$out/bench.log" |
+    grep -E '^\{"model'
+
 python3 - "$out/bench.log" <<'PY'
 import json, sys
 ours, peers = {}, {}
