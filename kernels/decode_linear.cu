@@ -593,6 +593,10 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 //   1, fold: the mma takes bf16(code[q]) straight from a table of code-byte pairs (one byte permute and one shared
 //     load per pair), a block's four k-steps go to their own accumulator, and the block's absmax multiplies that
 //     sum once. The weights then differ from exact by at most one bf16 rounding (2^-9 relative).
+// And, for exact, DL_CFG_V4_PAIRS (a lab variant until measured): the two fp32 codes of a byte come from a table
+// of code-byte pairs in one 8-byte shared load whose address is one byte permute, instead of two permutes and two
+// loads; the products and the rounding are exact's, so are the bits. The table (32 copies, 64 KB) assumes the
+// group shares the default code, as fold's does.
 // Above 16 rows of x (NT > 2) there are two shapes, picked per launch by its number of (tile, block) pairs:
 //   narrow (few pairs: q, k, v, o): one block an SM at up to 255 registers, and the x of all n-tiles of a block
 //     loaded at once: such a launch is latency-bound, its warps few, and each round trip to L2 counts;
@@ -618,6 +622,9 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_V4_FOLD
 #define DL_CFG_V4_FOLD 0
 #endif
+#ifndef DL_CFG_V4_PAIRS
+#define DL_CFG_V4_PAIRS 0  // 1: exact dequantization through a table of code-byte pairs (lab variant, see below)
+#endif
 #ifndef DL_CFG_V4_COLUMNS
 #define DL_CFG_V4_COLUMNS 1  // warps of a block that walk k together, each on its own tile (see "Columns" above)
 #endif
@@ -627,7 +634,8 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 
 constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = 4, DL4_COLS = DL_CFG_V4_COLUMNS;
 static_assert(DL4_WARPS % DL4_COLS == 0, "a block holds whole streams");
-constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0;
+constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0, DL4_PAIRS = DL_CFG_V4_PAIRS != 0;
+static_assert(!(DL4_FOLD && DL4_PAIRS), "one pair table at a time");
 
 // The bytes of a fold pair table: for each code byte, 64 slots of 4 bytes, of which lane L reads slot L (32 copies,
 // so that a warp's lookups never share a bank). 256-byte rows let one byte permute form the address (dl4_pair).
@@ -651,6 +659,17 @@ __device__ __forceinline__ uint2 dl4_load_stream8(const uint8_t* p) {
 // byte * 256 + lane * 4, formed by one permute (lane4 = lane * 4 fits in a byte; its byte 1 is the zero).
 __device__ __forceinline__ uint32_t dl4_pair(const char* table, uint32_t word, uint32_t lane4, int b) {
     return *reinterpret_cast<const uint32_t*>(table + __byte_perm(word, lane4, 0x5504 | (b << 4)));
+}
+// The same for the exact pair table: the fp32 pair at byte * 256 + lane * 8 (lane8 = lane * 8 fits in a byte), and
+// the word's four bytes dequantized as dl_nf4_word does, each value bf16(code[q] * scale).
+__device__ __forceinline__ void dl4_pair_word(uint32_t out[4], const char* table, uint32_t word, uint32_t lane8,
+                                              float scale) {
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+        const float2 codes = *reinterpret_cast<const float2*>(table + __byte_perm(word, lane8, 0x5504 | (b << 4)));
+        __nv_bfloat162 v = __floats2bfloat162_rn(__fmul_rn(codes.x, scale), __fmul_rn(codes.y, scale));
+        out[b] = *reinterpret_cast<uint32_t*>(&v);
+    }
 }
 
 // Where a warp is in its stream's range: group of DL4_COLS row tiles (the tile itself when DL4_COLS is 1), block of
@@ -678,7 +697,7 @@ __host__ __device__ inline int dl4_last_stream(int group, int nkb, int64_t len) 
 template <int NT, bool WIDE>
 __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     decode_linear_nf4_stream_kernel(const __grid_constant__ DecodeParams p) {
-    extern __shared__ uint4 dl4_smem[];  // the fold pair table
+    extern __shared__ uint4 dl4_smem[];  // the fold or exact pair table
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
     constexpr int CH = DL4_CH;
     grid_launch_dependents();
@@ -689,7 +708,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     const int64_t F = (int64_t)groups * nkb, len = p.stream_rows;
     const int64_t f_begin = min(F, stream * len), f_end = min(F, f_begin + len);
     const char* pair_table = reinterpret_cast<const char*>(dl4_smem);
-    const uint32_t lane4 = (uint32_t)lane * 4u;
+    const uint32_t lane4 = (uint32_t)lane * 4u, lane8 = (uint32_t)lane * 8u;
 
     // the tables: a checkpoint's stored ones (fold: the group shares the default code, checked by the launcher)
     for (int g = 0; g < p.G; g++) {
@@ -703,6 +722,13 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
             const int byte = i / 32;
             __nv_bfloat162 v = __floats2bfloat162_rn(p.nf4[0].code[byte >> 4], p.nf4[0].code[byte & 15]);
             table[byte * 64 + i % 32] = *reinterpret_cast<uint32_t*>(&v);
+        }
+    }
+    if (DL4_PAIRS) {
+        float2* table = reinterpret_cast<float2*>(dl4_smem);
+        for (int i = threadIdx.x; i < 256 * 32; i += DL4_THREADS) {
+            const int byte = i / 32;
+            table[i] = make_float2(p.nf4[0].code[byte >> 4], p.nf4[0].code[byte & 15]);
         }
     }
 
@@ -803,6 +829,9 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
                         w[h][b] = dl4_pair(pair_table, s.code[j][h].x, lane4, b);
                         w[h][4 + b] = dl4_pair(pair_table, s.code[j][h].y, lane4, b);
                     }
+                } else if (DL4_PAIRS) {
+                    dl4_pair_word(&w[h][0], pair_table, s.code[j][h].x, lane8, scale[h]);
+                    dl4_pair_word(&w[h][4], pair_table, s.code[j][h].y, lane8, scale[h]);
                 } else {
                     dl_nf4_word(&w[h][0], s.code[j][h].x, (uint32_t)g * 0x40404040u, scale[h]);
                     dl_nf4_word(&w[h][4], s.code[j][h].y, (uint32_t)g * 0x40404040u, scale[h]);
@@ -1010,7 +1039,7 @@ static size_t dl_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 constexpr size_t DL_MAX_COUNTERS = 4096;
 
 // Blocks of the streaming kernel an SM holds (asked once per instantiation, after opting into its shared memory).
-static size_t dl4_smem_bytes() { return DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0; }
+static size_t dl4_smem_bytes() { return DL4_FOLD || DL4_PAIRS ? DL4_PAIR_TABLE_BYTES : 0; }
 template <int NT, bool WIDE>
 static int dl4_blocks_per_sm() {
     static int blocks = 0;
@@ -1170,7 +1199,7 @@ static bool dl4_shapes_ok(const DecodeParams& p) {
     if (p.K % NF4_BLOCK != 0 || (uintptr_t)p.x % 16 != 0) return false;
     for (int g = 0; g < p.G; g++) {
         if ((p.row_start[g + 1] - p.row_start[g]) % 16 != 0 || (uintptr_t)p.nf4[g].packed % 16 != 0) return false;
-        if (DL4_FOLD && !p.nf4[g].default_code) return false;
+        if ((DL4_FOLD || DL4_PAIRS) && !p.nf4[g].default_code) return false;
     }
     return true;
 }
@@ -1345,3 +1374,4 @@ double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
 #undef DL_CFG_V4_FOLD
 #undef DL_CFG_V4_WIDE_PAIRS
 #undef DL_CFG_V4_COLUMNS
+#undef DL_CFG_V4_PAIRS

@@ -21,7 +21,8 @@
 //   on its own contiguous range of (16-row tile, 64-block) pairs, codes from HBM into registers a step ahead,
 //   partial tiles added in a fixed order; "prod" reads the codes in decode-tile order (nf4_tile), as the GPU model
 //   holds them. Variants: fold (bf16 codes from a pair table, the block scale applied once per block: not
-//   bitsandbytes' rounding), and streams of 4 or 8 warps sharing x through L1 ("columns").
+//   bitsandbytes' rounding), streams of 4 or 8 warps sharing x through L1 ("columns"), and exact
+//   dequantization through a table of code-byte pairs ("pairs").
 // Tuning: the variants side by side (kernels/decode_linear.cu compiled again with other DL_CFG_* knobs).
 // Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
 // plus the bf16 lm_head (the decode kernel and cuBLASLt), per decode step, eager and as a CUDA graph.
@@ -70,6 +71,12 @@ DL_VARIANT(cols4, "v4 exact, streams of 4 warps on 4 tiles (x shared through L1)
 }
 #define DL_CFG_V4_COLUMNS 8
 DL_VARIANT(cols8, "v4 exact, streams of 8 warps on 8 tiles (x shared through L1)")
+#include "kernels/decode_linear.cu"
+}
+
+// v4 with the exact pair table: the two fp32 codes of a byte in one shared load (see the kernel)
+#define DL_CFG_V4_PAIRS 1
+DL_VARIANT(pairs, "v4 exact, codes from a table of code-byte pairs (one 8-byte load per byte)")
 #include "kernels/decode_linear.cu"
 }
 
@@ -438,10 +445,11 @@ int main(int argc, char** argv) {
             }
         }
     // the variants that compute differently: v3, and v4 with the folded dequantization
-    const std::pair<const char*, ForwardFn> checked_variants[4] = {{"v3", v3::decode_linear_forward},
+    const std::pair<const char*, ForwardFn> checked_variants[5] = {{"v3", v3::decode_linear_forward},
                                                                    {"v4 fold", fold::decode_linear_forward},
                                                                    {"v4 cols4", cols4::decode_linear_forward},
-                                                                   {"v4 cols8", cols8::decode_linear_forward}};
+                                                                   {"v4 cols8", cols8::decode_linear_forward},
+                                                                   {"v4 pairs", pairs::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -454,6 +462,21 @@ int main(int argc, char** argv) {
                 for (float& e : xr) e = round_bf16(e);
                 ok &= check(variant.first, *lin[i], y[i], xr, M, true);
             }
+    // the exact pair table computes every weight as production does, and its launches are cut the same way (the
+    // table does not change the blocks an SM holds): the same bits
+    for (int M : {1, 6, 64})
+        for (size_t i = 0; i + 1 < lin.size(); i++) {
+            LoraLinearGpu one = lin[i]->lora(true);
+            const bf16* x_dev = lin[i]->in == C ? xc_dev : xi_dev;
+            std::vector<bf16_bits> want((size_t)M * lin[i]->out), got(want.size());
+            decode_linear_forward(&one, 1, x_dev, M, R, SCALE, &y[i], ws, ws_bytes, 0, mm);
+            cudaCheck(cudaMemcpy(want.data(), y[i], want.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
+            pairs::decode_linear_forward(&one, 1, x_dev, M, R, SCALE, &y[i], ws, ws_bytes, 0, mm);
+            cudaCheck(cudaMemcpy(got.data(), y[i], got.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
+            printf("  %-28s %s M=%d: %s\n", "v4 pairs against prod", lin[i]->name, M,
+                   want == got ? "same bits" : "DIFFERENT bits: FAIL");
+            ok &= want == got;
+        }
     {  // version 1 (the simple kernel, LoRA included) and version 2 (base only) on q
         const int M = 6;
         std::vector<float> xr(x_c.begin(), x_c.begin() + (size_t)M * C);
@@ -477,15 +500,16 @@ int main(int argc, char** argv) {
 
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
-    printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n  %s\n  %s\n  %s\n  %s\n", v3::knobs,
-           fold::knobs, cols4::knobs, cols8::knobs);
-    const ForwardFn variants[5] = {decode_linear_forward, v3::decode_linear_forward, fold::decode_linear_forward,
-                                   cols4::decode_linear_forward, cols8::decode_linear_forward};
+    printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n  %s\n  %s\n  %s\n  %s\n  %s\n", v3::knobs,
+           fold::knobs, cols4::knobs, cols8::knobs, pairs::knobs);
+    const ForwardFn variants[6] = {decode_linear_forward,        v3::decode_linear_forward,
+                                   fold::decode_linear_forward,  cols4::decode_linear_forward,
+                                   cols8::decode_linear_forward, pairs::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %10s %10s %10s %10s %10s\n", "linear", "prod", "v3", "fold", "cols4", "cols8");
+    printf("  %-12s %10s %10s %10s %10s %10s %10s\n", "linear", "prod", "v3", "fold", "cols4", "cols8", "pairs");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -559,7 +583,8 @@ int main(int argc, char** argv) {
 
     // ---- a decode step: one layer's seven linears and the lm_head ----
     printf("\na 7B decode step's linears (r %d LoRA on all seven): one layer, and layer + lm_head, eager and as a "
-           "CUDA graph (\"fold\": %s; \"cols8\": %s)\n", R, fold::knobs, cols8::knobs);
+           "CUDA graph (\"fold\": %s; \"cols8\": %s; \"pairs\": %s)\n", R, fold::knobs, cols8::knobs,
+           pairs::knobs);
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     for (int M : {1, 6, 48, 64}) {
@@ -587,7 +612,8 @@ int main(int argc, char** argv) {
         cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
         snprintf(label, sizeof(label), "layer M=%d graph", M);
         report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); }), layer_bytes, 0);
-        // the same layer as a graph through other variants: the folded dequantization; streams of 8 columns
+        // the same layer as a graph through other variants: the folded dequantization; streams of 8 columns; the
+        // exact pair table
         auto time_variant_graph = [&](const char* what, MatmulContext* ctx, ForwardFn forward) {
             cudaGraph_t variant_graph;
             cudaGraphExec_t variant_exec;
@@ -602,6 +628,7 @@ int main(int argc, char** argv) {
         };
         time_variant_graph("fold", mm, fold::decode_linear_forward);
         time_variant_graph("cols8", mm, cols8::decode_linear_forward);
+        time_variant_graph("pairs", mm, pairs::decode_linear_forward);
         float layer_ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
         float head_ms = time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); });
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
