@@ -144,6 +144,13 @@ __shared__ float dl_code_table[DECODE_LINEAR_MAX_G][16];
 // `first` being 64 lin + 4 * (its high nibble), the byte offset of that code in dl_code_table, and `second` the
 // same for the low nibbles; a lookup is then one byte extract and one shared load, and a pair two products and
 // one pack.
+// Two fp32 codes times their block scale as the bf16 pair the mma reads (lo in the low half): bf16(code * scale),
+// nf4_view_dequantize's rounding, the one place the decode kernels apply it.
+__device__ __forceinline__ uint32_t dl_dequant_pair(float lo, float hi, float scale) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(__fmul_rn(lo, scale), __fmul_rn(hi, scale));
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
 __device__ __forceinline__ void dl_nf4_word(uint32_t out[4], uint32_t word, uint32_t lin_bytes, float scale) {
     const uint32_t first = ((word >> 2) & 0x3C3C3C3Cu) | lin_bytes;
     const uint32_t second = ((word << 2) & 0x3C3C3C3Cu) | lin_bytes;
@@ -152,8 +159,7 @@ __device__ __forceinline__ void dl_nf4_word(uint32_t out[4], uint32_t word, uint
     for (int b = 0; b < 4; b++) {
         const float lo = *reinterpret_cast<const float*>(table + __byte_perm(first, 0, 0x4440 | b));
         const float hi = *reinterpret_cast<const float*>(table + __byte_perm(second, 0, 0x4440 | b));
-        __nv_bfloat162 v = __floats2bfloat162_rn(__fmul_rn(lo, scale), __fmul_rn(hi, scale));
-        out[b] = *reinterpret_cast<uint32_t*>(&v);
+        out[b] = dl_dequant_pair(lo, hi, scale);
     }
 }
 
@@ -575,8 +581,9 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 // profile of it (and of a first version of this one) showed warps stalled most of the time, the HBM at 15% and
 // the SMs issuing a third of what they can: each block waited on its slowest warp, and the warp that did a tile's
 // epilogue held up the rest. Here every warp runs on its own ("stream-K" over warps): the launch's work, every
-// (row tile of 16, 64-block of k) pair in row-tile-major order, is cut into equal contiguous ranges, one per warp. A warp streams its codes
-// from HBM into registers, a step of DL4_CH blocks ahead of the one it computes, and meets no barrier. Where a
+// (row tile of 16, 64-block of k) pair in row-tile-major order, is cut into equal contiguous ranges, one per warp
+// (one per stream of warps with columns, below). A warp streams its codes from HBM into registers, a step of
+// DL4_CH blocks ahead of the one it computes, and meets no barrier. Where a
 // range ends inside a tile, the warp stores its partial sums in a slot of the workspace; the last warp of the tile
 // to finish (a counter per tile) adds the tile's partials in a fixed order (so the bits never depend on timing) and
 // writes the output. A tile one warp covers whole needs no partial at all.
@@ -637,8 +644,9 @@ static_assert(DL4_WARPS % DL4_COLS == 0, "a block holds whole streams");
 constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0, DL4_PAIRS = DL_CFG_V4_PAIRS != 0;
 static_assert(!(DL4_FOLD && DL4_PAIRS), "one pair table at a time");
 
-// The bytes of a fold pair table: for each code byte, 64 slots of 4 bytes, of which lane L reads slot L (32 copies,
-// so that a warp's lookups never share a bank). 256-byte rows let one byte permute form the address (dl4_pair).
+// The bytes of a pair table: for each code byte a 256-byte row, of which lane L reads slot L (4 bytes for fold, 8
+// for exact pairs: 32 copies, so that a warp's lookups never share a bank). 256-byte rows let one byte permute
+// form the address (dl4_pair_at).
 constexpr int DL4_PAIR_TABLE_BYTES = 256 * 256;
 
 // Streamed once: not kept in L1, where x lives.
@@ -655,20 +663,22 @@ __device__ __forceinline__ uint2 dl4_load_stream8(const uint8_t* p) {
     return v;
 }
 
-// Byte b of word as the bf16 pair (code[high nibble], code[low nibble]) from the fold table: address
-// byte * 256 + lane * 4, formed by one permute (lane4 = lane * 4 fits in a byte; its byte 1 is the zero).
-__device__ __forceinline__ uint32_t dl4_pair(const char* table, uint32_t word, uint32_t lane4, int b) {
-    return *reinterpret_cast<const uint32_t*>(table + __byte_perm(word, lane4, 0x5504 | (b << 4)));
+// Where byte b of word has its pair in a pair table: byte * 256 + lane_bytes, formed by one permute (lane_bytes, the
+// lane's slot offset, fits in a byte; its byte 1 is the zero).
+__device__ __forceinline__ const char* dl4_pair_at(const char* table, uint32_t word, uint32_t lane_bytes, int b) {
+    return table + __byte_perm(word, lane_bytes, 0x5504 | (b << 4));
 }
-// The same for the exact pair table: the fp32 pair at byte * 256 + lane * 8 (lane8 = lane * 8 fits in a byte), and
-// the word's four bytes dequantized as dl_nf4_word does, each value bf16(code[q] * scale).
+// Byte b of word as the bf16 pair (code[high nibble], code[low nibble]) from the fold table (4-byte slots).
+__device__ __forceinline__ uint32_t dl4_pair(const char* table, uint32_t word, uint32_t lane4, int b) {
+    return *reinterpret_cast<const uint32_t*>(dl4_pair_at(table, word, lane4, b));
+}
+// The word's four bytes from the exact pair table (8-byte slots of two fp32 codes), dequantized as dl_nf4_word does.
 __device__ __forceinline__ void dl4_pair_word(uint32_t out[4], const char* table, uint32_t word, uint32_t lane8,
                                               float scale) {
 #pragma unroll
     for (int b = 0; b < 4; b++) {
-        const float2 codes = *reinterpret_cast<const float2*>(table + __byte_perm(word, lane8, 0x5504 | (b << 4)));
-        __nv_bfloat162 v = __floats2bfloat162_rn(__fmul_rn(codes.x, scale), __fmul_rn(codes.y, scale));
-        out[b] = *reinterpret_cast<uint32_t*>(&v);
+        const float2 codes = *reinterpret_cast<const float2*>(dl4_pair_at(table, word, lane8, b));
+        out[b] = dl_dequant_pair(codes.x, codes.y, scale);
     }
 }
 
@@ -716,21 +726,19 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         if (p.nf4[g].double_quant)
             for (int i = threadIdx.x; i < 256; i += DL4_THREADS) nested_code[g][i] = p.nf4[g].nested_code[i];
     }
-    if (DL4_FOLD) {
-        uint32_t* table = reinterpret_cast<uint32_t*>(dl4_smem);
-        for (int i = threadIdx.x; i < 256 * 32; i += DL4_THREADS) {
-            const int byte = i / 32;
-            __nv_bfloat162 v = __floats2bfloat162_rn(p.nf4[0].code[byte >> 4], p.nf4[0].code[byte & 15]);
-            table[byte * 64 + i % 32] = *reinterpret_cast<uint32_t*>(&v);
+    // the pair table: slot i % 32 of code byte i / 32, as bf16 (fold) or fp32 (exact pairs)
+    for (int i = threadIdx.x; (DL4_FOLD || DL4_PAIRS) && i < 256 * 32; i += DL4_THREADS) {
+        const int byte = i / 32;
+        const float lo = p.nf4[0].code[byte >> 4], hi = p.nf4[0].code[byte & 15];
+        if (DL4_FOLD) {
+            __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+            reinterpret_cast<uint32_t*>(dl4_smem)[byte * 64 + i % 32] = *reinterpret_cast<uint32_t*>(&v);
+        } else {
+            reinterpret_cast<float2*>(dl4_smem)[i] = make_float2(lo, hi);
         }
     }
-    if (DL4_PAIRS) {
-        float2* table = reinterpret_cast<float2*>(dl4_smem);
-        for (int i = threadIdx.x; i < 256 * 32; i += DL4_THREADS) {
-            const int byte = i / 32;
-            table[i] = make_float2(p.nf4[0].code[byte >> 4], p.nf4[0].code[byte & 15]);
-        }
-    }
+
+    auto tile_of = [&](int group) { return group * DL4_COLS + column; };  // this warp's tile of a group
 
     // the step after pos (same group while blocks remain in it and in the range); the last group may lack this
     // warp's column, and then the warp's range ends there (no group follows the last)
@@ -740,12 +748,12 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         to.group = (int)(f / nkb);
         to.kb = (int)(f - (int64_t)to.group * nkb);
         to.n = (int)max((int64_t)0, min((int64_t)min(CH, nkb - to.kb), f_end - f));
-        if (to.group * DL4_COLS + column >= tiles) to.n = 0;
+        if (tile_of(to.group) >= tiles) to.n = 0;
         return to;
     };
     auto load = [&](Dl4Step& s, const Dl4Pos& pos) {
         if (pos.n == 0) return;
-        const int v = (pos.group * DL4_COLS + column) * 16, kb = pos.kb, g = dl_linear_of(p, v), r = v - p.row_start[g] + gq;
+        const int v = tile_of(pos.group) * 16, kb = pos.kb, g = dl_linear_of(p, v), r = v - p.row_start[g] + gq;
         const NF4View& t = p.nf4[g];
         // the tile's unit of this block in the tiled order (its tile number within linear g), or the row-major codes
         const int64_t unit = ((int64_t)(v - p.row_start[g]) / 16 * nkb + kb);
@@ -789,7 +797,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
 
     // a step: blocks past pos.n have zero scales and zero x, so they add exact zeros and need no branch
     auto compute = [&](const Dl4Step& s, const Dl4Pos& pos) {
-        const int kb = pos.kb, g = dl_linear_of(p, (pos.group * DL4_COLS + column) * 16);
+        const int kb = pos.kb, g = dl_linear_of(p, tile_of(pos.group) * 16);
         const NF4View& t = p.nf4[g];
         float mine[2];  // the scales this lane converted (exactly as nf4_dequant.cu rounds them)
 #pragma unroll
@@ -859,15 +867,17 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     // group, column) and, for the last of the tile's streams to arrive, the sum of all of them in stream order, then
     // the epilogue (stream + group is unique along a column: both only grow along the order)
     auto finish = [&](int group, bool whole) {
-        const int tile = group * DL4_COLS + column, v = tile * 16, g = dl_linear_of(p, v);
+        const int tile = tile_of(group), v = tile * 16, g = dl_linear_of(p, v);
         if (whole) {
             dl_tile_epilogue<NT>(p, acc, g, v - p.row_start[g], gq, c);
         } else {
-            float4* slots = reinterpret_cast<float4*>(p.partials);
+            // n-tile tt of the partial that stream `from` left for this warp's tile of the group
+            auto slot = [&](int from, int tt) {
+                return reinterpret_cast<float4*>(p.partials) + (((int64_t)(from + group) * DL4_COLS + column) * NT + tt) * 32 + lane;
+            };
 #pragma unroll
             for (int tt = 0; tt < NT; tt++)
-                __stcg(slots + (((int64_t)(stream + group) * DL4_COLS + column) * NT + tt) * 32 + lane,
-                       make_float4(acc[tt][0], acc[tt][1], acc[tt][2], acc[tt][3]));
+                __stcg(slot(stream, tt), make_float4(acc[tt][0], acc[tt][1], acc[tt][2], acc[tt][3]));
             __threadfence();
             int arrived = 0;
             if (lane == 0) arrived = atomicAdd(&p.counters[tile], 1);
@@ -883,7 +893,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
                 for (int w = first; w <= last; w++)
 #pragma unroll
                     for (int tt = 0; tt < NT; tt++) {
-                        const float4 part = __ldcg(slots + (((int64_t)(w + group) * DL4_COLS + column) * NT + tt) * 32 + lane);
+                        const float4 part = __ldcg(slot(w, tt));
                         sum[tt][0] += part.x;
                         sum[tt][1] += part.y;
                         sum[tt][2] += part.z;
