@@ -300,6 +300,22 @@ static bool check(const char* what, const LabLinear& l, const bf16* y, const std
     return validate(name, got.data(), ref.data(), ref.size(), std::ldexp(max_abs_of(ref), -7), 1.0f / 128);
 }
 
+// decode_linear_forward's signature, which every variant's copy shares.
+typedef void (*ForwardFn)(const LoraLinearGpu*, int, const bf16*, int, int, float, bf16* const*, void*, size_t,
+                          cudaStream_t, MatmulContext*);
+
+// Whether forward a on linear la and forward b on lb write the same bits to y ([M, out]): for variants that only
+// move bytes around (the tiled order) or compute each weight the same way (the exact pair table).
+static bool same_bits(ForwardFn a, const LoraLinearGpu* la, ForwardFn b, const LoraLinearGpu* lb, const bf16* x,
+                      int M, int out, bf16* y, void* ws, size_t ws_bytes, MatmulContext* ctx) {
+    std::vector<bf16_bits> want((size_t)M * out), got(want.size());
+    a(la, 1, x, M, R, SCALE, &y, ws, ws_bytes, 0, ctx);
+    cudaCheck(cudaMemcpy(want.data(), y, want.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
+    b(lb, 1, x, M, R, SCALE, &y, ws, ws_bytes, 0, ctx);
+    cudaCheck(cudaMemcpy(got.data(), y, got.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
+    return want == got;
+}
+
 // `lab_decode_linear profile [LINEAR [VARIANT]]`: only k, gate and down at M 6, each kernel variant timed three ways (cold: after an L2
 // flush, as below; warm: 20 calls back to back; graph: those 20 calls replayed as one graph), and a few launches
 // left for a profiler to catch (ncu --kernel-name regex:decode_linear).
@@ -319,8 +335,6 @@ static int profile_main(const char* only_linear, int only_variant) {
     void* ws = nullptr;
     cudaCheck(cudaMalloc(&ws, ws_bytes));
     cudaCheck(cudaMemset(ws, 0, ws_bytes));
-    typedef void (*ForwardFn)(const LoraLinearGpu*, int, const bf16*, int, int, float, bf16* const*, void*, size_t,
-                              cudaStream_t, MatmulContext*);
     // the last two read the tiled copy
     const std::pair<const char*, ForwardFn> variants[5] = {{"v4 exact", decode_linear_forward},
                                                            {"v3", v3::decode_linear_forward},
@@ -339,12 +353,9 @@ static int profile_main(const char* only_linear, int only_variant) {
             const LoraLinearGpu* which = &v - variants >= 3 ? &tiled : &base;
             auto call = [&](cudaStream_t s) { v.second(which, 1, x_dev, M, R, SCALE, &y, ws, ws_bytes, s, nullptr); };
             if (&v - variants >= 3) {  // the tiled copy gives the row-major bits
-                std::vector<bf16_bits> want((size_t)M * l->out), got((size_t)M * l->out);
-                variants[&v - variants == 3 ? 0 : 2].second(&base, 1, x_dev, M, R, SCALE, &y, ws, ws_bytes, 0, nullptr);
-                cudaCheck(cudaMemcpy(want.data(), y, want.size() * 2, cudaMemcpyDeviceToHost));
-                call(0);
-                cudaCheck(cudaMemcpy(got.data(), y, got.size() * 2, cudaMemcpyDeviceToHost));
-                printf("%-6s %-12s %s\n", l->name, v.first, want == got ? "same bits as row-major" : "DIFFERS from row-major: FAIL");
+                const bool same = same_bits(variants[&v - variants == 3 ? 0 : 2].second, &base, v.second, which, x_dev,
+                                            M, (int)l->out, y, ws, ws_bytes, nullptr);
+                printf("%-6s %-12s %s\n", l->name, v.first, same ? "same bits as row-major" : "DIFFERS from row-major: FAIL");
             }
             float cold = time_kernel_ms([&] { call(0); });
             float warm = time_kernel_ms([&] { for (int i = 0; i < 20; i++) call(0); }) / 20;
@@ -416,8 +427,6 @@ int main(int argc, char** argv) {
     MatmulContext* mm = matmul_create(mm_ws, matmul_workspace_bytes());
 
     // the decode step's linears: q/k/v, o, gate/up, down (LoRA on all), then the lm_head
-    typedef void (*ForwardFn)(const LoraLinearGpu*, int, const bf16*, int, int, float, bf16* const*, void*, size_t,
-                              cudaStream_t, MatmulContext*);
     auto layer = [&](int M, MatmulContext* ctx, cudaStream_t stream, ForwardFn forward = decode_linear_forward) {
         bf16* y_qkv[3] = {y[0], y[1], y[2]};
         bf16* y_gu[2] = {y[4], y[5]};
@@ -444,7 +453,7 @@ int main(int argc, char** argv) {
                 ok &= check(ctx ? "prod (cuBLASLt x A^T)" : "prod", *lin[i], y[i], xr, M, true);
             }
         }
-    // the variants that compute differently: v3, and v4 with the folded dequantization
+    // the variants against the CPU reference: v3, fold (inexact), columns and the exact pair table
     const std::pair<const char*, ForwardFn> checked_variants[5] = {{"v3", v3::decode_linear_forward},
                                                                    {"v4 fold", fold::decode_linear_forward},
                                                                    {"v4 cols4", cols4::decode_linear_forward},
@@ -467,15 +476,11 @@ int main(int argc, char** argv) {
     for (int M : {1, 6, 64})
         for (size_t i = 0; i + 1 < lin.size(); i++) {
             LoraLinearGpu one = lin[i]->lora(true);
-            const bf16* x_dev = lin[i]->in == C ? xc_dev : xi_dev;
-            std::vector<bf16_bits> want((size_t)M * lin[i]->out), got(want.size());
-            decode_linear_forward(&one, 1, x_dev, M, R, SCALE, &y[i], ws, ws_bytes, 0, mm);
-            cudaCheck(cudaMemcpy(want.data(), y[i], want.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
-            pairs::decode_linear_forward(&one, 1, x_dev, M, R, SCALE, &y[i], ws, ws_bytes, 0, mm);
-            cudaCheck(cudaMemcpy(got.data(), y[i], got.size() * sizeof(bf16), cudaMemcpyDeviceToHost));
+            const bool same = same_bits(decode_linear_forward, &one, pairs::decode_linear_forward, &one,
+                                        lin[i]->in == C ? xc_dev : xi_dev, M, (int)lin[i]->out, y[i], ws, ws_bytes, mm);
             printf("  %-28s %s M=%d: %s\n", "v4 pairs against prod", lin[i]->name, M,
-                   want == got ? "same bits" : "DIFFERENT bits: FAIL");
-            ok &= want == got;
+                   same ? "same bits" : "DIFFERENT bits: FAIL");
+            ok &= same;
         }
     {  // version 1 (the simple kernel, LoRA included) and version 2 (base only) on q
         const int M = 6;
