@@ -20,9 +20,6 @@
 
 namespace {
 
-const char* kTrainer = "./build/train_grpo_cpu";
-const std::string kModel = REF_DIR + "tiny_tied/hf";
-
 EnvLookup fake_env(const std::map<std::string, std::string>& vars) {
     return [vars](const char* name) -> const char* {
         auto it = vars.find(name);
@@ -36,7 +33,7 @@ EnvLookup fake_env(const std::map<std::string, std::string>& vars) {
 // lr x (their relative size) wherever the gradient is small; at 1e-2 that drift flips a sampled token within four
 // steps, after which one process and several ranks are no longer comparable token for token.
 std::string tiny_args(const std::string& out, int max_steps, const std::string& extra) {
-    return std::string(kTrainer) + " --device cpu -m " + kModel +
+    return std::string(kTrainer) + " --device cpu -m " + kTinyModel +
            " --task token-range:0:64 -g 4 --max-completion-length 8 --lora-r 4 --lora-alpha 16 --lr 1e-3"
            " --warmup-ratio 0 --max-grad-norm 1.0 --beta 0.04 --save-every 2 --seed 5 --max-steps " +
            std::to_string(max_steps) + " --out " + out + " " + extra;
@@ -76,7 +73,7 @@ bool is_timing(const std::string& key) {
 }
 
 LoraWeights load_checkpoint(const std::string& dir) {
-    LoraWeights w = peft_load(dir, qwen2_config_load(kModel));
+    LoraWeights w = peft_load(dir, qwen2_config_load(kTinyModel));
     adamw_state_load(dir + "/optimizer.safetensors", &w);
     return w;
 }
@@ -225,7 +222,7 @@ TEST_CASE("the file exchange meets, gathers, sums in rank order and broadcasts; 
 }
 
 TEST_CASE("train_grpo --world-size 1 is the run without flags", "[distributed]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_dist");
     REQUIRE(run_shell(tiny_args(temp / "plain", 3, "") + " > /dev/null 2>&1").exit_code == 0);
     REQUIRE(run_shell(tiny_args(temp / "flags", 3, "--world-size 1 --rank 0") + " > /dev/null 2>&1").exit_code == 0);
@@ -251,7 +248,7 @@ TEST_CASE("train_grpo --world-size 1 is the run without flags", "[distributed]")
 }
 
 TEST_CASE("train_grpo on 2 and 4 processes repeats one process with the same global batch", "[distributed]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     struct Case { int W; std::string options; };
     // every loss type; accumulation (whose batches interleave the ranks' rollouts) and batch-scaled rewards
     const Case cases[] = {
@@ -338,7 +335,7 @@ TEST_CASE("train_grpo on 2 and 4 processes repeats one process with the same glo
 }
 
 TEST_CASE("train_grpo refuses bad data-parallel setups with one clear message", "[distributed]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_dist");
     struct Bad { std::string args, says; };
     const Bad bad[] = {
@@ -366,7 +363,7 @@ TEST_CASE("train_grpo refuses bad data-parallel setups with one clear message", 
 }
 
 TEST_CASE("Ctrl-C on one rank stops every rank after the same step, and rank 0 saves", "[distributed]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_dist");
     // rank 1 in the background (its pid written out), rank 0 in front; rank 1 is interrupted once rank 0 logged 2 steps
     std::string rank1 = tiny_args(temp / "out-1", 1000000, "--prompts-per-step 2 --world-size 2 --rank 1 --dist-dir " +

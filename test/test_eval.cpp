@@ -10,7 +10,6 @@
 namespace {
 
 const char* kEval = "./build/eval_gsm8k_cpu";
-const char* kTrainer = "./build/train_grpo_cpu";
 
 std::vector<JsonValue> read_records(const std::string& path) {
     std::vector<JsonValue> records;
@@ -23,7 +22,7 @@ std::vector<JsonValue> read_records(const std::string& path) {
 
 TEST_CASE("eval_gsm8k scores greedy completions, the same whatever the batch", "[eval]") {
     require_program(kEval, "build/eval_gsm8k_cpu");
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_eval");
     const std::string common = std::string(kEval) + " --device cpu --limit 5 --max-new-tokens 6";
     CommandResult one = run_shell(common + " --batch 1 --out " + (temp / "one.jsonl") + " 2>&1");

@@ -20,13 +20,10 @@
 
 namespace {
 
-const char* kTrainer = "./build/train_grpo_cpu";
-const std::string kModel = REF_DIR + "tiny_tied/hf";
-
 // A learnable task for a random 384-token model: the reward is the share of completion ids below 64, which
 // starts near 64/384 = 0.17. The learning rate is high because the model is tiny and the steps few.
 std::string train_args(const std::string& out, int max_steps) {
-    return std::string(kTrainer) + " --device cpu -m " + kModel +
+    return std::string(kTrainer) + " --device cpu -m " + kTinyModel +
            " --task token-range:0:64 -g 8 --prompts-per-step 2 --max-completion-length 16 --lora-r 8 --lora-alpha 16"
            " --lr 1e-2 --warmup-ratio 0 --max-grad-norm 1.0 --beta 0.04 --save-every 10 --seed 7 --max-steps " +
            std::to_string(max_steps) + " --out " + out;
@@ -43,7 +40,7 @@ int run(const std::string& command) { return run_shell(command + " > /dev/null")
 }  // namespace
 
 TEST_CASE("GRPO on the CPU backend raises a tiny model's reward and writes a PEFT adapter", "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_train");
     const std::string& out = temp.path;
     REQUIRE(run(train_args(out, 40)) == 0);
@@ -75,7 +72,7 @@ TEST_CASE("GRPO on the CPU backend raises a tiny model's reward and writes a PEF
     CHECK(curves.output == "3\n");
 
     // the final adapter loads as a PEFT adapter for this model
-    Qwen2Config cfg = qwen2_config_load(kModel);
+    Qwen2Config cfg = qwen2_config_load(kTinyModel);
     PeftAdapterConfig adapter_cfg;
     LoraWeights lora = peft_load(out + "/checkpoint-40", cfg, &adapter_cfg);
     CHECK(adapter_cfg.lora.R == 8);
@@ -99,7 +96,7 @@ TEST_CASE("GRPO on the CPU backend raises a tiny model's reward and writes a PEF
 }
 
 TEST_CASE("Ctrl-C saves a checkpoint and exits cleanly", "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_train");
     const std::string& out = temp.path;
     std::string command = train_args(out, 1000000) + " > " + out + "/stdout.txt";
@@ -136,22 +133,22 @@ TEST_CASE("Ctrl-C saves a checkpoint and exits cleanly", "[train]") {
 TEST_CASE("train_grpo refuses bad options with one clear message", "[train]") {
     struct Bad { std::string args, says; };
     const Bad bad[] = {
-        {"-m " + kModel + " --device tpu", "--device: expected cuda or cpu"},
-        {"-m " + kModel + " --device cpu -g 1", "option -g: expected a number in [2, 1024]"},
-        {"-m " + kModel + " --device cpu --loss-type ppo", "ppo"},
-        {"-m " + kModel + " --device cpu --task token-range:5:2", "expected token-range:LO:HI"},
-        {"-m " + kModel + " --device cpu --bogus 1", "unknown option --bogus"},
-        {"-m " + kModel + " --device cpu --lora-targets q_proj,qkv", "--lora-targets: unknown module 'qkv'"},
+        {"-m " + kTinyModel + " --device tpu", "--device: expected cuda or cpu"},
+        {"-m " + kTinyModel + " --device cpu -g 1", "option -g: expected a number in [2, 1024]"},
+        {"-m " + kTinyModel + " --device cpu --loss-type ppo", "ppo"},
+        {"-m " + kTinyModel + " --device cpu --task token-range:5:2", "expected token-range:LO:HI"},
+        {"-m " + kTinyModel + " --device cpu --bogus 1", "unknown option --bogus"},
+        {"-m " + kTinyModel + " --device cpu --lora-targets q_proj,qkv", "--lora-targets: unknown module 'qkv'"},
         {"-m test/ref/qwen2/none --device cpu", "test/ref/qwen2/none"},
         // Qwen2.5's tokenizer has 151665 ids; the tiny model only 384 embedding rows
-        {"-m " + kModel + " --device cpu --task gsm8k", "use the model's own tokenizer"},
+        {"-m " + kTinyModel + " --device cpu --task gsm8k", "use the model's own tokenizer"},
         // an over-long prompt: the tiny model has 128 positions
-        {"-m " + kModel + " --device cpu --task random-prompts:100 --max-completion-length 40",
+        {"-m " + kTinyModel + " --device cpu --task random-prompts:100 --max-completion-length 40",
          "the longest prompt has 100 tokens and completions up to 40: together more than the model's 128 positions"},
-        {"-m " + kModel + " --device cpu --task random-prompts:0", "expected random-prompts:LEN"},
-        {"-m " + kModel + " --device cpu --grad-accum 0", "option --grad-accum: expected a number in [1, "},
-        {"-m " + kModel + " --device cpu --gpu-memory-utilization 2", "option --gpu-memory-utilization"},
-        {"-m " + kModel + " --device cpu --debug-nan-grad 2,x", "option --debug-nan-grad"},
+        {"-m " + kTinyModel + " --device cpu --task random-prompts:0", "expected random-prompts:LEN"},
+        {"-m " + kTinyModel + " --device cpu --grad-accum 0", "option --grad-accum: expected a number in [1, "},
+        {"-m " + kTinyModel + " --device cpu --gpu-memory-utilization 2", "option --gpu-memory-utilization"},
+        {"-m " + kTinyModel + " --device cpu --debug-nan-grad 2,x", "option --debug-nan-grad"},
         {"-m random:13B --device cpu", "13B"},
     };
     for (const Bad& b : bad) {
@@ -165,7 +162,7 @@ TEST_CASE("train_grpo refuses bad options with one clear message", "[train]") {
 }
 
 TEST_CASE("train_grpo runs the GSM8K task with the Qwen tokenizer, the five rewards and an external reward", "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     qwen_tokenizer();  // fails with "run make tokenizer" if the tokenizer file is missing
     TempDir temp("grpo_train");
     // a random model with Qwen2.5's vocabulary (so the real tokenizer, chat template and stop ids apply) and
@@ -191,7 +188,7 @@ TEST_CASE("train_grpo runs the GSM8K task with the Qwen tokenizer, the five rewa
 }
 
 TEST_CASE("without -m, train_grpo runs the embedded tiny model through the whole pipeline and says so", "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_train");
     CommandResult result = run_shell(std::string(kTrainer) + " --device cpu -g 2 --max-steps 1 --max-completion-length 4"
                                      " --lora-r 4 --out " + temp.path + " 2>&1");
@@ -204,13 +201,13 @@ TEST_CASE("without -m, train_grpo runs the embedded tiny model through the whole
 }
 
 TEST_CASE("--lora-targets trains adapters on the named projections only", "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_train");
     CommandResult result = run_shell(train_args(temp.path, 2) + " --lora-targets q_proj,v_proj,down_proj 2>&1");
     INFO(result.output);
     REQUIRE(result.exit_code == 0);
     PeftAdapterConfig adapter;
-    LoraWeights lora = peft_load(temp / "checkpoint-2", qwen2_config_load(kModel), &adapter);
+    LoraWeights lora = peft_load(temp / "checkpoint-2", qwen2_config_load(kTinyModel), &adapter);
     CHECK(adapter.lora.targets == ((1u << LIN_Q) | (1u << LIN_V) | (1u << LIN_DOWN)));
     CHECK(lora.slots[0][LIN_K].present == false);
     CHECK(lora.slots[0][LIN_DOWN].present == true);

@@ -19,12 +19,9 @@
 
 namespace {
 
-const char* kTrainer = "./build/train_grpo_cpu";
-const std::string kModel = REF_DIR + "tiny_tied/hf";
-
 // The tiny model on the synthetic token-range task (as test_train.cpp), a few fast steps.
 std::string tiny_args(const std::string& out, int max_steps) {
-    return std::string(kTrainer) + " --device cpu -m " + kModel +
+    return std::string(kTrainer) + " --device cpu -m " + kTinyModel +
            " --task token-range:0:64 -g 4 --max-completion-length 8 --lora-r 4 --lora-alpha 16 --lr 1e-2"
            " --warmup-ratio 0 --max-grad-norm 1.0 --beta 0.04 --save-every 100 --seed 5 --max-steps " +
            std::to_string(max_steps) + " --out " + out;
@@ -32,7 +29,7 @@ std::string tiny_args(const std::string& out, int max_steps) {
 
 // A checkpoint's adapters and AdamW state, as a resumed run would read them.
 LoraWeights load_checkpoint(const std::string& dir) {
-    LoraWeights w = peft_load(dir, qwen2_config_load(kModel));
+    LoraWeights w = peft_load(dir, qwen2_config_load(kTinyModel));
     adamw_state_load(dir + "/optimizer.safetensors", &w);
     return w;
 }
@@ -51,7 +48,7 @@ const JsonValue* field(const JsonValue& line, const char* key) { return line.get
 }  // namespace
 
 TEST_CASE("a step with a non-finite gradient norm is skipped, and three in a row stop the run", "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_nan");
     // --debug-nan-grad replaces the loss gradient of the listed steps by NaN: the backward then fills the LoRA
     // gradients with NaN and the gradient norm is NaN, as an overflow in the backward would make it
@@ -96,7 +93,7 @@ TEST_CASE("a step with a non-finite gradient norm is skipped, and three in a row
 
 TEST_CASE("a reward program printing a value beyond float32 makes the loss non-finite: skipped, then stopped",
           "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     qwen_tokenizer();
     TempDir temp("grpo_nan");
     Qwen2Config cfg = qwen2_preset("tiny");
@@ -134,7 +131,7 @@ TEST_CASE("a reward program printing a value beyond float32 makes the loss non-f
 }
 
 TEST_CASE("--grad-accum 2 with P prompts per step equals one step with 2P prompts (dapo)", "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_accum");
     // DAPO divides every batch's token sum by the token count of the whole accumulated batch and is not divided
     // by the accumulation steps again, so two batches of P prompts, their gradients summed, are exactly one
@@ -177,7 +174,7 @@ TEST_CASE("--grad-accum 2 with P prompts per step equals one step with 2P prompt
 }
 
 TEST_CASE("--merge writes the merged HF model that merge_lora writes from the final checkpoint", "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     require_program("./merge_lora", "merge_lora");
     TempDir temp("grpo_merge");
     // --base bf16: the base stays as stored, as merge_lora loads it
@@ -185,7 +182,7 @@ TEST_CASE("--merge writes the merged HF model that merge_lora writes from the fi
     INFO(run.output);
     REQUIRE(run.exit_code == 0);
     CHECK(run.output.find("merged: wrote " + (temp / "merged")) != std::string::npos);
-    CommandResult tool = run_shell("./merge_lora " + kModel + " " + (temp / "out/checkpoint-2") + " " +
+    CommandResult tool = run_shell("./merge_lora " + kTinyModel + " " + (temp / "out/checkpoint-2") + " " +
                                    (temp / "tool") + " 2>&1");
     INFO(tool.output);
     REQUIRE(tool.exit_code == 0);
@@ -224,7 +221,7 @@ TEST_CASE("the GPU memory plan: the largest micro-batch that fits, or one messag
 }
 
 TEST_CASE("benchmark support: random:PRESET weights, random prompts of a fixed length, --ignore-stop", "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     TempDir temp("grpo_bench");
     CommandResult run = run_shell(std::string(kTrainer) + " --device cpu -m random:tiny --task random-prompts:16"
                                   " --ignore-stop -g 2 --prompts-per-step 2 --max-steps 2 --max-completion-length 6"
@@ -245,7 +242,7 @@ TEST_CASE("benchmark support: random:PRESET weights, random prompts of a fixed l
 }
 
 TEST_CASE("train_grpo -h documents every option", "[train]") {
-    require_program(kTrainer, "build/train_grpo_cpu");
+    require_trainer();
     CommandResult help = run_shell(std::string(kTrainer) + " -h");
     REQUIRE(help.exit_code == 0);
     // every option parse_options accepts (the list of issue 6 among them)

@@ -133,6 +133,12 @@ inline std::string oracle_file(const std::string& name) {
 inline const std::string REF_DIR = "test/ref/qwen2/";
 inline const char* const REF_MODELS[] = {"tiny_tied", "tiny_untied"};
 
+// The CPU build of the trainer that the end-to-end tests run, and the tiny model they train.
+inline const char* const kTrainer = "./build/train_grpo_cpu";
+inline const std::string kTinyModel = REF_DIR + "tiny_tied/hf";
+// Fails the test unless kTrainer has been built.
+inline void require_trainer() { require_program(kTrainer, "build/train_grpo_cpu"); }
+
 // The dump's name for a LoRA matrix: "layers.0.self_attn.q_proj.lora_A" (PEFT's key without its prefix and suffix).
 inline std::string ref_lora_name(int layer, int slot, char matrix) {
     return "layers." + std::to_string(layer) + "." + linear_parent(slot) + "." + LINEAR_NAMES[slot] + ".lora_" + std::string(1, matrix);
