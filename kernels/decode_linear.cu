@@ -27,11 +27,12 @@
 // What bounds the NF4 path (H200, profiled with ncu; README "Where generation's time goes"): not the arithmetic
 // alone. With no dequantization at all v3 ran at a third of the roofline. Reading the codes 32 bytes at a time from
 // 16 rows at once left the HBM at 15% (every design tried: v3, and v4 with and without barriers); the same bytes
-// in decode-tile order, one contiguous stream per warp, took 1.5x less time. What remains is latency: 128
-// registers a thread allow 16 warps an SM, each with one step of loads in flight, and they issue about half the
-// time. The folded dequantization (DL_CFG_V4_FOLD, lab only: not bitsandbytes' rounding) is a further 1.35x.
-// At M 48-64 x is the larger traffic (M * 128 bytes of it per 512 code bytes, mostly from L2): see v4's narrow
-// and wide shapes.
+// in decode-tile order, one contiguous stream per warp, took 1.5x less time. Then instructions: at M 6 each code
+// byte costs a warp 7 instructions of dequantization to keep bitsandbytes' rounding (two lookups, two products,
+// one pack), and the whole kernel 12.6 (session 5, after its walk was rewritten from 17), issued about half the
+// time by 16 warps an SM (128 registers a thread), the rest waiting on the next step's loads. The folded
+// dequantization (DL_CFG_V4_FOLD, lab only: not bitsandbytes' rounding) is a further 1.15x. At M 48-64 the warps
+// wait on x's loads from L1 and L2 (not on L2's bandwidth): see v4's narrow and wide shapes.
 //
 // LoRA: ax = x A^T [M, G*R] comes from cuBLASLt when the caller passes a context (as in training; only G*R columns
 // over a long k, which this kernel's split-K serves poorly), else from this kernel with the bf16 A matrices as
@@ -114,7 +115,7 @@ struct DecodeParams {
     float* partials = nullptr;                     // split-K partial tiles
     int* counters = nullptr;                       // one per row tile, zero between launches
     int chunks_per_split = 1, splits = 1;          // v3's split-K plan
-    int64_t stream_rows = 1;                       // v4: (group, 64-block) rows per stream (pairs per warp at 1 column)
+    int64_t stream_rows = 1;                       // v4: (tile, 64-block) pairs per warp
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -133,17 +134,10 @@ __device__ __forceinline__ float dl_block_scale(const NF4View& t, const float* n
                                  __ldg(t.nested_absmax + block / NF4_NESTED_BLOCK));
 }
 
-// The NF4 code tables of a launch's linears, in shared memory. File scope, so that its address is a constant and a
-// lookup needs no base register (dl_nf4_word).
-__shared__ float dl_code_table[DECODE_LINEAR_MAX_G][16];
+// The NF4 code tables of a launch's linears, in shared memory: linear g's 16 fp32 codes at byte 64 g. Aligned to
+// 256 bytes, so that a code's shared address is the table's address with its low byte replaced (dl_nf4_word).
+__shared__ __align__(256) float dl_code_table[DECODE_LINEAR_MAX_G][16];
 
-// One 32-bit word of codes (bytes 0..3, element 2j of a byte in its high nibble) as the four bf16 pairs the mma
-// reads, the lower k in the low half; each value bf16(code[q] * scale), nf4_view_dequantize's rounding.
-// Dequantization is what bounds this kernel at small M (the weights are streamed once, the products are few), so
-// it is written for instruction count: the table offsets of all four bytes are formed at once, each byte of
-// `first` being 64 lin + 4 * (its high nibble), the byte offset of that code in dl_code_table, and `second` the
-// same for the low nibbles; a lookup is then one byte extract and one shared load, and a pair two products and
-// one pack.
 // Two fp32 codes times their block scale as the bf16 pair the mma reads (lo in the low half): bf16(code * scale),
 // nf4_view_dequantize's rounding, the one place the decode kernels apply it.
 __device__ __forceinline__ uint32_t dl_dequant_pair(float lo, float hi, float scale) {
@@ -151,19 +145,37 @@ __device__ __forceinline__ uint32_t dl_dequant_pair(float lo, float hi, float sc
     return *reinterpret_cast<uint32_t*>(&v);
 }
 
-__device__ __forceinline__ void dl_nf4_word(uint32_t out[4], uint32_t word, uint32_t lin_bytes, float scale) {
+// A float from a 32-bit shared-memory address. volatile: the compiler must not move it above the barrier after
+// which the tables are written (it cannot see that the address points into them).
+__device__ __forceinline__ float dl_lds(uint32_t address) {
+    float v;
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(address));
+    return v;
+}
+
+// The shared address of dl_code_table, low byte zero; | 64 g per byte selects linear g's table (dl_nf4_word).
+__device__ __forceinline__ uint32_t dl_code_table_address() {
+    return (uint32_t)__cvta_generic_to_shared(dl_code_table);
+}
+
+// One 32-bit word of codes (bytes 0..3, element 2j of a byte in its high nibble) as the four bf16 pairs the mma
+// reads, the lower k in the low half; each value bf16(code[q] * scale), nf4_view_dequantize's rounding.
+// Dequantization is what bounds this kernel at small M (the weights are streamed once, the products are few), so
+// it is written for instruction count: each byte of `first` is 64 g + 4 * (its high nibble), the offset of that
+// code in dl_code_table, and `second` the same for the low nibbles; one byte permute then puts an offset under the
+// table's address (table: dl_code_table_address()), so that a lookup is a permute and a shared load, and a pair
+// two lookups, two products and one pack: 3.5 instructions a weight.
+__device__ __forceinline__ void dl_nf4_word(uint32_t out[4], uint32_t word, uint32_t lin_bytes, uint32_t table,
+                                            float scale) {
     const uint32_t first = ((word >> 2) & 0x3C3C3C3Cu) | lin_bytes;
     const uint32_t second = ((word << 2) & 0x3C3C3C3Cu) | lin_bytes;
-    const char* table = reinterpret_cast<const char*>(dl_code_table);
 #pragma unroll
     for (int b = 0; b < 4; b++) {
-        const float lo = *reinterpret_cast<const float*>(table + __byte_perm(first, 0, 0x4440 | b));
-        const float hi = *reinterpret_cast<const float*>(table + __byte_perm(second, 0, 0x4440 | b));
+        const float lo = dl_lds(__byte_perm(first, table, 0x7650 | b));
+        const float hi = dl_lds(__byte_perm(second, table, 0x7650 | b));
         out[b] = dl_dequant_pair(lo, hi, scale);
     }
 }
-
-
 
 // Elements i and i+1 of a bf16 row as a pair, zero past `limit` (the rank-R operands need no alignment).
 __device__ __forceinline__ uint32_t dl_pair(const bf16* row, int i, int limit) {
@@ -471,7 +483,7 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
                     if (NF4) {
                         const uint32_t words[4] = {w.x, w.y, w.z, w.w};
                         dl_nf4_word(w_pairs[mt][h], words[q % 4], (uint32_t)lin[mt] * 0x40404040u,
-                                    scale[(mt * 2 + h) * DL_LOADS + j]);
+                                    dl_code_table_address(), scale[(mt * 2 + h) * DL_LOADS + j]);
                     } else {
                         w_pairs[mt][h][0] = w.x;
                         w_pairs[mt][h][1] = w.y;
@@ -581,12 +593,11 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 // profile of it (and of a first version of this one) showed warps stalled most of the time, the HBM at 15% and
 // the SMs issuing a third of what they can: each block waited on its slowest warp, and the warp that did a tile's
 // epilogue held up the rest. Here every warp runs on its own ("stream-K" over warps): the launch's work, every
-// (row tile of 16, 64-block of k) pair in row-tile-major order, is cut into equal contiguous ranges, one per warp
-// (one per stream of warps with columns, below). A warp streams its codes from HBM into registers, a step of
-// DL4_CH blocks ahead of the one it computes, and meets no barrier. Where a
-// range ends inside a tile, the warp stores its partial sums in a slot of the workspace; the last warp of the tile
-// to finish (a counter per tile) adds the tile's partials in a fixed order (so the bits never depend on timing) and
-// writes the output. A tile one warp covers whole needs no partial at all.
+// (row tile of 16, 64-block of k) pair in row-tile-major order, is cut into equal contiguous ranges, one per warp.
+// A warp streams its codes from HBM into registers, a step of DL4_CH blocks ahead of the one it computes, and
+// meets no barrier. Where a range ends inside a tile, the warp stores its partial sums in a slot of the workspace;
+// the last warp of the tile to finish (a counter per tile) adds the tile's partials in a fixed order (so the bits
+// never depend on timing) and writes the output. A tile one warp covers whole needs no partial at all.
 //
 // Layout per m-tile (16 rows) and 64-block of k (one absmax): lane (gq, c) loads 8 bytes of rows gq and gq+8, the
 // physical k c*16 .. c*16+15 of the block; mma k-step s takes its 4 weights 4s .. 4s+3 as the logical k (2c, 2c+1,
@@ -594,32 +605,38 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 // read in the same order: 32 bytes of x per lane and n-tile give the b registers of the four k-steps. Every k-step
 // of a quad then lies in one block, which the folded dequantization needs.
 //
+// Written for instruction count, which is what bounds it at small M: Nsight Compute (session 5, gate at M 6) found
+// 17 instructions per code byte and warp, where the dequantization needs 7. Most of the rest was the walk itself:
+// divisions to find the next (tile, block), the linear of a tile looked up again at every step, 64-bit address
+// arithmetic per load. Now the position moves by additions, and a tile's addresses (Dl4Tile) are formed once,
+// when the walk enters it.
+//
 // Two ways to dequantize (DL_CFG_V4_FOLD):
 //   0, exact: each weight as nf4_dequant.cu rounds it, bf16(code[q] * absmax) (dl_nf4_word), so the sampler's
 //     policy is bit-for-bit the trained one;
 //   1, fold: the mma takes bf16(code[q]) straight from a table of code-byte pairs (one byte permute and one shared
 //     load per pair), a block's four k-steps go to their own accumulator, and the block's absmax multiplies that
 //     sum once. The weights then differ from exact by at most one bf16 rounding (2^-9 relative).
-// And, for exact, DL_CFG_V4_PAIRS (a lab variant until measured): the two fp32 codes of a byte come from a table
-// of code-byte pairs in one 8-byte shared load whose address is one byte permute, instead of two permutes and two
-// loads; the products and the rounding are exact's, so are the bits. The table (32 copies, 64 KB) assumes the
-// group shares the default code, as fold's does.
 // Above 16 rows of x (NT > 2) there are two shapes, picked per launch by its number of (tile, block) pairs:
 //   narrow (few pairs: q, k, v, o): one block an SM at up to 255 registers, and the x of all n-tiles of a block
 //     loaded at once: such a launch is latency-bound, its warps few, and each round trip to L2 counts;
 //   wide (gate/up, down): two blocks an SM at 128 registers, and x loaded one n-tile at a time (8 registers
 //     instead of 64): with many warps the round trips overlap, and twice the warps keep more code bytes in flight.
 //   Lab, M 64 (session 4): gate 0.121 ms narrow, 0.103 wide; q 0.031 narrow, 0.042 wide.
-// What still bounds the wide shape is x from L2: each warp reads M * 128 bytes of x for each 512 code bytes, 16x
-// the code bytes at M 64 (gate: 543 MB, about its 0.1 ms at L2's bandwidth). Columns (DL_CFG_V4_COLUMNS = C > 1,
-// a lab variant until measured): the unit of the stream-K split becomes a "stream" of C warps, which walks
-// (group of C tiles, 64-block) rows, warp i of the stream taking tile C * group + i of each row. The C warps of a
-// stream then read the same x block at about the same time, from L1 after the first, and x's L2 traffic drops by
-// up to C. Partial sums and counters work as with C = 1 (a stream in place of a warp, a group in place of a tile).
-// Measured and dropped (lab, H200, session 4): 8 blocks a step, 3 blocks an SM at 80 registers, a per-warp cp.async
-// ring through shared memory, the adapters' x A^T through this kernel (each slower, or within 3%), and at M > 16
-// k slices sized for L1 (the pairs ordered slice-major so that a block's warps share x: 1.4-2.4x slower, the
-// partial tiles of every slice costing more than the x reads they saved).
+// What bounds the wide shape is the latency of x's loads, issued just before the mma that needs them: Nsight Compute
+// (session 5, gate at M 64) has 54% of the warps' stalls waiting on L1TEX (x, and the registers it spills), the
+// SMs issuing 0.30 of the time, and L2 at 26% of its bandwidth (L1 serves 71% of x), so not L2's bandwidth, as
+// session 4 estimated.
+// And, for exact, DL_CFG_V4_PAIRS (a lab variant): the two fp32 codes of a byte come from a table of code-byte pairs
+// in one 8-byte shared load whose address is one byte permute (and an addition), instead of two permutes and two
+// loads; the products and the rounding are exact's, so are the bits. The table (32 copies, 64 KB) assumes the group
+// shares the default code. Lab, session 5: 8% faster on gate at M 6, 3.5% on a layer, but 5% slower on a layer at
+// M 64 (its 64 KB come out of L1, where x lives), so not the default.
+// Measured and dropped (lab, H200): 8 blocks a step, 3 blocks an SM at 80 registers, a per-warp cp.async ring
+// through shared memory, the adapters' x A^T through this kernel, at M > 16 k slices sized for L1 (session 4);
+// streams of 4 or 8 warps walking k together so that they share x through L1 (at most 4% at M 48-64), and an L2
+// prefetch ahead of the loads, per lane (2 or 4 steps) or one bulk prefetch a step (8 or 16 pairs): slower each
+// time, by 3-10% (session 5).
 #ifndef DL_CFG_V4
 #define DL_CFG_V4 1  // route NF4 launches to this kernel (0: v3 for everything, for the lab's comparison)
 #endif
@@ -632,21 +649,17 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_V4_PAIRS
 #define DL_CFG_V4_PAIRS 0  // 1: exact dequantization through a table of code-byte pairs (lab variant, see below)
 #endif
-#ifndef DL_CFG_V4_COLUMNS
-#define DL_CFG_V4_COLUMNS 1  // warps of a block that walk k together, each on its own tile (see "Columns" above)
-#endif
 #ifndef DL_CFG_V4_WIDE_PAIRS
 #define DL_CFG_V4_WIDE_PAIRS 32768  // above 16 rows of x, launches of at least this many pairs run "wide" (below)
 #endif
 
-constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = 4, DL4_COLS = DL_CFG_V4_COLUMNS;
-static_assert(DL4_WARPS % DL4_COLS == 0, "a block holds whole streams");
+constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = 4;
 constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0, DL4_PAIRS = DL_CFG_V4_PAIRS != 0;
 static_assert(!(DL4_FOLD && DL4_PAIRS), "one pair table at a time");
 
-// The bytes of a pair table: for each code byte a 256-byte row, of which lane L reads slot L (4 bytes for fold, 8
-// for exact pairs: 32 copies, so that a warp's lookups never share a bank). 256-byte rows let one byte permute
-// form the address (dl4_pair_at).
+// The bytes of a pair table: for each code byte a 256-byte row, of which lane L reads slot L (fold: 4 bytes, the bf16
+// pair; exact pairs: 8 bytes, the two fp32 codes), 32 copies so that a warp's lookups never share a bank. 256-byte
+// rows let one byte permute form the offset (dl4_pair_at).
 constexpr int DL4_PAIR_TABLE_BYTES = 256 * 256;
 
 // Streamed once: not kept in L1, where x lives.
@@ -663,16 +676,17 @@ __device__ __forceinline__ uint2 dl4_load_stream8(const uint8_t* p) {
     return v;
 }
 
-// Where byte b of word has its pair in a pair table: byte * 256 + lane_bytes, formed by one permute (lane_bytes, the
-// lane's slot offset, fits in a byte; its byte 1 is the zero).
+// Where byte b of word has its pair in a pair table: byte * 256 + lane_bytes (the lane's slot offset, which fits in
+// a byte; its byte 1 is the zero), formed by one permute.
 __device__ __forceinline__ const char* dl4_pair_at(const char* table, uint32_t word, uint32_t lane_bytes, int b) {
     return table + __byte_perm(word, lane_bytes, 0x5504 | (b << 4));
 }
-// Byte b of word as the bf16 pair (code[high nibble], code[low nibble]) from the fold table (4-byte slots).
+// Byte b of word as the bf16 pair (code[high nibble], code[low nibble]) from the fold table.
 __device__ __forceinline__ uint32_t dl4_pair(const char* table, uint32_t word, uint32_t lane4, int b) {
     return *reinterpret_cast<const uint32_t*>(dl4_pair_at(table, word, lane4, b));
 }
-// The word's four bytes from the exact pair table (8-byte slots of two fp32 codes), dequantized as dl_nf4_word does.
+// The word's four bytes from the exact pair table, dequantized as dl_nf4_word does (the same products and rounding:
+// the same bits), with one permute and one 8-byte load per byte instead of two of each.
 __device__ __forceinline__ void dl4_pair_word(uint32_t out[4], const char* table, uint32_t word, uint32_t lane8,
                                               float scale) {
 #pragma unroll
@@ -682,43 +696,55 @@ __device__ __forceinline__ void dl4_pair_word(uint32_t out[4], const char* table
     }
 }
 
-// Where a warp is in its stream's range: group of DL4_COLS row tiles (the tile itself when DL4_COLS is 1), block of
-// k, and the blocks of the step (0 when the range is done).
+
+// Where a warp's walk is: its tile, the first block of k of the step, and the step's blocks (0: the range is done).
 struct Dl4Pos {
-    int group, kb, n;
+    int tile, kb, n;
 };
 
-// One step's loads: DL4_CH blocks of both rows, and the raw scales of the block this lane converts for its quad
-// (block c of the step; the quad's four lanes cover the four).
+// Where this lane finds a tile's bytes at block 0 of k, formed once when the walk enters the tile: block kb's are
+// then an addition away.
+struct Dl4Tile {
+    int tile = -1, g = 0;
+    bool tiled = false, double_quant = false;
+    const uint8_t* codes = nullptr;  // tiled: this lane's 16 bytes of the tile's unit 0; row-major: row gq's 8 bytes
+    const uint8_t* q = nullptr;      // row gq's 8-bit scale (double quantization); tiled: the next block's 16 bytes
+                                     // on, row gq + 8's 8 on; row-major: 1 and 8 nkb
+    const float* scales = nullptr;   // nested_absmax (indexed by row-major block / 256), or absmax_f32 (by block)
+    int block = 0;                   // the row-major block number of row gq, block 0
+};
+
+// One step's loads: DL4_CH blocks of both rows, the raw scales of the block this lane converts for its quad (block
+// c of the step; the quad's four lanes cover the four), and the step's linear.
 struct Dl4Step {
     uint2 code[DL4_CH][2];
     uint32_t q[2];
     float a[2];
+    int g;
 };
 
-// The split of a launch's (group, block) rows over streams: stream s owns [s * len, min(F, (s + 1) * len)).
-__host__ __device__ inline int dl4_first_stream(int group, int nkb, int64_t len) {
-    return (int)((int64_t)group * nkb / len);
+// The split of a launch's (tile, block) pairs over warps: warp w owns [w * len, min(F, (w + 1) * len)).
+__host__ __device__ inline int dl4_first_warp(int tile, int nkb, int64_t len) {
+    return (int)((int64_t)tile * nkb / len);
 }
-__host__ __device__ inline int dl4_last_stream(int group, int nkb, int64_t len) {
-    return (int)(((int64_t)(group + 1) * nkb - 1) / len);
+__host__ __device__ inline int dl4_last_warp(int tile, int nkb, int64_t len) {
+    return (int)(((int64_t)(tile + 1) * nkb - 1) / len);
 }
 
 template <int NT, bool WIDE>
 __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     decode_linear_nf4_stream_kernel(const __grid_constant__ DecodeParams p) {
-    extern __shared__ uint4 dl4_smem[];  // the fold or exact pair table
+    extern __shared__ uint4 dl4_smem[];  // the pair table
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
     constexpr int CH = DL4_CH;
     grid_launch_dependents();
     const int lane = threadIdx.x % 32, gq = lane / 4, c = lane % 4;
-    const int stream = (blockIdx.x * DL4_WARPS + threadIdx.x / 32) / DL4_COLS, column = threadIdx.x / 32 % DL4_COLS;
+    const int warp = blockIdx.x * DL4_WARPS + threadIdx.x / 32;
     const int K = p.K, M = p.M, nkb = K / NF4_BLOCK, tiles = p.total_rows / 16;
-    const int groups = (tiles + DL4_COLS - 1) / DL4_COLS;
-    const int64_t F = (int64_t)groups * nkb, len = p.stream_rows;
-    const int64_t f_begin = min(F, stream * len), f_end = min(F, f_begin + len);
+    const int F = tiles * nkb, len = (int)p.stream_rows;  // dl4_ok: F fits an int
+    const int f_begin = (int)min((int64_t)F, (int64_t)warp * len), f_end = min(F, f_begin + len);
     const char* pair_table = reinterpret_cast<const char*>(dl4_smem);
-    const uint32_t lane4 = (uint32_t)lane * 4u, lane8 = (uint32_t)lane * 8u;
+    const uint32_t lane4 = (uint32_t)lane * 4u, lane8 = (uint32_t)lane * 8u, code_table = dl_code_table_address();
 
     // the tables: a checkpoint's stored ones (fold: the group shares the default code, checked by the launcher)
     for (int g = 0; g < p.G; g++) {
@@ -729,61 +755,71 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     // the pair table: slot i % 32 of code byte i / 32, as bf16 (fold) or fp32 (exact pairs)
     for (int i = threadIdx.x; (DL4_FOLD || DL4_PAIRS) && i < 256 * 32; i += DL4_THREADS) {
         const int byte = i / 32;
-        const float lo = p.nf4[0].code[byte >> 4], hi = p.nf4[0].code[byte & 15];
+        const float even = p.nf4[0].code[byte >> 4], odd = p.nf4[0].code[byte & 15];  // elements 2j, 2j + 1
         if (DL4_FOLD) {
-            __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+            __nv_bfloat162 v = __floats2bfloat162_rn(even, odd);
             reinterpret_cast<uint32_t*>(dl4_smem)[byte * 64 + i % 32] = *reinterpret_cast<uint32_t*>(&v);
         } else {
-            reinterpret_cast<float2*>(dl4_smem)[i] = make_float2(lo, hi);
+            reinterpret_cast<float2*>(dl4_smem)[i] = make_float2(even, odd);
         }
     }
 
-    auto tile_of = [&](int group) { return group * DL4_COLS + column; };  // this warp's tile of a group
-
-    // the step after pos (same group while blocks remain in it and in the range); the last group may lack this
-    // warp's column, and then the warp's range ends there (no group follows the last)
-    auto next = [&](Dl4Pos pos) {
-        const int64_t f = (int64_t)pos.group * nkb + pos.kb + pos.n;
-        Dl4Pos to;
-        to.group = (int)(f / nkb);
-        to.kb = (int)(f - (int64_t)to.group * nkb);
-        to.n = (int)max((int64_t)0, min((int64_t)min(CH, nkb - to.kb), f_end - f));
-        if (tile_of(to.group) >= tiles) to.n = 0;
+    // the step after pos: the next blocks of its tile, or the next tile's first, as many as the tile and the range
+    // hold (at most CH)
+    auto step_size = [&](const Dl4Pos& at) { return max(0, min(min(CH, nkb - at.kb), f_end - (at.tile * nkb + at.kb))); };
+    auto next = [&](const Dl4Pos& pos) {
+        Dl4Pos to{pos.tile, pos.kb + pos.n, 0};
+        if (to.kb == nkb) to.tile++, to.kb = 0;
+        to.n = step_size(to);
         return to;
+    };
+
+    Dl4Tile src;  // the tile the loads are in
+    auto enter = [&](int tile) {
+        const int v = tile * 16, g = dl_linear_of(p, v), local = v - p.row_start[g];
+        const NF4View& t = p.nf4[g];
+        src.tile = tile;
+        src.g = g;
+        src.tiled = t.tiled;
+        src.double_quant = t.double_quant;
+        src.block = (local + gq) * nkb;
+        const int64_t unit = (int64_t)(local / 16) * nkb;  // the tile's first unit (tiled order)
+        src.codes = t.tiled ? t.packed + unit * 512 + lane * 16 : t.packed + (int64_t)(local + gq) * (K / 2) + c * 8;
+        src.q = t.tiled ? t.absmax_q + unit * 16 + gq : t.absmax_q + src.block;
+        src.scales = t.double_quant ? t.nested_absmax : t.absmax_f32;
     };
     auto load = [&](Dl4Step& s, const Dl4Pos& pos) {
         if (pos.n == 0) return;
-        const int v = tile_of(pos.group) * 16, kb = pos.kb, g = dl_linear_of(p, v), r = v - p.row_start[g] + gq;
-        const NF4View& t = p.nf4[g];
-        // the tile's unit of this block in the tiled order (its tile number within linear g), or the row-major codes
-        const int64_t unit = ((int64_t)(v - p.row_start[g]) / 16 * nkb + kb);
-        if (t.tiled) {
-            const uint8_t* units = t.packed + unit * 512 + lane * 16;
+        if (WIDE || pos.tile != src.tile) enter(pos.tile);  // wide: the registers are short, the steps long
+        const int kb = pos.kb;
+        if (src.tiled) {
+            const uint8_t* at = src.codes + kb * 512;
 #pragma unroll
             for (int j = 0; j < CH; j++) {
-                const uint4 both = j < pos.n ? dl4_load_stream16(units + j * 512) : make_uint4(0, 0, 0, 0);
+                const uint4 both = j < pos.n ? dl4_load_stream16(at + j * 512) : make_uint4(0, 0, 0, 0);
                 s.code[j][0] = make_uint2(both.x, both.y);
                 s.code[j][1] = make_uint2(both.z, both.w);
             }
         } else {
-            const uint8_t* row_codes = t.packed + (int64_t)r * (K / 2) + kb * 32 + c * 8;
+            const uint8_t* at = src.codes + kb * 32;
 #pragma unroll
             for (int j = 0; j < CH; j++)
 #pragma unroll
                 for (int h = 0; h < 2; h++)
-                    s.code[j][h] = j < pos.n ? dl4_load_stream8(row_codes + (int64_t)h * 8 * (K / 2) + j * 32) : make_uint2(0, 0);
+                    s.code[j][h] = j < pos.n ? dl4_load_stream8(at + (int64_t)h * 8 * (K / 2) + j * 32) : make_uint2(0, 0);
         }
+        s.g = src.g;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int64_t block = (int64_t)(r + 8 * h) * nkb + kb + c;
+            const int block = src.block + h * 8 * nkb + kb + c;
             s.q[h] = 0;
             s.a[h] = 0.0f;
             if (c < pos.n) {
-                if (t.double_quant) {
-                    s.q[h] = __ldg(t.absmax_q + (t.tiled ? (unit + c) * 16 + gq + 8 * h : block));
-                    s.a[h] = __ldg(t.nested_absmax + block / NF4_NESTED_BLOCK);
+                if (src.double_quant) {
+                    s.q[h] = __ldg(src.q + (src.tiled ? (kb + c) * 16 + h * 8 : kb + c + h * 8 * nkb));
+                    s.a[h] = __ldg(src.scales + block / NF4_NESTED_BLOCK);
                 } else {
-                    s.a[h] = __ldg(t.absmax_f32 + block);
+                    s.a[h] = __ldg(src.scales + block);
                 }
             }
         }
@@ -795,14 +831,17 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
 #pragma unroll
         for (int e = 0; e < 4; e++) acc[t][e] = 0.0f;
 
+    // x of this lane: row gq of each n-tile, the 16 k from c * 16 of each block (an offset, one register)
+    const int x_lane = gq * K + c * 16;
     // a step: blocks past pos.n have zero scales and zero x, so they add exact zeros and need no branch
     auto compute = [&](const Dl4Step& s, const Dl4Pos& pos) {
-        const int kb = pos.kb, g = dl_linear_of(p, tile_of(pos.group) * 16);
+        const int kb = pos.kb, g = s.g;
         const NF4View& t = p.nf4[g];
         float mine[2];  // the scales this lane converted (exactly as nf4_dequant.cu rounds them)
 #pragma unroll
         for (int h = 0; h < 2; h++)
             mine[h] = t.double_quant ? dl_double_quant_scale(t, nested_code[g][s.q[h]], s.a[h]) : s.a[h];
+        const uint32_t lin_bytes = (uint32_t)g * 0x40404040u;
 #pragma unroll
         for (int j = 0; j < CH; j++) {
             const bool valid = j < pos.n;
@@ -815,10 +854,9 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
             // x of n-tile tt: 32 bytes a lane (L1), the b registers of four k-steps
             uint32_t xw[NT][8];
             auto load_x = [&](int tt) {
-                const int n = tt * 8 + gq;
                 uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
-                if (valid && n < M) {
-                    const uint4* xr = reinterpret_cast<const uint4*>(p.x + (int64_t)n * K + (kb + j) * NF4_BLOCK + c * 16);
+                if (valid && tt * 8 + gq < M) {
+                    const uint4* xr = reinterpret_cast<const uint4*>(p.x + x_lane + (int64_t)tt * 8 * K + (kb + j) * NF4_BLOCK);
                     lo = __ldg(xr);
                     hi = __ldg(xr + 1);
                 }
@@ -841,8 +879,8 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
                     dl4_pair_word(&w[h][0], pair_table, s.code[j][h].x, lane8, scale[h]);
                     dl4_pair_word(&w[h][4], pair_table, s.code[j][h].y, lane8, scale[h]);
                 } else {
-                    dl_nf4_word(&w[h][0], s.code[j][h].x, (uint32_t)g * 0x40404040u, scale[h]);
-                    dl_nf4_word(&w[h][4], s.code[j][h].y, (uint32_t)g * 0x40404040u, scale[h]);
+                    dl_nf4_word(&w[h][0], s.code[j][h].x, lin_bytes, code_table, scale[h]);
+                    dl_nf4_word(&w[h][4], s.code[j][h].y, lin_bytes, code_table, scale[h]);
                 }
             }
             // wide: one n-tile of x at a time (all of them would take 64 registers and spill)
@@ -863,26 +901,26 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         }
     };
 
-    // the end of this warp's part of a tile: the whole tile's epilogue, or its partial into the slot of (stream +
-    // group, column) and, for the last of the tile's streams to arrive, the sum of all of them in stream order, then
-    // the epilogue (stream + group is unique along a column: both only grow along the order)
-    auto finish = [&](int group, bool whole) {
-        const int tile = tile_of(group), v = tile * 16, g = dl_linear_of(p, v);
+    // the end of this warp's part of a tile: the whole tile's epilogue, or its partial into the slot of (warp +
+    // tile) and, for the last of the tile's warps to arrive, the sum of all of them in warp order, then the epilogue
+    // (warp + tile is unique: both only grow along the order)
+    auto finish = [&](int tile, bool whole) {
+        const int v = tile * 16, g = dl_linear_of(p, v);
         if (whole) {
             dl_tile_epilogue<NT>(p, acc, g, v - p.row_start[g], gq, c);
         } else {
-            // n-tile tt of the partial that stream `from` left for this warp's tile of the group
+            // n-tile tt of the partial that warp `from` left for this tile
             auto slot = [&](int from, int tt) {
-                return reinterpret_cast<float4*>(p.partials) + (((int64_t)(from + group) * DL4_COLS + column) * NT + tt) * 32 + lane;
+                return reinterpret_cast<float4*>(p.partials) + ((int64_t)(from + tile) * NT + tt) * 32 + lane;
             };
 #pragma unroll
             for (int tt = 0; tt < NT; tt++)
-                __stcg(slot(stream, tt), make_float4(acc[tt][0], acc[tt][1], acc[tt][2], acc[tt][3]));
+                __stcg(slot(warp, tt), make_float4(acc[tt][0], acc[tt][1], acc[tt][2], acc[tt][3]));
             __threadfence();
             int arrived = 0;
             if (lane == 0) arrived = atomicAdd(&p.counters[tile], 1);
             arrived = __shfl_sync(0xFFFFFFFFu, arrived, 0);
-            const int first = dl4_first_stream(group, nkb, len), last = dl4_last_stream(group, nkb, len);
+            const int first = dl4_first_warp(tile, nkb, len), last = dl4_last_warp(tile, nkb, len);
             if (arrived == last - first) {
                 __threadfence();
                 float sum[NT][4];
@@ -910,20 +948,20 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     };
 
     // before the dependency: only what no earlier kernel writes (the weights)
-    Dl4Pos pos0 = next(Dl4Pos{(int)(f_begin / nkb), (int)(f_begin % nkb), 0});  // n = 0: next starts at f_begin
+    Dl4Pos cur{f_begin / nkb, f_begin % nkb, 0};  // dl4_shapes_ok: K > 0
+    cur.n = step_size(cur);
     Dl4Step bufs[2];
-    load(bufs[0], pos0);
+    load(bufs[0], cur);
     __syncthreads();  // the tables
     grid_dependency_wait();
-    int tile_start_kb = pos0.kb;  // where this warp's part of the current tile began
-    Dl4Pos cur = pos0;
+    int tile_start_kb = cur.kb;  // where this warp's part of the current tile began
     auto run = [&](Dl4Step& use, Dl4Step& fill) {  // one step; false when the range is done
         if (cur.n == 0) return false;
         const Dl4Pos after = next(cur);
         load(fill, after);
         compute(use, cur);
         if (cur.kb + cur.n == nkb || after.n == 0) {  // the end of the tile or of the range
-            finish(cur.group, tile_start_kb == 0 && cur.kb + cur.n == nkb);
+            finish(cur.tile, tile_start_kb == 0 && cur.kb + cur.n == nkb);
             tile_start_kb = 0;
         }
         cur = after;
@@ -1063,9 +1101,9 @@ static int dl4_blocks_per_sm() {
     return blocks;
 }
 
-// How a launch of the streaming kernel is cut: blocks of streams (DL4_COLS warps each), the (group, 64-block) rows
-// per stream, and the partial slots (one per stream, group it touches and column) the workspace needs. As many
-// warps as fit on the GPU at once, but each stream with at least two steps of work.
+// How a launch of the streaming kernel is cut: blocks of warps, the (tile, 64-block) pairs per warp, and the
+// partial slots (one per warp and tile it touches) the workspace needs. As many warps as fit on the GPU at once,
+// but each with at least two steps of work.
 struct Dl4Plan {
     int grid = 0;
     bool wide = false;  // see the kernel
@@ -1075,18 +1113,17 @@ struct Dl4Plan {
 static Dl4Plan dl4_plan(int total_rows, int K, int M) {
     Dl4Plan plan;
     const int NT = decode_linear_n_tiles(M), tiles = total_rows / 16, nkb = K / NF4_BLOCK;
-    const int groups = (tiles + DL4_COLS - 1) / DL4_COLS, streams_per_block = DL4_WARPS / DL4_COLS;
-    const int64_t pairs = (int64_t)tiles * nkb, F = (int64_t)groups * nkb;
+    const int64_t F = (int64_t)tiles * nkb;
     int per_sm = 1;
-    plan.wide = NT > 2 && pairs >= DL_CFG_V4_WIDE_PAIRS;
+    plan.wide = NT > 2 && F >= DL_CFG_V4_WIDE_PAIRS;
     dl_with_n_tiles(NT, [&](auto nt) {
         per_sm = plan.wide ? dl4_blocks_per_sm<nt(), true>() : dl4_blocks_per_sm<nt(), false>();
     });
-    const int64_t streams = std::max<int64_t>(
-        1, std::min<int64_t>((int64_t)per_sm * cuda_sm_count() * streams_per_block, F / (2 * DL4_CH)));
-    plan.grid = (int)((streams + streams_per_block - 1) / streams_per_block);
-    plan.stream_rows = (F + (int64_t)plan.grid * streams_per_block - 1) / ((int64_t)plan.grid * streams_per_block);
-    plan.partial_floats = ((size_t)plan.grid * streams_per_block + groups) * DL4_COLS * NT * 4 * 32;
+    const int64_t warps =
+        std::max<int64_t>(1, std::min<int64_t>((int64_t)per_sm * cuda_sm_count() * DL4_WARPS, F / (2 * DL4_CH)));
+    plan.grid = (int)((warps + DL4_WARPS - 1) / DL4_WARPS);
+    plan.stream_rows = (F + (int64_t)plan.grid * DL4_WARPS - 1) / ((int64_t)plan.grid * DL4_WARPS);
+    plan.partial_floats = ((size_t)plan.grid * DL4_WARPS + tiles) * NT * 4 * 32;
     return plan;
 }
 
@@ -1206,15 +1243,16 @@ static void dl_launch_mma_nt(const DecodeParams& p, dim3 grid, cudaStream_t stre
 // Whether the streaming NF4 kernel can read these weights and x: whole 64-blocks per row, 16-row tiles, 16-byte
 // aligned codes, 16-byte aligned x; the fold tables assume the group shares the standard NF4 code.
 static bool dl4_shapes_ok(const DecodeParams& p) {
-    if (p.K % NF4_BLOCK != 0 || (uintptr_t)p.x % 16 != 0) return false;
+    if (p.K <= 0 || p.K % NF4_BLOCK != 0 || (uintptr_t)p.x % 16 != 0) return false;
     for (int g = 0; g < p.G; g++) {
         if ((p.row_start[g + 1] - p.row_start[g]) % 16 != 0 || (uintptr_t)p.nf4[g].packed % 16 != 0) return false;
         if ((DL4_FOLD || DL4_PAIRS) && !p.nf4[g].default_code) return false;
     }
     return true;
 }
-static bool dl4_ok(const DecodeParams& p) {
-    return DL_CFG_V4 != 0 && p.total_rows / 16 <= (int)DL_MAX_COUNTERS && dl4_shapes_ok(p);
+static bool dl4_ok(const DecodeParams& p) {  // the kernel's walk counts (row, block) pairs in an int
+    return DL_CFG_V4 != 0 && p.total_rows / 16 <= (int)DL_MAX_COUNTERS &&
+           (int64_t)p.total_rows * (p.K / NF4_BLOCK) < INT32_MAX && dl4_shapes_ok(p);
 }
 
 
@@ -1370,18 +1408,3 @@ double decode_linear_bytes(const LoraLinearGpu* linears, int G, int M, int R) {
     }
     return bytes;
 }
-
-// the knobs end here, so that the lab can include this file again with other values
-#undef DL_CFG_WARPS
-#undef DL_CFG_STAGES_SMALL
-#undef DL_CFG_STAGES_LARGE
-#undef DL_CFG_BLOCKS_PER_SM
-#undef DL_CFG_MAX_SPLITS
-#undef DL_CFG_KSPLIT
-#undef DL_CFG_KSPLIT_NF4
-#undef DL_CFG_V4
-#undef DL_CFG_V4_WARPS
-#undef DL_CFG_V4_FOLD
-#undef DL_CFG_V4_WIDE_PAIRS
-#undef DL_CFG_V4_COLUMNS
-#undef DL_CFG_V4_PAIRS

@@ -20,13 +20,12 @@
 // version 4 (kernels/decode_linear.cu, decode_linear_forward, production for NF4): the streaming kernel, every warp
 //   on its own contiguous range of (16-row tile, 64-block) pairs, codes from HBM into registers a step ahead,
 //   partial tiles added in a fixed order; "prod" reads the codes in decode-tile order (nf4_tile), as the GPU model
-//   holds them. Variants: fold (bf16 codes from a pair table, the block scale applied once per block: not
-//   bitsandbytes' rounding), streams of 4 or 8 warps sharing x through L1 ("columns"), and exact
-//   dequantization through a table of code-byte pairs ("pairs").
+//   holds them. Variant: fold (bf16 codes from a pair table, the block scale applied once per block: not
+//   bitsandbytes' rounding).
 // Tuning: the variants side by side (kernels/decode_linear.cu compiled again with other DL_CFG_* knobs).
 // Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
 // plus the bf16 lm_head (the decode kernel and cuBLASLt), per decode step, eager and as a CUDA graph.
-// `lab_decode_linear profile [LINEAR [VARIANT]]`: k, gate and down at M 6 only, cold / warm / graph timings of each
+// `lab_decode_linear profile [LINEAR [VARIANT [M]]]`: k, gate and down at one M (6 unless given), cold / warm / graph timings of each
 // variant on row-major and tiled codes (with a bit-for-bit check that the order changes nothing), and few enough
 // launches for ncu (--kernel-name regex:stream --launch-skip 3 --launch-count 1).
 #include <cmath>
@@ -41,44 +40,22 @@
 typedef __nv_bfloat16 bf16;
 
 // Tuning variants: kernels/decode_linear.cu compiled again with other knob values (see its DL_CFG_* macros), each in
-// its own namespace, timed side by side with the production build below. Every header the .cu includes is already
-// included, so only its own code lands in each namespace.
-#include <algorithm>
-#include <cstdint>
-#include <cstdio>
-#include <cstdlib>
-#include "kernels/cuda_common.cuh"
-#include "kernels/mma.cuh"
-#define DL_VARIANT(NAME, DESCRIPTION) \
-    namespace NAME {                  \
-    static const char* knobs = #NAME ": " DESCRIPTION;
+// its own namespace and object (dev/cuda/variants/decode_linear_variant.cu; the knobs of each are the Makefile's
+// DL_KNOBS_<name>), timed side by side with the production build.
+#define DL_DECLARE_VARIANT(NAME, DESCRIPTION)                                                                       \
+    namespace NAME {                                                                                              \
+    static const char* knobs = #NAME ": " DESCRIPTION;                                                            \
+    void decode_linear_forward(const LoraLinearGpu* linears, int G, const bf16* x, int M, int R, float scale,     \
+                               bf16* const* y, void* workspace, size_t workspace_bytes, cudaStream_t stream,      \
+                               MatmulContext* ctx);                                                               \
+    }
 // the previous production kernel (v3: shared-memory pipeline, split-K through a workspace) for every NF4 call
-#define DL_CFG_V4 0
-DL_VARIANT(v3, "v3 for NF4 (shared-memory pipeline, split-K across blocks)")
-#include "kernels/decode_linear.cu"
-}
+DL_DECLARE_VARIANT(v3, "v3 for NF4 (shared-memory pipeline, split-K across blocks)")
 // v4 with the folded dequantization (bf16 codes from a pair table, the block scale applied once per block: not
 // bitsandbytes' rounding; validated against the CPU reference with the same tolerance)
-#define DL_CFG_V4_FOLD 1
-DL_VARIANT(fold, "v4, folded dequantization")
-#include "kernels/decode_linear.cu"
-}
-// v4 with columns (see the kernel): streams of 4 or 8 warps walking k together, each warp on its own tile, so that
-// the warps of a stream share each x block through L1
-#define DL_CFG_V4_COLUMNS 4
-DL_VARIANT(cols4, "v4 exact, streams of 4 warps on 4 tiles (x shared through L1)")
-#include "kernels/decode_linear.cu"
-}
-#define DL_CFG_V4_COLUMNS 8
-DL_VARIANT(cols8, "v4 exact, streams of 8 warps on 8 tiles (x shared through L1)")
-#include "kernels/decode_linear.cu"
-}
-
-// v4 with the exact pair table: the two fp32 codes of a byte in one shared load (see the kernel)
-#define DL_CFG_V4_PAIRS 1
-DL_VARIANT(pairs, "v4 exact, codes from a table of code-byte pairs (one 8-byte load per byte)")
-#include "kernels/decode_linear.cu"
-}
+DL_DECLARE_VARIANT(fold, "v4, folded dequantization")
+// v4 with the exact pair table (the two fp32 codes of a byte in one 8-byte shared load: the same bits as prod)
+DL_DECLARE_VARIANT(pairs, "v4 exact, codes from a table of code-byte pairs")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -319,9 +296,9 @@ static bool same_bits(ForwardFn a, const LoraLinearGpu* la, ForwardFn b, const L
 // `lab_decode_linear profile [LINEAR [VARIANT]]`: only k, gate and down at M 6, each kernel variant timed three ways (cold: after an L2
 // flush, as below; warm: 20 calls back to back; graph: those 20 calls replayed as one graph), and a few launches
 // left for a profiler to catch (ncu --kernel-name regex:decode_linear).
-static int profile_main(const char* only_linear, int only_variant) {
+static int profile_main(const char* only_linear, int only_variant, int M) {
     Rng rng(1234);
-    const int C = 3584, I = 18944, KV = 512, M = 6;
+    const int C = 3584, I = 18944, KV = 512;
     std::vector<std::unique_ptr<LabLinear>> lin;
     lin.emplace_back(new LabLinear("k", KV, C, true, true, false, rng));
     lin.emplace_back(new LabLinear("gate", I, C, true, false, false, rng));
@@ -335,27 +312,35 @@ static int profile_main(const char* only_linear, int only_variant) {
     void* ws = nullptr;
     cudaCheck(cudaMalloc(&ws, ws_bytes));
     cudaCheck(cudaMemset(ws, 0, ws_bytes));
-    // the last two read the tiled copy
-    const std::pair<const char*, ForwardFn> variants[5] = {{"v4 exact", decode_linear_forward},
-                                                           {"v3", v3::decode_linear_forward},
-                                                           {"v4 fold", fold::decode_linear_forward},
-                                                           {"exact tiled", decode_linear_forward},
-                                                           {"fold tiled", fold::decode_linear_forward}};
+    // the row-major copy, then the tiled one (as the GPU model holds it), each tiled variant checked bit for bit
+    // against the row-major run of the variant it reorders (an index into this table)
+    struct ProfileVariant {
+        const char* name;
+        ForwardFn forward;
+        bool tiled;
+        int same_as;
+    };
+    const ProfileVariant variants[] = {{"v4 exact", decode_linear_forward, false, -1},
+                                       {"v3", v3::decode_linear_forward, false, -1},
+                                       {"v4 fold", fold::decode_linear_forward, false, -1},
+                                       {"exact tiled", decode_linear_forward, true, 0},
+                                       {"fold tiled", fold::decode_linear_forward, true, 2},
+                                       {"pairs tiled", pairs::decode_linear_forward, true, 0}};
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
-    printf("%-6s %-12s %10s %10s %10s %10s\n", "linear", "kernel", "cold ms", "warm ms", "graph ms", "roofline");
+    printf("%-6s %-14s %10s %10s %10s %10s\n", "linear", "kernel", "cold ms", "warm ms", "graph ms", "roofline");
     for (auto& l : lin) {
         if (only_linear && std::string(only_linear) != l->name) continue;
         // the row-major copy, and the same weights in decode-tile order (each warp's work one contiguous stream)
         LoraLinearGpu base = l->lora(false, true), tiled = l->lora(false);
-        for (auto& v : variants) {
+        for (const ProfileVariant& v : variants) {
             if (only_variant >= 0 && &v - variants != only_variant) continue;
-            const LoraLinearGpu* which = &v - variants >= 3 ? &tiled : &base;
-            auto call = [&](cudaStream_t s) { v.second(which, 1, x_dev, M, R, SCALE, &y, ws, ws_bytes, s, nullptr); };
-            if (&v - variants >= 3) {  // the tiled copy gives the row-major bits
-                const bool same = same_bits(variants[&v - variants == 3 ? 0 : 2].second, &base, v.second, which, x_dev,
-                                            M, (int)l->out, y, ws, ws_bytes, nullptr);
-                printf("%-6s %-12s %s\n", l->name, v.first, same ? "same bits as row-major" : "DIFFERS from row-major: FAIL");
+            const LoraLinearGpu* which = v.tiled ? &tiled : &base;
+            auto call = [&](cudaStream_t s) { v.forward(which, 1, x_dev, M, R, SCALE, &y, ws, ws_bytes, s, nullptr); };
+            if (v.same_as >= 0) {
+                const bool same = same_bits(variants[v.same_as].forward, &base, v.forward, which, x_dev, M, (int)l->out,
+                                            y, ws, ws_bytes, nullptr);
+                printf("%-6s %-14s %s\n", l->name, v.name, same ? "same bits as row-major" : "DIFFERS from row-major: FAIL");
             }
             float cold = time_kernel_ms([&] { call(0); });
             float warm = time_kernel_ms([&] { for (int i = 0; i < 20; i++) call(0); }) / 20;
@@ -368,7 +353,7 @@ static int profile_main(const char* only_linear, int only_variant) {
             float replay = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); }) / 20;
             cudaCheck(cudaGraphExecDestroy(exec));
             cudaCheck(cudaGraphDestroy(graph));
-            printf("%-6s %-12s %10.4f %10.4f %10.4f %10.4f\n", l->name, v.first, cold, warm, replay,
+            printf("%-6s %-14s %10.4f %10.4f %10.4f %10.4f\n", l->name, v.name, cold, warm, replay,
                    decode_linear_bytes(&base, 1, M, R) / (CEILING_COPY_TBPS * 1e9));
         }
     }
@@ -378,7 +363,8 @@ static int profile_main(const char* only_linear, int only_variant) {
 
 int main(int argc, char** argv) {
     if (argc > 1 && std::string(argv[1]) == "profile")  // [linear [variant index]]
-        return profile_main(argc > 2 ? argv[2] : nullptr, argc > 3 ? atoi(argv[3]) : -1);
+        return profile_main(argc > 2 ? argv[2] : nullptr, argc > 3 ? atoi(argv[3]) : -1,
+                            argc > 4 ? std::max(1, std::min(DECODE_LINEAR_MAX_M, atoi(argv[4]))) : 6);
     Rng rng(1234);
     const int C = 3584, I = 18944, KV = 512, V = 152064, MAX_M = 64;
     printf("building the 7B linears (random NF4 codes, bf16 lm_head) ...\n");
@@ -454,11 +440,9 @@ int main(int argc, char** argv) {
             }
         }
     // the variants against the CPU reference: v3, fold (inexact), columns and the exact pair table
-    const std::pair<const char*, ForwardFn> checked_variants[5] = {{"v3", v3::decode_linear_forward},
-                                                                   {"v4 fold", fold::decode_linear_forward},
-                                                                   {"v4 cols4", cols4::decode_linear_forward},
-                                                                   {"v4 cols8", cols8::decode_linear_forward},
-                                                                   {"v4 pairs", pairs::decode_linear_forward}};
+    const std::pair<const char*, ForwardFn> checked_variants[] = {{"v3", v3::decode_linear_forward},
+                                                                 {"v4 fold", fold::decode_linear_forward},
+                                                                 {"v4 pairs", pairs::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -471,15 +455,14 @@ int main(int argc, char** argv) {
                 for (float& e : xr) e = round_bf16(e);
                 ok &= check(variant.first, *lin[i], y[i], xr, M, true);
             }
-    // the exact pair table computes every weight as production does, and its launches are cut the same way (the
-    // table does not change the blocks an SM holds): the same bits
+    // the exact pair table computes every weight as production does, and its launches are cut the same way: the
+    // same bits
     for (int M : {1, 6, 64})
         for (size_t i = 0; i + 1 < lin.size(); i++) {
             LoraLinearGpu one = lin[i]->lora(true);
             const bool same = same_bits(decode_linear_forward, &one, pairs::decode_linear_forward, &one,
                                         lin[i]->in == C ? xc_dev : xi_dev, M, (int)lin[i]->out, y[i], ws, ws_bytes, mm);
-            printf("  %-28s %s M=%d: %s\n", "v4 pairs against prod", lin[i]->name, M,
-                   same ? "same bits" : "DIFFERENT bits: FAIL");
+            printf("  %-28s %s M=%d: %s\n", "v4 pairs against prod", lin[i]->name, M, same ? "same bits" : "DIFFERENT bits: FAIL");
             ok &= same;
         }
     {  // version 1 (the simple kernel, LoRA included) and version 2 (base only) on q
@@ -505,16 +488,15 @@ int main(int argc, char** argv) {
 
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
-    printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n  %s\n  %s\n  %s\n  %s\n  %s\n", v3::knobs,
-           fold::knobs, cols4::knobs, cols8::knobs, pairs::knobs);
-    const ForwardFn variants[6] = {decode_linear_forward,        v3::decode_linear_forward,
-                                   fold::decode_linear_forward,  cols4::decode_linear_forward,
-                                   cols8::decode_linear_forward, pairs::decode_linear_forward};
+    printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n");
+    for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs}) printf("  %s\n", knobs);
+    const ForwardFn variants[] = {decode_linear_forward, v3::decode_linear_forward, fold::decode_linear_forward,
+                                  pairs::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %10s %10s %10s %10s %10s %10s\n", "linear", "prod", "v3", "fold", "cols4", "cols8", "pairs");
+    printf("  %-12s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold", "pairs");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -526,7 +508,7 @@ int main(int argc, char** argv) {
             for (ForwardFn f : variants) {  // one large zeroed workspace: the variants' plans need other sizes
                 const LoraLinearGpu* which = f == v3::decode_linear_forward ? &rows : &base;
                 float ms = time_kernel_ms([&] { f(which, 1, x, M, R, SCALE, &y[i], tune_ws, TUNE_WS_BYTES, 0, nullptr); });
-                printf(" %10.4f", ms);
+                printf(" %9.4f", ms);
             }
             printf("   (roofline %.4f ms)\n", decode_linear_bytes(&base, 1, M, R) / (CEILING_COPY_TBPS * 1e9));
         }
@@ -588,8 +570,7 @@ int main(int argc, char** argv) {
 
     // ---- a decode step: one layer's seven linears and the lm_head ----
     printf("\na 7B decode step's linears (r %d LoRA on all seven): one layer, and layer + lm_head, eager and as a "
-           "CUDA graph (\"fold\": %s; \"cols8\": %s; \"pairs\": %s)\n", R, fold::knobs, cols8::knobs,
-           pairs::knobs);
+           "CUDA graph (\"fold\": %s; \"pairs\": %s)\n", R, fold::knobs, pairs::knobs);
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     for (int M : {1, 6, 48, 64}) {
@@ -632,8 +613,8 @@ int main(int argc, char** argv) {
             cudaCheck(cudaGraphDestroy(variant_graph));
         };
         time_variant_graph("fold", mm, fold::decode_linear_forward);
-        time_variant_graph("cols8", mm, cols8::decode_linear_forward);
         time_variant_graph("pairs", mm, pairs::decode_linear_forward);
+
         float layer_ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
         float head_ms = time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); });
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
