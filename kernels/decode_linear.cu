@@ -620,13 +620,14 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 // Above 16 rows of x (NT > 2) there are two shapes, picked per launch by its number of (tile, block) pairs:
 //   narrow (few pairs: q, k, v, o): one block an SM at up to 255 registers, and the x of all n-tiles of a block
 //     loaded at once: such a launch is latency-bound, its warps few, and each round trip to L2 counts;
-//   wide (gate/up, down): two blocks an SM at 128 registers, and x loaded one n-tile at a time (8 registers
-//     instead of 64): with many warps the round trips overlap, and twice the warps keep more code bytes in flight.
+//   wide (gate/up, down): two blocks an SM at 128 registers, and x loaded one n-tile ahead (16 registers instead
+//     of 64): with many warps the round trips overlap, and twice the warps keep more code bytes in flight.
 //   Lab, M 64 (session 4): gate 0.121 ms narrow, 0.103 wide; q 0.031 narrow, 0.042 wide.
 // What bounds the wide shape is the latency of x's loads, issued just before the mma that needs them: Nsight Compute
 // (session 5, gate at M 64) has 54% of the warps' stalls waiting on L1TEX (x, and the registers it spills), the
 // SMs issuing 0.30 of the time, and L2 at 26% of its bandwidth (L1 serves 71% of x), so not L2's bandwidth, as
-// session 4 estimated.
+// session 4 estimated. So each n-tile's x is loaded one n-tile ahead of its mma (the first under the
+// dequantization): lab, session 5, 8% faster on gate and down at M 48, 3% at M 64, 3% on a layer at M 48.
 // And, for exact, DL_CFG_V4_PAIRS (a lab variant): the two fp32 codes of a byte come from a table of code-byte pairs
 // in one 8-byte shared load whose address is one byte permute (and an addition), instead of two permutes and two
 // loads; the products and the rounding are exact's, so are the bits. The table (32 copies, 64 KB) assumes the group
@@ -866,6 +867,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
             if (!WIDE)  // all of x ahead of the dequantization, whose latency it then hides
 #pragma unroll
                 for (int tt = 0; tt < NT; tt++) load_x(tt);
+            if (WIDE) load_x(0);  // the first n-tile's under the dequantization
             uint32_t w[2][8];  // the bf16 pairs of rows gq, gq+8: pairs 2s and 2s+1 feed k-step s
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -883,10 +885,10 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
                     dl_nf4_word(&w[h][4], s.code[j][h].y, lin_bytes, code_table, scale[h]);
                 }
             }
-            // wide: one n-tile of x at a time (all of them would take 64 registers and spill)
+            // wide: x one n-tile ahead (all of it would take 64 registers and spill)
 #pragma unroll
             for (int tt = 0; tt < NT; tt++) {
-                if (WIDE) load_x(tt);
+                if (WIDE && tt + 1 < NT) load_x(tt + 1);  // the next n-tile's under this one's mma
                 float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
                 for (int ks = 0; ks < 4; ks++) {
