@@ -293,9 +293,9 @@ static bool same_bits(ForwardFn a, const LoraLinearGpu* la, ForwardFn b, const L
     return want == got;
 }
 
-// `lab_decode_linear profile [LINEAR [VARIANT]]`: only k, gate and down at M 6, each kernel variant timed three ways (cold: after an L2
-// flush, as below; warm: 20 calls back to back; graph: those 20 calls replayed as one graph), and a few launches
-// left for a profiler to catch (ncu --kernel-name regex:decode_linear).
+// `lab_decode_linear profile [LINEAR [VARIANT [M]]]`: only k, gate and down at one M (6 unless given), each kernel
+// variant timed three ways (cold: after an L2 flush, as below; warm: 20 calls back to back; graph: those 20 calls
+// replayed as one graph), and a few launches left for a profiler to catch (dev/profile_decode_linear.sh).
 static int profile_main(const char* only_linear, int only_variant, int M) {
     Rng rng(1234);
     const int C = 3584, I = 18944, KV = 512;
@@ -312,8 +312,8 @@ static int profile_main(const char* only_linear, int only_variant, int M) {
     void* ws = nullptr;
     cudaCheck(cudaMalloc(&ws, ws_bytes));
     cudaCheck(cudaMemset(ws, 0, ws_bytes));
-    // the row-major copy, then the tiled one (as the GPU model holds it), each tiled variant checked bit for bit
-    // against the row-major run of the variant it reorders (an index into this table)
+    // on the row-major copy, then on the tiled one (as the GPU model holds it); same_as: the row-major run (an
+    // index into this table) that a tiled variant must match bit for bit, -1 for none
     struct ProfileVariant {
         const char* name;
         ForwardFn forward;
