@@ -697,7 +697,6 @@ __device__ __forceinline__ void dl4_pair_word(uint32_t out[4], const char* table
     }
 }
 
-
 // Where a warp's walk is: its tile, the first block of k of the step, and the step's blocks (0: the range is done).
 struct Dl4Pos {
     int tile, kb, n;
@@ -1129,7 +1128,6 @@ static Dl4Plan dl4_plan(int total_rows, int K, int M) {
     return plan;
 }
 
-
 struct DlWorkspace {
     int* counters = nullptr;
     bf16* ax = nullptr;
@@ -1256,7 +1254,6 @@ static bool dl4_ok(const DecodeParams& p) {  // the kernel's walk counts (row, b
     return DL_CFG_V4 != 0 && p.total_rows / 16 <= (int)DL_MAX_COUNTERS &&
            (int64_t)p.total_rows * (p.K / NF4_BLOCK) < INT32_MAX && dl4_shapes_ok(p);
 }
-
 
 static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
     const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M);

@@ -25,9 +25,9 @@
 // Tuning: the variants side by side (kernels/decode_linear.cu compiled again with other DL_CFG_* knobs).
 // Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
 // plus the bf16 lm_head (the decode kernel and cuBLASLt), per decode step, eager and as a CUDA graph.
-// `lab_decode_linear profile [LINEAR [VARIANT [M]]]`: k, gate and down at one M (6 unless given), cold / warm / graph timings of each
-// variant on row-major and tiled codes (with a bit-for-bit check that the order changes nothing), and few enough
-// launches for ncu (--kernel-name regex:stream --launch-skip 3 --launch-count 1).
+// `lab_decode_linear profile [LINEAR [VARIANT [M]]]`: k, gate and down at one M (6 unless given), cold / warm /
+// graph timings of each variant on row-major and tiled codes (with a bit-for-bit check that the order changes
+// nothing), and few enough launches for ncu (dev/profile_decode_linear.sh).
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -293,6 +293,22 @@ static bool same_bits(ForwardFn a, const LoraLinearGpu* la, ForwardFn b, const L
     return want == got;
 }
 
+// What one replay of the launches that enqueue(stream) makes costs when captured as a CUDA graph (what a decode loop
+// replays every step), in ms (time_kernel_ms: median, after an L2 flush).
+template <typename F>
+static float time_as_graph(cudaStream_t stream, F enqueue) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    enqueue(stream);
+    cudaCheck(cudaStreamEndCapture(stream, &graph));
+    cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+    const float ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
+    cudaCheck(cudaGraphExecDestroy(exec));
+    cudaCheck(cudaGraphDestroy(graph));
+    return ms;
+}
+
 // `lab_decode_linear profile [LINEAR [VARIANT [M]]]`: only k, gate and down at one M (6 unless given), each kernel
 // variant timed three ways (cold: after an L2 flush, as below; warm: 20 calls back to back; graph: those 20 calls
 // replayed as one graph), and a few launches left for a profiler to catch (dev/profile_decode_linear.sh).
@@ -344,15 +360,7 @@ static int profile_main(const char* only_linear, int only_variant, int M) {
             }
             float cold = time_kernel_ms([&] { call(0); });
             float warm = time_kernel_ms([&] { for (int i = 0; i < 20; i++) call(0); }) / 20;
-            cudaGraph_t graph;
-            cudaGraphExec_t exec;
-            cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-            for (int i = 0; i < 20; i++) call(stream);
-            cudaCheck(cudaStreamEndCapture(stream, &graph));
-            cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
-            float replay = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); }) / 20;
-            cudaCheck(cudaGraphExecDestroy(exec));
-            cudaCheck(cudaGraphDestroy(graph));
+            float replay = time_as_graph(stream, [&](cudaStream_t s) { for (int i = 0; i < 20; i++) call(s); }) / 20;
             printf("%-6s %-14s %10.4f %10.4f %10.4f %10.4f\n", l->name, v.name, cold, warm, replay,
                    decode_linear_bytes(&base, 1, M, R) / (CEILING_COPY_TBPS * 1e9));
         }
@@ -362,7 +370,7 @@ static int profile_main(const char* only_linear, int only_variant, int M) {
 }
 
 int main(int argc, char** argv) {
-    if (argc > 1 && std::string(argv[1]) == "profile")  // [linear [variant index]]
+    if (argc > 1 && std::string(argv[1]) == "profile")  // [linear [variant index [M]]]
         return profile_main(argc > 2 ? argv[2] : nullptr, argc > 3 ? atoi(argv[3]) : -1,
                             argc > 4 ? std::max(1, std::min(DECODE_LINEAR_MAX_M, atoi(argv[4]))) : 6);
     Rng rng(1234);
@@ -439,7 +447,7 @@ int main(int argc, char** argv) {
                 ok &= check(ctx ? "prod (cuBLASLt x A^T)" : "prod", *lin[i], y[i], xr, M, true);
             }
         }
-    // the variants against the CPU reference: v3, fold (inexact), columns and the exact pair table
+    // the variants against the CPU reference: v3, fold (inexact) and the exact pair table
     const std::pair<const char*, ForwardFn> checked_variants[] = {{"v3", v3::decode_linear_forward},
                                                                  {"v4 fold", fold::decode_linear_forward},
                                                                  {"v4 pairs", pairs::decode_linear_forward}};
@@ -581,48 +589,30 @@ int main(int argc, char** argv) {
         snprintf(label, sizeof(label), "layer M=%d eager", M);
         report(label, time_kernel_ms([&] { layer(M, mm, 0); }), layer_bytes, 0);
         snprintf(label, sizeof(label), "lm_head M=%d", M);
-        report(label, time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); }),
-               head_bytes, 0);
+        const float head_ms =
+            time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); });
+        report(label, head_ms, head_bytes, 0);
         snprintf(label, sizeof(label), "lm_head M=%d cuBLASLt", M);
         report(label, time_kernel_ms([&] {
                    matmul(mm, y[7], false, V, xc_dev, false, C, (const bf16*)head.gpu.w, true, C, M, V, C, 1.0f, 0.0f,
                           nullptr, 0);
                }),
                head_bytes, 0);
-        // the graph: what a decode loop would replay every step
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-        layer(M, mm, stream);
-        cudaCheck(cudaStreamEndCapture(stream, &graph));
-        cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
-        snprintf(label, sizeof(label), "layer M=%d graph", M);
-        report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); }), layer_bytes, 0);
-        // the same layer as a graph through other variants: the folded dequantization; streams of 8 columns; the
-        // exact pair table
-        auto time_variant_graph = [&](const char* what, MatmulContext* ctx, ForwardFn forward) {
-            cudaGraph_t variant_graph;
-            cudaGraphExec_t variant_exec;
-            cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-            layer(M, ctx, stream, forward);
-            cudaCheck(cudaStreamEndCapture(stream, &variant_graph));
-            cudaCheck(cudaGraphInstantiate(&variant_exec, variant_graph, 0));
-            snprintf(label, sizeof(label), "layer M=%d graph, %s", M, what);
-            report(label, time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(variant_exec, 0)); }), layer_bytes, 0);
-            cudaCheck(cudaGraphExecDestroy(variant_exec));
-            cudaCheck(cudaGraphDestroy(variant_graph));
+        // the layer's linears through forward as one CUDA graph, timed and reported: the ms of one replay
+        auto time_layer_graph = [&](const char* variant, ForwardFn forward) {
+            const float ms = time_as_graph(stream, [&](cudaStream_t s) { layer(M, mm, s, forward); });
+            snprintf(label, sizeof(label), "layer M=%d graph%s%s", M, variant ? ", " : "", variant ? variant : "");
+            report(label, ms, layer_bytes, 0);
+            return ms;
         };
-        time_variant_graph("fold", mm, fold::decode_linear_forward);
-        time_variant_graph("pairs", mm, pairs::decode_linear_forward);
-
-        float layer_ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
-        float head_ms = time_kernel_ms([&] { decode_linear_forward(&head1, 1, xc_dev, M, R, SCALE, &y[7], ws, ws_bytes, 0); });
+        // production, then the folded dequantization and the exact pair table
+        const float layer_ms = time_layer_graph(nullptr, decode_linear_forward);
+        time_layer_graph("fold", fold::decode_linear_forward);
+        time_layer_graph("pairs", pairs::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,
                M * 1000.0 / (28 * layer_ms + head_ms));
-        cudaCheck(cudaGraphExecDestroy(exec));
-        cudaCheck(cudaGraphDestroy(graph));
     }
     cudaCheck(cudaStreamDestroy(stream));
     matmul_destroy(mm);
