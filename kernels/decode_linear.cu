@@ -650,12 +650,15 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_V4_PAIRS
 #define DL_CFG_V4_PAIRS 0  // 1: exact dequantization through a table of code-byte pairs (lab variant, see below)
 #endif
+#ifndef DL_CFG_V4_DEFER
+#define DL_CFG_V4_DEFER 0  // 1: a warp's first partial tile arrives at the end of its range (lab variant, see below)
+#endif
 #ifndef DL_CFG_V4_WIDE_PAIRS
 #define DL_CFG_V4_WIDE_PAIRS 32768  // above 16 rows of x, launches of at least this many pairs run "wide" (below)
 #endif
 
 constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = 4;
-constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0, DL4_PAIRS = DL_CFG_V4_PAIRS != 0;
+constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0, DL4_PAIRS = DL_CFG_V4_PAIRS != 0, DL4_DEFER = DL_CFG_V4_DEFER != 0;
 static_assert(!(DL4_FOLD && DL4_PAIRS), "one pair table at a time");
 
 // The bytes of a pair table: for each code byte a 256-byte row, of which lane L reads slot L (fold: 4 bytes, the bf16
@@ -902,50 +905,68 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         }
     };
 
-    // the end of this warp's part of a tile: the whole tile's epilogue, or its partial into the slot of (warp +
-    // tile) and, for the last of the tile's warps to arrive, the sum of all of them in warp order, then the epilogue
-    // (warp + tile is unique: both only grow along the order)
-    auto finish = [&](int tile, bool whole) {
+    // n-tile tt of the partial that warp `from` left for a tile in the slot of (warp + tile), unique because both
+    // only grow along the order
+    auto slot = [&](int tile, int from, int tt) {
+        return reinterpret_cast<float4*>(p.partials) + ((int64_t)(from + tile) * NT + tt) * 32 + lane;
+    };
+    // this warp's partial of a tile is in its slot and visible (after a fence): count it in, and if it is the last of
+    // the tile's warps to arrive, add all the tile's partials in warp order and write the output
+    auto arrive = [&](int tile) {
+        int arrived = 0;
+        if (lane == 0) arrived = atomicAdd(&p.counters[tile], 1);
+        arrived = __shfl_sync(0xFFFFFFFFu, arrived, 0);
+        const int first = dl4_first_warp(tile, nkb, len), last = dl4_last_warp(tile, nkb, len);
+        if (arrived != last - first) return;
+        __threadfence();
+        float sum[NT][4];
+#pragma unroll
+        for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sum[tt][e] = 0.0f;
+        for (int w = first; w <= last; w++)
+#pragma unroll
+            for (int tt = 0; tt < NT; tt++) {
+                const float4 part = __ldcg(slot(tile, w, tt));
+                sum[tt][0] += part.x;
+                sum[tt][1] += part.y;
+                sum[tt][2] += part.z;
+                sum[tt][3] += part.w;
+            }
+        if (lane == 0) p.counters[tile] = 0;  // ready for the next launch
         const int v = tile * 16, g = dl_linear_of(p, v);
+        dl_tile_epilogue<NT>(p, sum, g, v - p.row_start[g], gq, c);
+    };
+    // Deferred arrival (DL_CFG_V4_DEFER, a lab variant until measured): the fence before a partial's arrival waits
+    // for every load of this thread still in flight, and mid-range that is the next step's codes, which the
+    // fence turns into a blocking load (Nsight Compute, session 5: 6% of the stalls at M 6 are the fence). A warp
+    // has at most two partial tiles, where its range begins and where it ends, so the first one's arrival can wait
+    // for the range's end, when nothing is in flight: one fence for both, the same sums in the same order.
+    int deferred = -1;  // a tile whose partial is stored but not yet counted in
+    // the end of this warp's part of a tile (range_done: and of its range): the whole tile's epilogue, or its
+    // partial into its slot and the arrival
+    auto finish = [&](int tile, bool whole, bool range_done) {
         if (whole) {
+            const int v = tile * 16, g = dl_linear_of(p, v);
             dl_tile_epilogue<NT>(p, acc, g, v - p.row_start[g], gq, c);
         } else {
-            // n-tile tt of the partial that warp `from` left for this tile
-            auto slot = [&](int from, int tt) {
-                return reinterpret_cast<float4*>(p.partials) + ((int64_t)(from + tile) * NT + tt) * 32 + lane;
-            };
 #pragma unroll
             for (int tt = 0; tt < NT; tt++)
-                __stcg(slot(warp, tt), make_float4(acc[tt][0], acc[tt][1], acc[tt][2], acc[tt][3]));
-            __threadfence();
-            int arrived = 0;
-            if (lane == 0) arrived = atomicAdd(&p.counters[tile], 1);
-            arrived = __shfl_sync(0xFFFFFFFFu, arrived, 0);
-            const int first = dl4_first_warp(tile, nkb, len), last = dl4_last_warp(tile, nkb, len);
-            if (arrived == last - first) {
-                __threadfence();
-                float sum[NT][4];
-#pragma unroll
-                for (int tt = 0; tt < NT; tt++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) sum[tt][e] = 0.0f;
-                for (int w = first; w <= last; w++)
-#pragma unroll
-                    for (int tt = 0; tt < NT; tt++) {
-                        const float4 part = __ldcg(slot(w, tt));
-                        sum[tt][0] += part.x;
-                        sum[tt][1] += part.y;
-                        sum[tt][2] += part.z;
-                        sum[tt][3] += part.w;
-                    }
-                if (lane == 0) p.counters[tile] = 0;  // ready for the next launch
-                dl_tile_epilogue<NT>(p, sum, g, v - p.row_start[g], gq, c);
-            }
+                __stcg(slot(tile, warp, tt), make_float4(acc[tt][0], acc[tt][1], acc[tt][2], acc[tt][3]));
         }
 #pragma unroll
         for (int tt = 0; tt < NT; tt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[tt][e] = 0.0f;
+        if (DL4_DEFER && !range_done) {
+            if (!whole) deferred = tile;
+            return;
+        }
+        if (whole && deferred < 0) return;
+        __threadfence();
+        if (deferred >= 0) arrive(deferred);
+        deferred = -1;
+        if (!whole) arrive(tile);
     };
 
     // before the dependency: only what no earlier kernel writes (the weights)
@@ -962,7 +983,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         load(fill, after);
         compute(use, cur);
         if (cur.kb + cur.n == nkb || after.n == 0) {  // the end of the tile or of the range
-            finish(cur.tile, tile_start_kb == 0 && cur.kb + cur.n == nkb);
+            finish(cur.tile, tile_start_kb == 0 && cur.kb + cur.n == nkb, after.n == 0);
             tile_start_kb = 0;
         }
         cur = after;

@@ -56,6 +56,8 @@ DL_DECLARE_VARIANT(v3, "v3 for NF4 (shared-memory pipeline, split-K across block
 DL_DECLARE_VARIANT(fold, "v4, folded dequantization")
 // v4 with the exact pair table (the two fp32 codes of a byte in one 8-byte shared load: the same bits as prod)
 DL_DECLARE_VARIANT(pairs, "v4 exact, codes from a table of code-byte pairs")
+// v4 whose warps count their first partial tile in at the end of their range (one fence, nothing in flight)
+DL_DECLARE_VARIANT(defer, "v4 exact, a warp's first partial tile arrives at the end of its range")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -341,7 +343,8 @@ static int profile_main(const char* only_linear, int only_variant, int M) {
                                        {"v4 fold", fold::decode_linear_forward, false, -1},
                                        {"exact tiled", decode_linear_forward, true, 0},
                                        {"fold tiled", fold::decode_linear_forward, true, 2},
-                                       {"pairs tiled", pairs::decode_linear_forward, true, 0}};
+                                       {"pairs tiled", pairs::decode_linear_forward, true, 0},
+                                       {"defer tiled", defer::decode_linear_forward, true, 0}};
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     printf("%-6s %-14s %10s %10s %10s %10s\n", "linear", "kernel", "cold ms", "warm ms", "graph ms", "roofline");
@@ -450,7 +453,8 @@ int main(int argc, char** argv) {
     // the variants against the CPU reference: v3, fold (inexact) and the exact pair table
     const std::pair<const char*, ForwardFn> checked_variants[] = {{"v3", v3::decode_linear_forward},
                                                                  {"v4 fold", fold::decode_linear_forward},
-                                                                 {"v4 pairs", pairs::decode_linear_forward}};
+                                                                 {"v4 pairs", pairs::decode_linear_forward},
+                                                                 {"v4 defer", defer::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -463,16 +467,19 @@ int main(int argc, char** argv) {
                 for (float& e : xr) e = round_bf16(e);
                 ok &= check(variant.first, *lin[i], y[i], xr, M, true);
             }
-    // the exact pair table computes every weight as production does, and its launches are cut the same way: the
-    // same bits
-    for (int M : {1, 6, 64})
-        for (size_t i = 0; i + 1 < lin.size(); i++) {
-            LoraLinearGpu one = lin[i]->lora(true);
-            const bool same = same_bits(decode_linear_forward, &one, pairs::decode_linear_forward, &one,
-                                        lin[i]->in == C ? xc_dev : xi_dev, M, (int)lin[i]->out, y[i], ws, ws_bytes, mm);
-            printf("  %-28s %s M=%d: %s\n", "v4 pairs against prod", lin[i]->name, M, same ? "same bits" : "DIFFERENT bits: FAIL");
-            ok &= same;
-        }
+    // the exact pair table computes every weight as production does, and the deferred arrival adds the same partials
+    // in the same order; both launches are cut as production's: the same bits
+    const std::pair<const char*, ForwardFn> exact_variants[] = {{"v4 pairs against prod", pairs::decode_linear_forward},
+                                                                {"v4 defer against prod", defer::decode_linear_forward}};
+    for (auto& variant : exact_variants)
+        for (int M : {1, 6, 64})
+            for (size_t i = 0; i + 1 < lin.size(); i++) {
+                LoraLinearGpu one = lin[i]->lora(true);
+                const bool same = same_bits(decode_linear_forward, &one, variant.second, &one,
+                                            lin[i]->in == C ? xc_dev : xi_dev, M, (int)lin[i]->out, y[i], ws, ws_bytes, mm);
+                printf("  %-28s %s M=%d: %s\n", variant.first, lin[i]->name, M, same ? "same bits" : "DIFFERENT bits: FAIL");
+                ok &= same;
+            }
     {  // version 1 (the simple kernel, LoRA included) and version 2 (base only) on q
         const int M = 6;
         std::vector<float> xr(x_c.begin(), x_c.begin() + (size_t)M * C);
@@ -497,14 +504,14 @@ int main(int argc, char** argv) {
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
     printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n");
-    for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs}) printf("  %s\n", knobs);
+    for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs}) printf("  %s\n", knobs);
     const ForwardFn variants[] = {decode_linear_forward, v3::decode_linear_forward, fold::decode_linear_forward,
-                                  pairs::decode_linear_forward};
+                                  pairs::decode_linear_forward, defer::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold", "pairs");
+    printf("  %-12s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold", "pairs", "defer");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -578,7 +585,7 @@ int main(int argc, char** argv) {
 
     // ---- a decode step: one layer's seven linears and the lm_head ----
     printf("\na 7B decode step's linears (r %d LoRA on all seven): one layer, and layer + lm_head, eager and as a "
-           "CUDA graph (\"fold\": %s; \"pairs\": %s)\n", R, fold::knobs, pairs::knobs);
+           "CUDA graph (\"fold\": %s; \"pairs\": %s; \"defer\": %s)\n", R, fold::knobs, pairs::knobs, defer::knobs);
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     for (int M : {1, 6, 48, 64}) {
@@ -605,10 +612,11 @@ int main(int argc, char** argv) {
             report(label, ms, layer_bytes, 0);
             return ms;
         };
-        // production, then the folded dequantization and the exact pair table
+        // production, then the folded dequantization, the exact pair table and the deferred arrival
         const float layer_ms = time_layer_graph(nullptr, decode_linear_forward);
         time_layer_graph("fold", fold::decode_linear_forward);
         time_layer_graph("pairs", pairs::decode_linear_forward);
+        time_layer_graph("defer", defer::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,
