@@ -653,12 +653,20 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_V4_DEFER
 #define DL_CFG_V4_DEFER 0  // 1: a warp's first partial tile arrives at the end of its range (lab variant, see below)
 #endif
+#ifndef DL_CFG_V4_FULL
+#define DL_CFG_V4_FULL 0  // 1: ranges cut at multiples of DL4_CH blocks, so that every step is whole (lab variant)
+#endif
 #ifndef DL_CFG_V4_WIDE_PAIRS
 #define DL_CFG_V4_WIDE_PAIRS 32768  // above 16 rows of x, launches of at least this many pairs run "wide" (below)
 #endif
 
 constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = 4;
 constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0, DL4_PAIRS = DL_CFG_V4_PAIRS != 0, DL4_DEFER = DL_CFG_V4_DEFER != 0;
+// Whole steps (DL_CFG_V4_FULL, a lab variant until measured): when a launch's blocks per row and every warp's
+// range are multiples of DL4_CH (dl4_plan rounds the ranges up; dl4_ok sends other shapes to v3), no step is cut
+// short, and the per-block checks of a step's size (predicated loads, zeroed registers, selected scales: about 60
+// of a step's 800 instructions at M 6, session 5's profile) drop out.
+constexpr bool DL4_FULL = DL_CFG_V4_FULL != 0;
 static_assert(!(DL4_FOLD && DL4_PAIRS), "one pair table at a time");
 
 // The bytes of a pair table: for each code byte a 256-byte row, of which lane L reads slot L (fold: 4 bytes, the bf16
@@ -799,7 +807,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
             const uint8_t* at = src.codes + kb * 512;
 #pragma unroll
             for (int j = 0; j < CH; j++) {
-                const uint4 both = j < pos.n ? dl4_load_stream16(at + j * 512) : make_uint4(0, 0, 0, 0);
+                const uint4 both = DL4_FULL || j < pos.n ? dl4_load_stream16(at + j * 512) : make_uint4(0, 0, 0, 0);
                 s.code[j][0] = make_uint2(both.x, both.y);
                 s.code[j][1] = make_uint2(both.z, both.w);
             }
@@ -809,7 +817,8 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
             for (int j = 0; j < CH; j++)
 #pragma unroll
                 for (int h = 0; h < 2; h++)
-                    s.code[j][h] = j < pos.n ? dl4_load_stream8(at + (int64_t)h * 8 * (K / 2) + j * 32) : make_uint2(0, 0);
+                    s.code[j][h] = DL4_FULL || j < pos.n ? dl4_load_stream8(at + (int64_t)h * 8 * (K / 2) + j * 32)
+                                                         : make_uint2(0, 0);
         }
         s.g = src.g;
 #pragma unroll
@@ -817,7 +826,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
             const int block = src.block + h * 8 * nkb + kb + c;
             s.q[h] = 0;
             s.a[h] = 0.0f;
-            if (c < pos.n) {
+            if (DL4_FULL || c < pos.n) {
                 if (src.double_quant) {
                     s.q[h] = __ldg(src.q + (src.tiled ? (kb + c) * 16 + h * 8 : kb + c + h * 8 * nkb));
                     s.a[h] = __ldg(src.scales + block / NF4_NESTED_BLOCK);
@@ -847,7 +856,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         const uint32_t lin_bytes = (uint32_t)g * 0x40404040u;
 #pragma unroll
         for (int j = 0; j < CH; j++) {
-            const bool valid = j < pos.n;
+            const bool valid = DL4_FULL || j < pos.n;
             float scale[2];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -1145,6 +1154,11 @@ static Dl4Plan dl4_plan(int total_rows, int K, int M) {
         std::max<int64_t>(1, std::min<int64_t>((int64_t)per_sm * cuda_sm_count() * DL4_WARPS, F / (2 * DL4_CH)));
     plan.grid = (int)((warps + DL4_WARPS - 1) / DL4_WARPS);
     plan.stream_rows = (F + (int64_t)plan.grid * DL4_WARPS - 1) / ((int64_t)plan.grid * DL4_WARPS);
+    if (DL4_FULL) {  // whole steps: ranges of whole steps, and the warps that then cover F
+        plan.stream_rows = (plan.stream_rows + DL4_CH - 1) / DL4_CH * DL4_CH;
+        const int64_t busy = (F + plan.stream_rows - 1) / plan.stream_rows;
+        plan.grid = (int)((busy + DL4_WARPS - 1) / DL4_WARPS);
+    }
     plan.partial_floats = ((size_t)plan.grid * DL4_WARPS + tiles) * NT * 4 * 32;
     return plan;
 }
@@ -1273,7 +1287,8 @@ static bool dl4_shapes_ok(const DecodeParams& p) {
 }
 static bool dl4_ok(const DecodeParams& p) {  // the kernel's walk counts (row, block) pairs in an int
     return DL_CFG_V4 != 0 && p.total_rows / 16 <= (int)DL_MAX_COUNTERS &&
-           (int64_t)p.total_rows * (p.K / NF4_BLOCK) < INT32_MAX && dl4_shapes_ok(p);
+           (int64_t)p.total_rows * (p.K / NF4_BLOCK) < INT32_MAX && (!DL4_FULL || p.K / NF4_BLOCK % DL4_CH == 0) &&
+           dl4_shapes_ok(p);
 }
 
 static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {

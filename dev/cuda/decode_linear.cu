@@ -58,6 +58,9 @@ DL_DECLARE_VARIANT(fold, "v4, folded dequantization")
 DL_DECLARE_VARIANT(pairs, "v4 exact, codes from a table of code-byte pairs")
 // v4 whose warps count their first partial tile in at the end of their range (one fence, nothing in flight)
 DL_DECLARE_VARIANT(defer, "v4 exact, a warp's first partial tile arrives at the end of its range")
+// v4 with ranges of whole steps, so that no step checks its size (see the kernel); and with both
+DL_DECLARE_VARIANT(full, "v4 exact, ranges of whole steps")
+DL_DECLARE_VARIANT(deferfull, "v4 exact, deferred arrival and whole steps")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -344,7 +347,8 @@ static int profile_main(const char* only_linear, int only_variant, int M) {
                                        {"exact tiled", decode_linear_forward, true, 0},
                                        {"fold tiled", fold::decode_linear_forward, true, 2},
                                        {"pairs tiled", pairs::decode_linear_forward, true, 0},
-                                       {"defer tiled", defer::decode_linear_forward, true, 0}};
+                                       {"defer tiled", defer::decode_linear_forward, true, 0},
+                                       {"deferfull tiled", deferfull::decode_linear_forward, true, -1}};
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     printf("%-6s %-14s %10s %10s %10s %10s\n", "linear", "kernel", "cold ms", "warm ms", "graph ms", "roofline");
@@ -454,7 +458,9 @@ int main(int argc, char** argv) {
     const std::pair<const char*, ForwardFn> checked_variants[] = {{"v3", v3::decode_linear_forward},
                                                                  {"v4 fold", fold::decode_linear_forward},
                                                                  {"v4 pairs", pairs::decode_linear_forward},
-                                                                 {"v4 defer", defer::decode_linear_forward}};
+                                                                 {"v4 defer", defer::decode_linear_forward},
+                                                                 {"v4 full", full::decode_linear_forward},
+                                                                 {"v4 deferfull", deferfull::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -504,14 +510,16 @@ int main(int argc, char** argv) {
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
     printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n");
-    for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs}) printf("  %s\n", knobs);
-    const ForwardFn variants[] = {decode_linear_forward, v3::decode_linear_forward, fold::decode_linear_forward,
-                                  pairs::decode_linear_forward, defer::decode_linear_forward};
+    for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs})
+        printf("  %s\n", knobs);
+    const ForwardFn variants[] = {decode_linear_forward,        v3::decode_linear_forward,   fold::decode_linear_forward,
+                                  pairs::decode_linear_forward, defer::decode_linear_forward, full::decode_linear_forward,
+                                  deferfull::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold", "pairs", "defer");
+    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold", "pairs", "defer", "full", "deferfull");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -585,7 +593,8 @@ int main(int argc, char** argv) {
 
     // ---- a decode step: one layer's seven linears and the lm_head ----
     printf("\na 7B decode step's linears (r %d LoRA on all seven): one layer, and layer + lm_head, eager and as a "
-           "CUDA graph (\"fold\": %s; \"pairs\": %s; \"defer\": %s)\n", R, fold::knobs, pairs::knobs, defer::knobs);
+           "CUDA graph (\"fold\": %s; \"pairs\": %s; \"defer\": %s; \"full\": %s; \"deferfull\": %s)\n", R, fold::knobs,
+           pairs::knobs, defer::knobs, full::knobs, deferfull::knobs);
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     for (int M : {1, 6, 48, 64}) {
@@ -612,11 +621,13 @@ int main(int argc, char** argv) {
             report(label, ms, layer_bytes, 0);
             return ms;
         };
-        // production, then the folded dequantization, the exact pair table and the deferred arrival
+        // production, then the variants
         const float layer_ms = time_layer_graph(nullptr, decode_linear_forward);
         time_layer_graph("fold", fold::decode_linear_forward);
         time_layer_graph("pairs", pairs::decode_linear_forward);
         time_layer_graph("defer", defer::decode_linear_forward);
+        time_layer_graph("full", full::decode_linear_forward);
+        time_layer_graph("deferfull", deferfull::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,
