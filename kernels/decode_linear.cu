@@ -656,6 +656,9 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_V4_FULL
 #define DL_CFG_V4_FULL 0  // 1: ranges cut at multiples of DL4_CH blocks, so that every step is whole (lab variant)
 #endif
+#ifndef DL_CFG_V4_WIDE_CH
+#define DL_CFG_V4_WIDE_CH 4  // blocks a step in the wide launches (2: half the code registers; lab variant)
+#endif
 #ifndef DL_CFG_V4_WIDE_PAIRS
 #define DL_CFG_V4_WIDE_PAIRS 32768  // above 16 rows of x, launches of at least this many pairs run "wide" (below)
 #endif
@@ -725,10 +728,14 @@ struct Dl4Tile {
     int block = 0;                   // the row-major block number of row gq, block 0
 };
 
-// One step's loads: DL4_CH blocks of both rows, the raw scales of the block this lane converts for its quad (block
-// c of the step; the quad's four lanes cover the four), and the step's linear.
+// One step's loads: CH blocks of both rows, the raw scales of the block this lane converts for its quad (block c of
+// the step; the quad's lanes cover the CH), and the step's linear. CH is DL4_CH, or DL_CFG_V4_WIDE_CH in the wide
+// launches: there a step's 8 n-tiles give each block 8x the mma, enough to hide a smaller step's loads, and half
+// the code registers could end the spills that Nsight Compute counted at 128 registers (session 5; a lab variant
+// until measured).
+template <int CH>
 struct Dl4Step {
-    uint2 code[DL4_CH][2];
+    uint2 code[CH][2];
     uint32_t q[2];
     float a[2];
     int g;
@@ -747,7 +754,8 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     decode_linear_nf4_stream_kernel(const __grid_constant__ DecodeParams p) {
     extern __shared__ uint4 dl4_smem[];  // the pair table
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
-    constexpr int CH = DL4_CH;
+    constexpr int CH = WIDE ? DL_CFG_V4_WIDE_CH : DL4_CH;
+    static_assert(CH >= 1 && CH <= 4, "a quad's four lanes convert a step's scales");
     grid_launch_dependents();
     const int lane = threadIdx.x % 32, gq = lane / 4, c = lane % 4;
     const int warp = blockIdx.x * DL4_WARPS + threadIdx.x / 32;
@@ -799,7 +807,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         src.q = t.tiled ? t.absmax_q + unit * 16 + gq : t.absmax_q + src.block;
         src.scales = t.double_quant ? t.nested_absmax : t.absmax_f32;
     };
-    auto load = [&](Dl4Step& s, const Dl4Pos& pos) {
+    auto load = [&](Dl4Step<CH>& s, const Dl4Pos& pos) {
         if (pos.n == 0) return;
         if (WIDE || pos.tile != src.tile) enter(pos.tile);  // wide: the registers are short, the steps long
         const int kb = pos.kb;
@@ -846,7 +854,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     // x of this lane: row gq of each n-tile, the 16 k from c * 16 of each block (an offset, one register)
     const int x_lane = gq * K + c * 16;
     // a step: blocks past pos.n have zero scales and zero x, so they add exact zeros and need no branch
-    auto compute = [&](const Dl4Step& s, const Dl4Pos& pos) {
+    auto compute = [&](const Dl4Step<CH>& s, const Dl4Pos& pos) {
         const int kb = pos.kb, g = s.g;
         const NF4View& t = p.nf4[g];
         float mine[2];  // the scales this lane converted (exactly as nf4_dequant.cu rounds them)
@@ -981,12 +989,12 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     // before the dependency: only what no earlier kernel writes (the weights)
     Dl4Pos cur{f_begin / nkb, f_begin % nkb, 0};  // dl4_shapes_ok: K > 0
     cur.n = step_size(cur);
-    Dl4Step bufs[2];
+    Dl4Step<CH> bufs[2];
     load(bufs[0], cur);
     __syncthreads();  // the tables
     grid_dependency_wait();
     int tile_start_kb = cur.kb;  // where this warp's part of the current tile began
-    auto run = [&](Dl4Step& use, Dl4Step& fill) {  // one step; false when the range is done
+    auto run = [&](Dl4Step<CH>& use, Dl4Step<CH>& fill) {  // one step; false when the range is done
         if (cur.n == 0) return false;
         const Dl4Pos after = next(cur);
         load(fill, after);

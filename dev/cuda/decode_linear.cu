@@ -61,6 +61,8 @@ DL_DECLARE_VARIANT(defer, "v4 exact, a warp's first partial tile arrives at the 
 // v4 with ranges of whole steps, so that no step checks its size (see the kernel); and with both
 DL_DECLARE_VARIANT(full, "v4 exact, ranges of whole steps")
 DL_DECLARE_VARIANT(deferfull, "v4 exact, deferred arrival and whole steps")
+// v4 whose wide launches (M > 16) take 2 blocks a step, half the code registers
+DL_DECLARE_VARIANT(wch2, "v4 exact, wide launches 2 blocks a step")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -460,7 +462,8 @@ int main(int argc, char** argv) {
                                                                  {"v4 pairs", pairs::decode_linear_forward},
                                                                  {"v4 defer", defer::decode_linear_forward},
                                                                  {"v4 full", full::decode_linear_forward},
-                                                                 {"v4 deferfull", deferfull::decode_linear_forward}};
+                                                                 {"v4 deferfull", deferfull::decode_linear_forward},
+                                                                 {"v4 wch2", wch2::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -476,7 +479,8 @@ int main(int argc, char** argv) {
     // the exact pair table computes every weight as production does, and the deferred arrival adds the same partials
     // in the same order; both launches are cut as production's: the same bits
     const std::pair<const char*, ForwardFn> exact_variants[] = {{"v4 pairs against prod", pairs::decode_linear_forward},
-                                                                {"v4 defer against prod", defer::decode_linear_forward}};
+                                                                {"v4 defer against prod", defer::decode_linear_forward},
+                                                                {"v4 wch2 against prod", wch2::decode_linear_forward}};
     for (auto& variant : exact_variants)
         for (int M : {1, 6, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -510,16 +514,18 @@ int main(int argc, char** argv) {
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
     printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n");
-    for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs})
+    for (const char* knobs :
+         {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs, wch2::knobs})
         printf("  %s\n", knobs);
     const ForwardFn variants[] = {decode_linear_forward,        v3::decode_linear_forward,   fold::decode_linear_forward,
                                   pairs::decode_linear_forward, defer::decode_linear_forward, full::decode_linear_forward,
-                                  deferfull::decode_linear_forward};
+                                  deferfull::decode_linear_forward, wch2::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold", "pairs", "defer", "full", "deferfull");
+    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold", "pairs", "defer", "full",
+           "deferfull", "wch2");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -593,8 +599,8 @@ int main(int argc, char** argv) {
 
     // ---- a decode step: one layer's seven linears and the lm_head ----
     printf("\na 7B decode step's linears (r %d LoRA on all seven): one layer, and layer + lm_head, eager and as a "
-           "CUDA graph (\"fold\": %s; \"pairs\": %s; \"defer\": %s; \"full\": %s; \"deferfull\": %s)\n", R, fold::knobs,
-           pairs::knobs, defer::knobs, full::knobs, deferfull::knobs);
+           "CUDA graph (\"fold\": %s; \"pairs\": %s; \"defer\": %s; \"full\": %s; \"deferfull\": %s; \"wch2\": %s)\n", R,
+           fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs, wch2::knobs);
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     for (int M : {1, 6, 48, 64}) {
@@ -628,6 +634,7 @@ int main(int argc, char** argv) {
         time_layer_graph("defer", defer::decode_linear_forward);
         time_layer_graph("full", full::decode_linear_forward);
         time_layer_graph("deferfull", deferfull::decode_linear_forward);
+        time_layer_graph("wch2", wch2::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,
