@@ -648,7 +648,10 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #define DL_CFG_V4_FOLD 0
 #endif
 #ifndef DL_CFG_V4_PAIRS
-#define DL_CFG_V4_PAIRS 0  // 1: exact dequantization through a table of code-byte pairs (lab variant, see below)
+#define DL_CFG_V4_PAIRS 0  // 1: exact dequantization through a table of code-byte pairs; 2: the table 64 KB-aligned
+#endif                     // (lab variants, see below)
+#ifndef DL_CFG_V4_BLOCKS_SM
+#define DL_CFG_V4_BLOCKS_SM 2  // blocks an SM the launch bounds ask for at M <= 16 and in the wide launches
 #endif
 #ifndef DL_CFG_V4_DEFER
 #define DL_CFG_V4_DEFER 0  // 1: a warp's first partial tile arrives at the end of its range (lab variant, see below)
@@ -671,6 +674,12 @@ constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0, DL4_PAIRS = DL_CFG_V4_PAIRS != 0,
 // of a step's 800 instructions at M 6, session 5's profile) drop out.
 constexpr bool DL4_FULL = DL_CFG_V4_FULL != 0;
 static_assert(!(DL4_FOLD && DL4_PAIRS), "one pair table at a time");
+// The aligned pair table (DL_CFG_V4_PAIRS 2, a lab variant until measured): with the table at a 64 KB boundary of
+// shared memory, a pair's address is the table's top bits, the code byte and the lane's slot, so one byte permute
+// forms all of it (dl4_aligned_pair_word) and a byte costs 5 instructions (a permute, an 8-byte load, two products
+// and a pack) against dl_nf4_word's 7. The alignment costs up to 64 KB of padding: 128 KB of shared memory a block,
+// so one block an SM, of 16 warps (the variant sets DL_CFG_V4_WARPS 16 and DL_CFG_V4_BLOCKS_SM 1).
+constexpr bool DL4_PAIRS_ALIGNED = DL_CFG_V4_PAIRS == 2;
 
 // The bytes of a pair table: for each code byte a 256-byte row, of which lane L reads slot L (fold: 4 bytes, the bf16
 // pair; exact pairs: 8 bytes, the two fp32 codes), 32 copies so that a warp's lookups never share a bank. 256-byte
@@ -699,6 +708,18 @@ __device__ __forceinline__ const char* dl4_pair_at(const char* table, uint32_t w
 // Byte b of word as the bf16 pair (code[high nibble], code[low nibble]) from the fold table.
 __device__ __forceinline__ uint32_t dl4_pair(const char* table, uint32_t word, uint32_t lane4, int b) {
     return *reinterpret_cast<const uint32_t*>(dl4_pair_at(table, word, lane4, b));
+}
+// The word's four bytes from the aligned exact pair table (lane_at: the table's address | the lane's slot offset),
+// dequantized as dl_nf4_word does: byte b of the word becomes byte 1 of the address.
+__device__ __forceinline__ void dl4_aligned_pair_word(uint32_t out[4], uint32_t word, uint32_t lane_at, float scale) {
+#pragma unroll
+    for (int b = 0; b < 4; b++) {
+        float even, odd;
+        asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];"
+                     : "=f"(even), "=f"(odd)
+                     : "r"(__byte_perm(word, lane_at, 0x7604 | (b << 4))));
+        out[b] = dl_dequant_pair(even, odd, scale);
+    }
 }
 // The word's four bytes from the exact pair table, dequantized as dl_nf4_word does (the same products and rounding:
 // the same bits), with one permute and one 8-byte load per byte instead of two of each.
@@ -750,7 +771,7 @@ __host__ __device__ inline int dl4_last_warp(int tile, int nkb, int64_t len) {
 }
 
 template <int NT, bool WIDE>
-__global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
+__global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCKS_SM : 1)
     decode_linear_nf4_stream_kernel(const __grid_constant__ DecodeParams p) {
     extern __shared__ uint4 dl4_smem[];  // the pair table
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
@@ -762,7 +783,10 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
     const int K = p.K, M = p.M, nkb = K / NF4_BLOCK, tiles = p.total_rows / 16;
     const int F = tiles * nkb, len = (int)p.stream_rows;  // dl4_ok: F fits an int
     const int f_begin = (int)min((int64_t)F, (int64_t)warp * len), f_end = min(F, f_begin + len);
-    const char* pair_table = reinterpret_cast<const char*>(dl4_smem);
+    // the pair table, at a 64 KB boundary of shared memory when aligned (dl4_smem_bytes leaves the room)
+    const uint32_t smem_at = (uint32_t)__cvta_generic_to_shared(dl4_smem);
+    const uint32_t table_at = DL4_PAIRS_ALIGNED ? (smem_at + 0xFFFFu) & ~0xFFFFu : smem_at;
+    char* pair_table = reinterpret_cast<char*>(dl4_smem) + (table_at - smem_at);
     const uint32_t lane4 = (uint32_t)lane * 4u, lane8 = (uint32_t)lane * 8u, code_table = dl_code_table_address();
 
     // the tables: a checkpoint's stored ones (fold: the group shares the default code, checked by the launcher)
@@ -777,9 +801,9 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
         const float even = p.nf4[0].code[byte >> 4], odd = p.nf4[0].code[byte & 15];  // elements 2j, 2j + 1
         if (DL4_FOLD) {
             __nv_bfloat162 v = __floats2bfloat162_rn(even, odd);
-            reinterpret_cast<uint32_t*>(dl4_smem)[byte * 64 + i % 32] = *reinterpret_cast<uint32_t*>(&v);
+            reinterpret_cast<uint32_t*>(pair_table)[byte * 64 + i % 32] = *reinterpret_cast<uint32_t*>(&v);
         } else {
-            reinterpret_cast<float2*>(dl4_smem)[i] = make_float2(even, odd);
+            reinterpret_cast<float2*>(pair_table)[i] = make_float2(even, odd);
         }
     }
 
@@ -896,6 +920,9 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? 2 : 1)
                         w[h][b] = dl4_pair(pair_table, s.code[j][h].x, lane4, b);
                         w[h][4 + b] = dl4_pair(pair_table, s.code[j][h].y, lane4, b);
                     }
+                } else if (DL4_PAIRS_ALIGNED) {
+                    dl4_aligned_pair_word(&w[h][0], s.code[j][h].x, table_at | lane8, scale[h]);
+                    dl4_aligned_pair_word(&w[h][4], s.code[j][h].y, table_at | lane8, scale[h]);
                 } else if (DL4_PAIRS) {
                     dl4_pair_word(&w[h][0], pair_table, s.code[j][h].x, lane8, scale[h]);
                     dl4_pair_word(&w[h][4], pair_table, s.code[j][h].y, lane8, scale[h]);
@@ -1126,7 +1153,9 @@ static size_t dl_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 constexpr size_t DL_MAX_COUNTERS = 4096;
 
 // Blocks of the streaming kernel an SM holds (asked once per instantiation, after opting into its shared memory).
-static size_t dl4_smem_bytes() { return DL4_FOLD || DL4_PAIRS ? DL4_PAIR_TABLE_BYTES : 0; }
+static size_t dl4_smem_bytes() {
+    return DL4_PAIRS_ALIGNED ? 2 * DL4_PAIR_TABLE_BYTES : DL4_FOLD || DL4_PAIRS ? DL4_PAIR_TABLE_BYTES : 0;
+}
 template <int NT, bool WIDE>
 static int dl4_blocks_per_sm() {
     static int blocks = 0;

@@ -63,6 +63,9 @@ DL_DECLARE_VARIANT(full, "v4 exact, ranges of whole steps")
 DL_DECLARE_VARIANT(deferfull, "v4 exact, deferred arrival and whole steps")
 // v4 whose wide launches (M > 16) take 2 blocks a step, half the code registers
 DL_DECLARE_VARIANT(wch2, "v4 exact, wide launches 2 blocks a step")
+// v4 with the exact pair table at a 64 KB boundary (one permute per byte forms the address; one block of 16 warps an
+// SM): meant for M <= 16
+DL_DECLARE_VARIANT(pairs5, "v4 exact, 64 KB-aligned pair table, 16 warps a block")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -350,7 +353,8 @@ static int profile_main(const char* only_linear, int only_variant, int M) {
                                        {"fold tiled", fold::decode_linear_forward, true, 2},
                                        {"pairs tiled", pairs::decode_linear_forward, true, 0},
                                        {"defer tiled", defer::decode_linear_forward, true, 0},
-                                       {"deferfull tiled", deferfull::decode_linear_forward, true, -1}};
+                                       {"deferfull tiled", deferfull::decode_linear_forward, true, -1},
+                                       {"pairs5 tiled", pairs5::decode_linear_forward, true, -1}};
     cudaStream_t stream;
     cudaCheck(cudaStreamCreate(&stream));
     printf("%-6s %-14s %10s %10s %10s %10s\n", "linear", "kernel", "cold ms", "warm ms", "graph ms", "roofline");
@@ -463,7 +467,8 @@ int main(int argc, char** argv) {
                                                                  {"v4 defer", defer::decode_linear_forward},
                                                                  {"v4 full", full::decode_linear_forward},
                                                                  {"v4 deferfull", deferfull::decode_linear_forward},
-                                                                 {"v4 wch2", wch2::decode_linear_forward}};
+                                                                 {"v4 wch2", wch2::decode_linear_forward},
+                                                                 {"v4 pairs5", pairs5::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -476,8 +481,9 @@ int main(int argc, char** argv) {
                 for (float& e : xr) e = round_bf16(e);
                 ok &= check(variant.first, *lin[i], y[i], xr, M, true);
             }
-    // the exact pair table computes every weight as production does, and the deferred arrival adds the same partials
-    // in the same order; both launches are cut as production's: the same bits
+    // the exact pair table computes every weight as production does, the deferred arrival adds the same partials in
+    // the same order, and 2 blocks a step change no order either; all are cut as production's: the same bits (pairs5,
+    // with 16 warps a block, is cut otherwise and only checked against the CPU above)
     const std::pair<const char*, ForwardFn> exact_variants[] = {{"v4 pairs against prod", pairs::decode_linear_forward},
                                                                 {"v4 defer against prod", defer::decode_linear_forward},
                                                                 {"v4 wch2 against prod", wch2::decode_linear_forward}};
@@ -514,18 +520,18 @@ int main(int argc, char** argv) {
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
     printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n");
-    for (const char* knobs :
-         {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs, wch2::knobs})
+    for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs,
+                              wch2::knobs, pairs5::knobs})
         printf("  %s\n", knobs);
-    const ForwardFn variants[] = {decode_linear_forward,        v3::decode_linear_forward,   fold::decode_linear_forward,
-                                  pairs::decode_linear_forward, defer::decode_linear_forward, full::decode_linear_forward,
-                                  deferfull::decode_linear_forward, wch2::decode_linear_forward};
+    const ForwardFn variants[] = {decode_linear_forward,           v3::decode_linear_forward,   fold::decode_linear_forward,
+                                  pairs::decode_linear_forward,    defer::decode_linear_forward, full::decode_linear_forward,
+                                  deferfull::decode_linear_forward, wch2::decode_linear_forward, pairs5::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold", "pairs", "defer", "full",
-           "deferfull", "wch2");
+    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold", "pairs", "defer", "full",
+           "deferfull", "wch2", "pairs5");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -635,6 +641,7 @@ int main(int argc, char** argv) {
         time_layer_graph("full", full::decode_linear_forward);
         time_layer_graph("deferfull", deferfull::decode_linear_forward);
         time_layer_graph("wch2", wch2::decode_linear_forward);
+        time_layer_graph("pairs5", pairs5::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,
