@@ -141,7 +141,7 @@ $(BUILD)/lab_%: dev/cuda/%.cu $(KERNEL_OBJS) $(BUILD)/libgrpo.a
 # lab_decode_linear's variants: kernels/decode_linear.cu compiled again with other DL_CFG_* knobs, each in its own
 # namespace and object, so that they build in parallel (dev/cuda/variants/decode_linear_variant.cu)
 DL_VARIANTS := v3 fold pairs defer full deferfull wch2 pairs5
-DL_KNOBS_v3 := -DDL_CFG_V4=0
+DL_KNOBS_v3 := -DDL_CFG_V4=0 -DDL_CFG_BF16_CUBLAS=0
 DL_KNOBS_fold := -DDL_CFG_V4_FOLD=1
 DL_KNOBS_pairs := -DDL_CFG_V4_PAIRS=1
 DL_KNOBS_defer := -DDL_CFG_V4_DEFER=1

@@ -1,7 +1,10 @@
 // bench_generate.cu: batched generation at a Qwen2.5 shape on one GPU (random NF4 base, LoRA r=32 on all seven projections): tokens/s, time per decode step against the memory roofline, memory.
 //
-// Build and run on the GPU machine:  make build/bench_generate && ./build/bench_generate [7B] [PROMPT_LEN] [NEW_TOKENS] [M,M,...]
-// (dev/bench_generate.sh runs it next to the HF + PEFT peer's generate.) Stop tokens are ignored, so every
+// Build and run on the GPU machine:
+//   make build/bench_generate && ./build/bench_generate [7B] [PROMPT_LEN] [NEW_TOKENS] [M,M,...] [COPY_MIN_ROWS]
+// (dev/bench_generate.sh runs it next to the HF + PEFT peer's generate.) COPY_MIN_ROWS > 0 holds the bf16 base
+// copy (GpuOptions::bf16_base_copy) and runs decode steps of at least that many rows on it; the roofline stays the
+// NF4 one (the bytes a step must read with the NF4 base), so the share shows what the copy buys against it. Stop tokens are ignored, so every
 // sequence runs to NEW_TOKENS and the work is the same for every implementation. Each batch of M sequences
 // has M different prompts. A decode step must read every weight once and every sequence's KV cache, so the
 // roofline of a step is max(bytes / 4.27 TB/s, FLOPs / 800 TFLOP/s); the time per step below includes the
@@ -32,6 +35,7 @@ int main(int argc, char** argv) {
         for (std::string item; std::getline(list, item, ',');) batches.push_back(atoi(item.c_str()));
         int max_M = 0;
         for (int M : batches) max_M = std::max(max_M, M);
+        const int copy_min_rows = argc > 5 ? atoi(argv[5]) : 0;
 
         Qwen2Config cfg = qwen2_preset(preset);
         LoraConfig lc;  // r = 32, alpha = 32 on all seven projections
@@ -42,6 +46,8 @@ int main(int argc, char** argv) {
         options.max_tokens = P;  // the prefill runs one prompt at a time
         options.max_rollouts = max_M;
         options.max_sequence_length = P + new_tokens;
+        options.bf16_base_copy = copy_min_rows > 0;
+        options.bf16_copy_min_rows = std::max(1, copy_min_rows);
         size_t free0 = 0, total = 0;
         cudaCheck(cudaMemGetInfo(&free0, &total));
         GpuModel* model = gpu_model_create(weights, lora, options);
@@ -73,9 +79,10 @@ int main(int argc, char** argv) {
             double step_ms = seconds * 1e3 / new_tokens;
             printf("RESULT {\"impl\": \"grpo.cu\", \"model\": \"%s\", \"M\": %d, \"prompt\": %d, \"new_tokens\": %d, "
                    "\"generated\": %zu, \"seconds\": %.3f, \"tokens_per_s\": %.0f, \"step_ms\": %.3f, "
-                   "\"roofline_step_ms\": %.3f, \"share_of_roofline\": %.3f, \"gpu_memory_gib\": %.2f}\n",
+                   "\"roofline_step_ms\": %.3f, \"share_of_roofline\": %.3f, \"gpu_memory_gib\": %.2f, "
+                   "\"copy_min_rows\": %d}\n",
                    preset.c_str(), M, P, new_tokens, generated, seconds, generated / seconds, step_ms, roofline_ms,
-                   roofline_ms / step_ms, (free0 - free1) / 1073741824.0);
+                   roofline_ms / step_ms, (free0 - free1) / 1073741824.0, copy_min_rows);
             fflush(stdout);
         }
         gpu_model_destroy(model);

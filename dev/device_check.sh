@@ -32,7 +32,7 @@ for lab in build/lab_*; do
     case "$lab" in *.d) continue ;; esac
     if [ -n "$filter" ] && [[ "$lab" != *"$filter"* ]]; then continue; fi
     echo "== $lab" >> "$out/labs.log"
-    timeout 120 "$lab" >> "$out/labs.log" 2>&1 || { status=1; echo "  $lab exited non-zero" >> "$out/labs.log"; }
+    timeout 400 "$lab" >> "$out/labs.log" 2>&1 || { status=1; echo "  $lab exited non-zero" >> "$out/labs.log"; }
 done
 echo
 echo "================ summary ================"

@@ -32,7 +32,8 @@ int decode_linear_n_tiles(int M);
 size_t decode_linear_workspace_bytes(const LoraLinearGpu* linears, int G, int R, int max_M);
 // ctx: with a cuBLASLt context, the adapters' x A^T (a GEMM of only G*R columns over a long k, which the decode
 // kernel's split-K handles poorly) runs through matmul, as the training forward computes it; without one, through
-// the decode kernel with the A matrices as bf16 weights. Both round x A^T to bf16 once.
+// the decode kernel with the A matrices as bf16 weights. Both round x A^T to bf16 once. With a context, a group of
+// bf16 weights runs wholly through cuBLASLt (lora_linear_forward), faster than the decode kernel there.
 void decode_linear_forward(const LoraLinearGpu* linears, int G, const __nv_bfloat16* x, int M, int R, float scale,
                            __nv_bfloat16* const* y, void* workspace, size_t workspace_bytes, cudaStream_t stream,
                            MatmulContext* ctx = nullptr);

@@ -211,7 +211,7 @@ struct Generator {
         for (int l = 0; l < cfg.L; l++) {
             const LayerWeights& lw = w.layers[l];
             rmsnorm_forward(b.ln, nullptr, b.x, (const bf16*)lw.input_norm, M, C, eps, stream);
-            gpu_model_linear_group(model, l, LIN_Q, 3, true, group);
+            gpu_model_decode_group(model, l, LIN_Q, 3, M, group);
             bf16* qkv[3] = {b.q, b.k, b.v};
             decode_linear_forward(group, 3, b.ln, M, R, scale, qkv, b.linear_workspace, b.linear_workspace_bytes,
                                   stream, parts.matmul);
@@ -220,18 +220,18 @@ struct Generator {
             kv_cache_append(k_cache(l), v_cache(l), b.k, b.v, b.slots, positions, M, cfg.KVH, cfg.HD, max_T, stream);
             decode_attention_forward(b.att, b.q, k_cache(l), v_cache(l), b.slots, lens, M, cfg.NH, cfg.KVH, cfg.HD,
                                      max_T, max_len, splits, b.attention_scratch, stream);
-            gpu_model_linear_group(model, l, LIN_O, 1, true, group);
+            gpu_model_decode_group(model, l, LIN_O, 1, M, group);
             bf16* o[1] = {b.proj};
             decode_linear_forward(group, 1, b.att, M, R, scale, o, b.linear_workspace, b.linear_workspace_bytes,
                                   stream, parts.matmul);
             residual_rmsnorm_forward(b.x, b.ln, nullptr, b.x, b.proj, (const bf16*)lw.post_attention_norm, M, C, eps,
                                      stream);
-            gpu_model_linear_group(model, l, LIN_GATE, 2, true, group);
+            gpu_model_decode_group(model, l, LIN_GATE, 2, M, group);
             bf16* gu[2] = {b.gate, b.up};
             decode_linear_forward(group, 2, b.ln, M, R, scale, gu, b.linear_workspace, b.linear_workspace_bytes,
                                   stream, parts.matmul);
             swiglu_forward(b.mlp, b.gate, b.up, (size_t)M * cfg.I, stream);
-            gpu_model_linear_group(model, l, LIN_DOWN, 1, true, group);
+            gpu_model_decode_group(model, l, LIN_DOWN, 1, M, group);
             bf16* down[1] = {b.proj};
             decode_linear_forward(group, 1, b.mlp, M, R, scale, down, b.linear_workspace, b.linear_workspace_bytes,
                                   stream, parts.matmul);

@@ -1,7 +1,8 @@
 // gpu_model.cu: Qwen2 + LoRA on one GPU from the kernels' launchers: the memory plan, the packed forward to log-probs with a checkpoint per layer, and the backward to LoRA recomputing each layer.
 //
-// Memory (llm.c style): three cudaMalloc calls, sized at creation and never grown. The weights are the planned host
-// buffer uploaded byte for byte (NF4 linears stay NF4 and are dequantized one linear at a time into a scratch).
+// Memory (llm.c style): a few cudaMalloc calls, sized at creation and never grown. The weights are the planned host
+// buffer uploaded byte for byte (NF4 linears stay NF4 and are dequantized one linear at a time into a scratch, or,
+// with GpuOptions::bf16_base_copy, all at once into a bf16 copy that the GEMMs read instead).
 // The LoRA state holds fp32 params, grads and AdamW moments in the host LoraWeights layout (so the optimizer
 // kernels, the gradient norm and checkpoints see the CPU's layout), plus bf16 copies of A and B laid out so each
 // group's A's (q k v, gate up) are consecutive: x A^T of a group is then one GEMM (kernels/matmul.cuh).
@@ -31,6 +32,7 @@
 #include "kernels/embedding.cuh"
 #include "kernels/logprob.cuh"
 #include "kernels/matmul.cuh"
+#include "kernels/nf4_dequant.cuh"
 #include "kernels/nf4_tile.cuh"
 #include "kernels/residual.cuh"
 #include "kernels/rmsnorm.cuh"
@@ -212,20 +214,46 @@ static size_t layout_lora(const GpuLoraLayout& layout, char* base, GpuLoraBuffer
     return arena.offset;
 }
 
-GpuMemoryPlan gpu_memory_plan(const Qwen2Config& cfg, size_t weight_bytes, int64_t nf4_max_elements,
+Nf4LinearSizes nf4_linear_sizes(const Qwen2Weights& w) {
+    Nf4LinearSizes sizes;
+    for (const LayerWeights& layer : w.layers)
+        for (const LinearWeight& lin : layer.linear)
+            if (lin.format == LinearFormat::NF4) {
+                sizes.largest = std::max(sizes.largest, lin.out * lin.in);
+                Arena count;
+                count.take<bf16>((size_t)(lin.out * lin.in));
+                sizes.copy_bytes += count.offset;
+            }
+    return sizes;
+}
+
+// Whether the plan holds the bf16 base copy: asked for, and some linear is NF4.
+static bool plans_base_copy(const Nf4LinearSizes& nf4, const GpuOptions& options) {
+    return options.bf16_base_copy && nf4.copy_bytes > 0;
+}
+
+GpuMemoryPlan gpu_memory_plan(const Qwen2Config& cfg, size_t weight_bytes, const Nf4LinearSizes& nf4,
                               const LoraConfig& lora, const GpuOptions& options) {
     GpuMemoryPlan plan;
     char buf[256];
     plan.weight_bytes = weight_bytes;
-    snprintf(buf, sizeof(buf), "the planned buffer as loaded (%s linears)", nf4_max_elements > 0 ? "NF4" : "bf16");
+    snprintf(buf, sizeof(buf), "the planned buffer as loaded (%s linears)", nf4.largest > 0 ? "NF4" : "bf16");
     plan.lines.push_back({"weights", buf, weight_bytes});
+    if (plans_base_copy(nf4, options)) {
+        plan.base_copy_bytes = nf4.copy_bytes;
+        snprintf(buf, sizeof(buf), "the NF4 linears dequantized once (--bf16-base-copy); decode steps of >= %d rows "
+                 "and the training GEMMs read it", options.bf16_copy_min_rows);
+        plan.lines.push_back({"bf16 base copy", buf, plan.base_copy_bytes});
+    }
     GpuLoraLayout layout = lora_layout(cfg, lora);
     GpuLoraBuffers unused;
     plan.lora_bytes = layout_lora(layout, nullptr, &unused);
     snprintf(buf, sizeof(buf), "%zu params (r %d): fp32 params, grads, m, v + bf16 copies", layout.num_params, lora.R);
     plan.lines.push_back({"LoRA state", buf, plan.lora_bytes});
     GpuActs acts;
-    plan.activation_bytes = layout_activations(cfg, nf4_max_elements, lora.R, options, nullptr, &acts, &plan);
+    // the copy makes the dequantization scratch unnecessary: every NF4 linear has its bf16 twin
+    const int64_t scratch_elements = plans_base_copy(nf4, options) ? 0 : nf4.largest;
+    plan.activation_bytes = layout_activations(cfg, scratch_elements, lora.R, options, nullptr, &acts, &plan);
     plan.generation_bytes = gpu_generation_plan(cfg, lora, options, &plan);
     return plan;
 }
@@ -238,8 +266,9 @@ std::string gpu_memory_plan_table(const GpuMemoryPlan& plan) {
                  line.detail.c_str());
         out += buf;
     }
-    snprintf(buf, sizeof(buf), "  %-20s %11.1f MiB  (%.2f GiB in %d allocations: weights, LoRA, activations%s)\n",
-             "total", plan.total() / 1048576.0, plan.total() / 1073741824.0, plan.generation_bytes > 0 ? 4 : 3,
+    snprintf(buf, sizeof(buf), "  %-20s %11.1f MiB  (%.2f GiB in %d allocations: weights, %sLoRA, activations%s)\n",
+             "total", plan.total() / 1048576.0, plan.total() / 1073741824.0,
+             3 + (plan.generation_bytes > 0) + (plan.base_copy_bytes > 0), plan.base_copy_bytes > 0 ? "bf16 copy, " : "",
              plan.generation_bytes > 0 ? ", generation" : "");
     return out + buf;
 }
@@ -270,6 +299,8 @@ struct GpuModel {
 
     uint8_t* weight_buffer = nullptr;
     Qwen2Weights weights;  // views of weight_buffer (device pointers)
+    bf16* base_copy_buffer = nullptr;              // GpuOptions::bf16_base_copy
+    std::vector<std::vector<LinearWeight>> base_copy;  // [L][NUM_LINEAR]: bf16 views of it; empty without it
 
     char* lora_buffer = nullptr;
     LoraConfig lora_cfg;
@@ -312,12 +343,23 @@ static void* device_alloc(const char* what, size_t bytes, const std::string& adv
     return p;
 }
 
-static int64_t largest_nf4_linear(const Qwen2Weights& w) {
-    int64_t largest = 0;
-    for (const LayerWeights& layer : w.layers)
-        for (const LinearWeight& lin : layer.linear)
-            if (lin.format == LinearFormat::NF4) largest = std::max(largest, lin.out * lin.in);
-    return largest;
+// Every NF4 linear dequantized into the copy allocation; base_copy[l][s] describes it as a bf16 linear (bias and
+// shape shared with the original), and bf16 linears are described as they are.
+static void make_base_copy(GpuModel* m) {
+    Arena arena{(char*)m->base_copy_buffer, 0};
+    m->base_copy.assign(m->cfg.L, std::vector<LinearWeight>(NUM_LINEAR));
+    for (int l = 0; l < m->cfg.L; l++)
+        for (int s = 0; s < NUM_LINEAR; s++) {
+            const LinearWeight& lin = m->weights.layers[l].linear[s];
+            LinearWeight& copy = m->base_copy[l][s];
+            copy = lin;
+            if (lin.format != LinearFormat::NF4) continue;
+            bf16* w = arena.take<bf16>((size_t)(lin.out * lin.in));
+            nf4_dequantize_gpu(w, lin.nf4, m->stream);
+            copy.format = LinearFormat::BF16;
+            copy.w = (const bf16_bits*)w;
+            copy.nf4 = NF4View();
+        }
 }
 
 // The NF4 linears in GPU memory, rewritten into the decode-tile order (kernels/nf4_tile.cuh: each decode warp then
@@ -369,8 +411,8 @@ GpuModel* gpu_model_create(const Qwen2Weights& host_weights, const LoraWeights& 
     try {
         m->cfg = cfg;
         m->options = options;
-        const int64_t nf4_max = largest_nf4_linear(host_weights);
-        m->plan = gpu_memory_plan(cfg, host_weights.plan.total_bytes, nf4_max, lora.lora, options);
+        const Nf4LinearSizes nf4 = nf4_linear_sizes(host_weights);
+        m->plan = gpu_memory_plan(cfg, host_weights.plan.total_bytes, nf4, lora.lora, options);
         if (options.print_memory_plan) {
             printf("%s", gpu_memory_plan_table(m->plan).c_str());
             fflush(stdout);
@@ -383,6 +425,11 @@ GpuModel* gpu_model_create(const Qwen2Weights& host_weights, const LoraWeights& 
         cudaCheck(cudaMemcpy(m->weight_buffer, host_weights.buffer, m->plan.weight_bytes, cudaMemcpyHostToDevice));
         m->weights = weights_from_buffer(host_weights.plan, host_weights.buffer, m->weight_buffer, nullptr);
         tile_nf4_linears(&m->weights, m->stream);
+        if (m->plan.base_copy_bytes > 0) {
+            m->base_copy_buffer = (bf16*)device_alloc("bf16 base copy", m->plan.base_copy_bytes,
+                                                      "leave it out (--bf16-base-copy off)");
+            make_base_copy(m);
+        }
 
         // 2. the LoRA state
         m->lora_cfg = lora.lora;
@@ -417,7 +464,8 @@ GpuModel* gpu_model_create(const Qwen2Weights& host_weights, const LoraWeights& 
         snprintf(buf, sizeof(buf), "lower the micro-batch size GpuOptions::max_tokens (now %d tokens: %.2f MiB each)",
                  options.max_tokens, m->plan.activation_bytes / 1048576.0 / options.max_tokens);
         m->act_buffer = (char*)device_alloc("activations and scratch", m->plan.activation_bytes, buf);
-        layout_activations(cfg, nf4_max, lora.lora.R, options, m->act_buffer, &m->acts, nullptr);
+        layout_activations(cfg, m->plan.base_copy_bytes > 0 ? 0 : nf4.largest, lora.lora.R, options, m->act_buffer,
+                           &m->acts, nullptr);
         m->matmul = matmul_create(m->acts.matmul_workspace, matmul_workspace_bytes());
         cublasCheck(cublasLtCreate(&m->lt));
         std::vector<float> inv_freq = cpu_rope_inv_freq(cfg.HD, cfg.rope_theta);
@@ -450,6 +498,7 @@ void gpu_model_destroy(GpuModel* m) {
     cudaCheck(cudaFree(m->generation_buffer));
     cudaCheck(cudaFree(m->act_buffer));
     cudaCheck(cudaFree(m->lora_buffer));
+    cudaCheck(cudaFree(m->base_copy_buffer));
     cudaCheck(cudaFree(m->weight_buffer));
     if (m->stream) cudaCheck(cudaStreamDestroy(m->stream));
     delete m;
@@ -500,12 +549,14 @@ float gpu_model_optimizer_step(GpuModel* m, double lr, double max_grad_norm, con
 // ----------------------------------------------------------------------------------------------------------------
 // forward and backward of one micro-batch
 
-// The linears first..first+G-1 of layer l as kernels/matmul's group, with their adapters when with_lora.
-static void linear_group(const GpuModel* m, int l, int first, int G, bool with_lora, LoraLinearGpu* out) {
+// The linears first..first+G-1 of layer l as kernels/matmul's group, with their adapters when with_lora; the
+// bases from the bf16 copy when copy and the model holds one.
+static void linear_group(const GpuModel* m, int l, int first, int G, bool with_lora, LoraLinearGpu* out,
+                         bool copy = true) {
     for (int g = 0; g < G; g++) {
         const int s = first + g;
         out[g] = LoraLinearGpu();
-        out[g].base = &m->weights.layers[l].linear[s];
+        out[g].base = copy && !m->base_copy.empty() ? &m->base_copy[l][s] : &m->weights.layers[l].linear[s];
         const LoraWeights::Slot& slot = m->slots[l][s];
         if (!with_lora || !slot.present) continue;
         out[g].A = m->lora.copies + m->copy_a[l][s];
@@ -720,6 +771,10 @@ GpuModelParts gpu_model_parts(GpuModel* m) {
 
 void gpu_model_linear_group(const GpuModel* m, int l, int first, int G, bool with_lora, LoraLinearGpu* out) {
     linear_group(m, l, first, G, with_lora, out);
+}
+
+void gpu_model_decode_group(const GpuModel* m, int l, int first, int G, int M, LoraLinearGpu* out) {
+    linear_group(m, l, first, G, true, out, M >= m->options.bf16_copy_min_rows);
 }
 
 // ----------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,14 @@ struct GpuOptions {
     int max_rollouts = 0;
     int max_sequence_length = 0;
     bool print_memory_plan = true;  // print the table below at creation
+    // A bf16 copy of the NF4 base linears, dequantized once at creation (12.2 GiB at 7B): memory traded for speed,
+    // as vLLM's gpu_memory_utilization trades it. The training and reference GEMMs then read it instead of
+    // dequantizing each linear into a scratch, and decode steps of at least bf16_copy_min_rows rows read it
+    // (decode_linear on bf16 weights) instead of the NF4 codes, which past a few rows cost more in dequantization
+    // than the 3.6x bytes (dev/cuda/decode_linear.cu's "bf16 copy" rows). Its values are nf4_dequantize_gpu's, the
+    // ones every NF4 path multiplies with: the policy stays the NF4 one. Ignored when no linear is NF4.
+    bool bf16_base_copy = false;
+    int bf16_copy_min_rows = 32;
 };
 
 // The memory plan: every byte the model asks cudaMalloc for, in up to four allocations (weights, LoRA state,
@@ -36,13 +44,20 @@ struct GpuMemoryLine {
 };
 struct GpuMemoryPlan {
     std::vector<GpuMemoryLine> lines;
-    size_t weight_bytes = 0, lora_bytes = 0, activation_bytes = 0, generation_bytes = 0;
-    size_t total() const { return weight_bytes + lora_bytes + activation_bytes + generation_bytes; }
+    size_t weight_bytes = 0, base_copy_bytes = 0, lora_bytes = 0, activation_bytes = 0, generation_bytes = 0;
+    size_t total() const { return weight_bytes + base_copy_bytes + lora_bytes + activation_bytes + generation_bytes; }
 };
-// The plan for a model whose planned weight buffer has weight_bytes (WeightPlan::total_bytes) and whose largest
-// NF4 linear has nf4_max_elements weights (0 when the linears are bf16). Pure arithmetic: no GPU needed, except
-// with options.max_rollouts > 0, where the decode GEMMs' split-K scratch depends on the GPU's SM count.
-GpuMemoryPlan gpu_memory_plan(const Qwen2Config& cfg, size_t weight_bytes, int64_t nf4_max_elements,
+// The NF4 linears of a model, in weights: the largest (the dequantization scratch holds it) and the bf16 bytes of
+// all of them (GpuOptions::bf16_base_copy, each 256-byte aligned). Zero when every linear is bf16.
+struct Nf4LinearSizes {
+    int64_t largest = 0;
+    size_t copy_bytes = 0;
+};
+Nf4LinearSizes nf4_linear_sizes(const Qwen2Weights& weights);
+// The plan for a model whose planned weight buffer has weight_bytes (WeightPlan::total_bytes) and whose NF4
+// linears are nf4. Pure arithmetic: no GPU needed, except with options.max_rollouts > 0, where the decode GEMMs'
+// split-K scratch depends on the GPU's SM count.
+GpuMemoryPlan gpu_memory_plan(const Qwen2Config& cfg, size_t weight_bytes, const Nf4LinearSizes& nf4,
                               const LoraConfig& lora, const GpuOptions& options);
 // The plan as a printable table (sizes in MiB, the total in GiB).
 std::string gpu_memory_plan_table(const GpuMemoryPlan& plan);
@@ -124,3 +139,6 @@ GpuModelParts gpu_model_parts(GpuModel* model);
 // Layer l's linears first..first+G-1 (LIN_Q, 3: q k v) as kernels/matmul's group, the adapters' bf16 copies
 // included when with_lora: what the forward multiplies with.
 void gpu_model_linear_group(const GpuModel* model, int l, int first, int G, bool with_lora, LoraLinearGpu* out);
+// The same group as a decode step of M rows multiplies it (with the adapters): on the bf16 base copy when the model
+// holds one and M >= GpuOptions::bf16_copy_min_rows, on the base as loaded otherwise.
+void gpu_model_decode_group(const GpuModel* model, int l, int first, int G, int M, LoraLinearGpu* out);

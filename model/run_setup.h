@@ -68,11 +68,13 @@ struct GpuMemoryLimits {
     double utilization = 0.9;   // of the free memory; the rest is headroom for the CUDA context and libraries
     double max_gib = 0;         // > 0: plan for at most this many GiB instead (capped at what is free)
     int micro_batch_tokens = 0; // > 0: use exactly this many tokens per policy micro-batch; 0: the largest that fits
+    int bf16_base_copy = -1;    // --bf16-base-copy: -1 auto (when it fits, see choose_gpu_plan), 0 off, 1 on
 };
 
 struct MicroBatchChoice {
     int max_tokens = 0;     // tokens per policy micro-batch
     size_t plan_bytes = 0;  // the whole plan's bytes at that size
+    bool base_copy = false; // with the bf16 base copy (GpuOptions::bf16_base_copy)
 };
 
 // The pure sizing decision, kept apart from the GPU so a CPU test can drive it with made-up numbers:
@@ -112,6 +114,27 @@ inline MicroBatchChoice choose_micro_batch_tokens(const std::function<size_t(int
         else hi = mid - 1;
     }
     return {lo, plan_bytes(lo)};
+}
+
+// The micro-batch and whether to hold the bf16 base copy: plan_bytes(t, copy) is the plan's total with t tokens per
+// micro-batch, with or without the copy. copy_mode 0 never holds it, 1 always (the micro-batch shrinks to make
+// room), -1 (auto) holds it when it fits beside the micro-batch chosen without it: the copy speeds every GEMM and
+// most decode steps, but never at the price of a smaller micro-batch, which would cost a forward more per step.
+inline MicroBatchChoice choose_gpu_plan(const std::function<size_t(int, bool)>& plan_bytes, size_t budget_bytes,
+                                        const std::string& budget_detail, int min_tokens, int max_tokens,
+                                        int fixed_tokens, int copy_mode) {
+    const bool copy_first = copy_mode == 1;
+    MicroBatchChoice choice = choose_micro_batch_tokens([&](int t) { return plan_bytes(t, copy_first); }, budget_bytes,
+                                                        budget_detail, min_tokens, max_tokens, fixed_tokens);
+    choice.base_copy = copy_first;
+    if (copy_mode == -1) {
+        const size_t with_copy = plan_bytes(choice.max_tokens, true);
+        if (with_copy <= budget_bytes) {
+            choice.plan_bytes = with_copy;
+            choice.base_copy = true;
+        }
+    }
+    return choice;
 }
 
 // The backend for `device` ("cpu" or "cuda"), sized for up to `rollouts` sequences at once of at most
@@ -156,23 +179,26 @@ inline std::unique_ptr<Backend> make_backend(const std::string& device, Qwen2Wei
         snprintf(detail, sizeof(detail), "--max-gpu-memory %g GiB, %.2f GiB free", limits->max_gib,
                  free_bytes / 1073741824.0);
     }
-    int64_t nf4_max_elements = 0;  // the dequantization scratch holds the largest NF4 linear, as gpu_model_create plans
-    for (const LayerWeights& layer : weights.layers)
-        for (const LinearWeight& linear : layer.linear)
-            if (linear.format == LinearFormat::NF4) nf4_max_elements = std::max(nf4_max_elements, linear.out * linear.in);
-    auto plan_bytes = [&](int tokens) {
+    const Nf4LinearSizes nf4 = nf4_linear_sizes(weights);
+    auto plan_bytes = [&](int tokens, bool copy) {
         GpuOptions o = gpu;
         o.max_tokens = tokens;
-        return gpu_memory_plan(weights.config, weights.plan.total_bytes, nf4_max_elements, lora.lora, o).total();
+        o.bf16_base_copy = copy;
+        return gpu_memory_plan(weights.config, weights.plan.total_bytes, nf4, lora.lora, o).total();
     };
     // the whole step in one micro-batch is the most that helps; 1M tokens keeps every index in an int
     const int most = (int)std::min<int64_t>(std::max<int64_t>(whole_step, longest), 1 << 20);
-    MicroBatchChoice choice = choose_micro_batch_tokens(plan_bytes, budget, detail, longest, most,
-                                                        limits->micro_batch_tokens);
+    MicroBatchChoice choice = choose_gpu_plan(plan_bytes, budget, detail, longest, most, limits->micro_batch_tokens,
+                                              nf4.copy_bytes > 0 ? limits->bf16_base_copy : 0);
     gpu.max_tokens = choice.max_tokens;
-    printf("GPU memory: limit %.2f GiB (%s); policy micro-batch %d tokens (%s); plan %.2f GiB\n",
+    gpu.bf16_base_copy = choice.base_copy;
+    printf("GPU memory: limit %.2f GiB (%s); policy micro-batch %d tokens (%s); bf16 base copy %s; plan %.2f GiB\n",
            budget / 1073741824.0, detail, gpu.max_tokens,
            gpu.max_tokens >= whole_step ? "a whole step at its longest in one" : "the largest that fits",
+           nf4.copy_bytes == 0 ? "not needed (bf16 base)"
+           : choice.base_copy  ? (limits->bf16_base_copy == 1 ? "on" : "on (it fits)")
+           : limits->bf16_base_copy == 0 ? "off"
+                                         : "off (it does not fit beside the micro-batch; --bf16-base-copy on forces it)",
            choice.plan_bytes / 1073741824.0);
     return make_cuda_backend(std::move(weights), std::move(lora), gpu);
 #endif

@@ -220,6 +220,34 @@ TEST_CASE("the GPU memory plan: the largest micro-batch that fits, or one messag
                         Catch::Contains("--max-completion-length"));
 }
 
+TEST_CASE("the GPU memory plan: the bf16 base copy when it fits beside the micro-batch (auto), always (on), never "
+          "(off)", "[train]") {
+    // a made-up plan: 10 GiB fixed, 12 GiB more with the copy, 0.5 MiB per micro-batch token; a whole step is
+    // 20480 tokens (10 GiB of them)
+    const size_t GiB = 1ull << 30, MiB = 1ull << 20;
+    auto plan = [&](int tokens, bool copy) { return 10 * GiB + (copy ? 12 * GiB : 0) + (size_t)tokens * MiB / 2; };
+    const int whole = 20480;
+    // room for both: auto takes the copy at the whole step's micro-batch
+    MicroBatchChoice roomy = choose_gpu_plan(plan, 40 * GiB, "test", 456, whole, 0, -1);
+    CHECK(roomy.base_copy);
+    CHECK(roomy.max_tokens == whole);
+    CHECK(roomy.plan_bytes == 32 * GiB);
+    // 25 GiB: the copy would shrink the micro-batch, so auto leaves it out ...
+    MicroBatchChoice tight = choose_gpu_plan(plan, 25 * GiB, "test", 456, whole, 0, -1);
+    CHECK_FALSE(tight.base_copy);
+    CHECK(tight.max_tokens == whole);
+    CHECK(tight.plan_bytes == 20 * GiB);
+    // ... and on takes it with the micro-batch that is left: (25 - 22) GiB / 0.5 MiB
+    MicroBatchChoice forced = choose_gpu_plan(plan, 25 * GiB, "test", 456, whole, 0, 1);
+    CHECK(forced.base_copy);
+    CHECK(forced.max_tokens == 6144);
+    // off never takes it
+    CHECK_FALSE(choose_gpu_plan(plan, 40 * GiB, "test", 456, whole, 0, 0).base_copy);
+    // on, where the copy leaves no room for one longest rollout: the out-of-memory message
+    CHECK_THAT(error_of([&] { choose_gpu_plan(plan, 22 * GiB, "test", 456, whole, 0, 1); }),
+               Catch::Contains("but the limit is 22.00 GiB"));
+}
+
 TEST_CASE("benchmark support: random:PRESET weights, random prompts of a fixed length, --ignore-stop", "[train]") {
     require_trainer();
     TempDir temp("grpo_bench");
@@ -253,7 +281,7 @@ TEST_CASE("train_grpo -h documents every option", "[train]") {
           "--epsilon ", "--epsilon-high", "--loss-type", "--scale-rewards", "--mask-truncated-completions",
           "--temperature", "--top-p", "--top-k", "--lora-r", "--lora-alpha", "--rslora", "--lora-targets", "--base",
           "--reward-cmd", "--task", "--seed", "--merge", "--gpu-memory-utilization", "--max-gpu-memory",
-          "--micro-batch-tokens", "--ignore-stop", "--debug-nan-grad", "random:PRESET", "random-prompts:LEN"}) {
+          "--micro-batch-tokens", "--bf16-base-copy", "--ignore-stop", "--debug-nan-grad", "random:PRESET", "random-prompts:LEN"}) {
         INFO(flag);
         CHECK(help.output.find(flag) != std::string::npos);
     }

@@ -34,6 +34,7 @@
 
 #include "dev/cuda/lab_common.cuh"
 #include "kernels/decode_linear.cuh"
+#include "kernels/nf4_dequant.cuh"
 #include "model/cpu_model.h"
 #include "quant/nf4.h"
 
@@ -151,6 +152,7 @@ struct LabLinear {
     std::vector<float> A, B_rows;    // fp32 values of the bf16 copies
     std::vector<bf16_bits> bias;
     LinearWeight gpu, gpu_tiled;  // NF4: row-major, and a second copy in decode-tile order (as the GPU model holds it)
+    LinearWeight gpu_bf16;        // NF4: the dequantized bf16 copy (the GPU model's bf16 base copy, GpuOptions)
     bf16 *A_dev = nullptr, *B_dev = nullptr;
     std::vector<void*> owned;
 
@@ -203,6 +205,13 @@ struct LabLinear {
             gpu_tiled.nf4.packed = upload(packed_t);
             gpu_tiled.nf4.absmax_q = upload(absmax_t);
             gpu_tiled.nf4.tiled = true;
+            gpu_bf16 = gpu;
+            gpu_bf16.format = LinearFormat::BF16;
+            bf16* w = nullptr;
+            cudaCheck(cudaMalloc(&w, (size_t)out * in * sizeof(bf16)));
+            owned.push_back(w);
+            nf4_dequantize_gpu(w, gpu.nf4, 0);
+            gpu_bf16.w = (const bf16_bits*)w;
         } else {
             gpu.format = LinearFormat::BF16;
             bf16* w = nullptr;
@@ -220,7 +229,7 @@ struct LabLinear {
             fill_uniform(b, rng, -0.5f, 0.5f);
             bias = to_bf16(b);
             gpu.bias = upload(bias);
-            gpu_tiled.bias = gpu.bias;
+            gpu_tiled.bias = gpu_bf16.bias = gpu.bias;
         }
         if (adapter) {
             A.resize((size_t)R * in);
@@ -244,6 +253,12 @@ struct LabLinear {
             l.A = A_dev;
             l.B = B_dev;
         }
+        return l;
+    }
+    // The dequantized bf16 copy (NF4 linears only), with or without the adapter.
+    LoraLinearGpu lora_bf16(bool with_adapter) const {
+        LoraLinearGpu l = lora(with_adapter);
+        l.base = &gpu_bf16;
         return l;
     }
 
@@ -423,6 +438,14 @@ int main(int argc, char** argv) {
         LoraLinearGpu one = l->lora(true);
         ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(&one, 1, R, MAX_M));
     }
+    // the same layer on the dequantized bf16 copies (the GPU model's bf16 base copy)
+    LoraLinearGpu qkv16[3] = {q.lora_bf16(true), k.lora_bf16(true), v.lora_bf16(true)};
+    LoraLinearGpu gu16[2] = {gate.lora_bf16(true), up.lora_bf16(true)};
+    LoraLinearGpu o16 = o.lora_bf16(true), down16 = down.lora_bf16(true);
+    ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(qkv16, 3, R, MAX_M));
+    ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(gu16, 2, R, MAX_M));
+    ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(&o16, 1, R, MAX_M));
+    ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(&down16, 1, R, MAX_M));
     void* ws = nullptr;
     cudaCheck(cudaMalloc(&ws, ws_bytes));
     cudaCheck(cudaMemset(ws, 0, ws_bytes));
@@ -443,6 +466,27 @@ int main(int argc, char** argv) {
         forward(&down1, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, ctx);
     };
 
+    // the bf16 layer through the decode kernel (the v3 variant, built without the cuBLASLt route) or, as
+    // production runs it with a context, through cuBLASLt (lora_linear_forward: the base GEMM with its bias, x A^T,
+    // then + scale ax B^T with beta 1)
+    bf16* ax16 = nullptr;
+    cudaCheck(cudaMalloc(&ax16, (size_t)MAX_M * 3 * R * sizeof(bf16)));
+    auto layer_bf16 = [&](int M, bool cublas, cudaStream_t stream) {
+        bf16* y_qkv[3] = {y[0], y[1], y[2]};
+        bf16* y_gu[2] = {y[4], y[5]};
+        if (cublas) {
+            lora_linear_forward(mm, qkv16, 3, xc_dev, M, R, SCALE, y_qkv, ax16, nullptr, stream);
+            lora_linear_forward(mm, &o16, 1, xc_dev, M, R, SCALE, &y[3], ax16, nullptr, stream);
+            lora_linear_forward(mm, gu16, 2, xc_dev, M, R, SCALE, y_gu, ax16, nullptr, stream);
+            lora_linear_forward(mm, &down16, 1, xi_dev, M, R, SCALE, &y[6], ax16, nullptr, stream);
+        } else {
+            v3::decode_linear_forward(qkv16, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream, mm);
+            v3::decode_linear_forward(&o16, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream, mm);
+            v3::decode_linear_forward(gu16, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream, mm);
+            v3::decode_linear_forward(&down16, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, mm);
+        }
+    };
+
     // ---- validation ----
     printf("\nvalidation against cpu_matmul_forward + cpu_lora_forward (BF16 mode), rows 0..%d and the last %d:\n",
            CHECK_ROWS - 1, CHECK_ROWS);
@@ -458,6 +502,17 @@ int main(int argc, char** argv) {
                 std::vector<float> xr(x.begin(), x.begin() + (size_t)M * lin[i]->in);
                 for (float& e : xr) e = round_bf16(e);
                 ok &= check(ctx ? "prod (cuBLASLt x A^T)" : "prod", *lin[i], y[i], xr, M, true);
+            }
+        }
+    for (bool cublas : {false, true})  // the bf16 copies, both routes
+        for (int M : {6, 48, 64}) {
+            layer_bf16(M, cublas, 0);
+            cudaCheck(cudaDeviceSynchronize());
+            for (size_t i = 0; i + 1 < lin.size(); i++) {
+                const std::vector<float>& x = lin[i]->in == C ? x_c : x_i;
+                std::vector<float> xr(x.begin(), x.begin() + (size_t)M * lin[i]->in);
+                for (float& e : xr) e = round_bf16(e);
+                ok &= check(cublas ? "bf16 copy, cuBLASLt" : "bf16 copy, decode kernel", *lin[i], y[i], xr, M, true);
             }
         }
     // the variants against the CPU reference: v3, fold (inexact) and the exact pair table
@@ -646,11 +701,20 @@ int main(int argc, char** argv) {
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,
                M * 1000.0 / (28 * layer_ms + head_ms));
+        // the bf16 copies: the share printed is of the NF4 layer's roofline (bf16 reads 3.6x the bytes)
+        for (bool cublas : {false, true}) {
+            const float ms = time_as_graph(stream, [&](cudaStream_t s) { layer_bf16(M, cublas, s); });
+            snprintf(label, sizeof(label), "layer M=%d graph, bf16 copy, %s", M, cublas ? "cuBLASLt" : "decode v3");
+            report(label, ms, layer_bytes, 0);
+            printf("  step M=%-2d bf16 copy (%s): %.3f ms of linears per token step\n", M,
+                   cublas ? "cuBLASLt" : "decode v3", 28 * ms + head_ms);
+        }
     }
     cudaCheck(cudaStreamDestroy(stream));
     matmul_destroy(mm);
     cudaFree(mm_ws);
     cudaFree(ws);
+    cudaFree(ax16);
     cudaFree(xc_dev);
     cudaFree(xi_dev);
     for (bf16* p : y) cudaFree(p);

@@ -67,6 +67,7 @@ struct DecodeGroup {
     std::vector<std::unique_ptr<DecodeTestAdapter>> adapters;  // nullptr: no adapter
     int R = 0;
     float scale = 0.0f;
+    MatmulContext* ctx = nullptr;  // with a context, bf16 groups run through cuBLASLt
 
     std::vector<LoraLinearGpu> gpu_linears() const {
         std::vector<LoraLinearGpu> out(linears.size());
@@ -111,7 +112,7 @@ struct DecodeGroup {
                                          workspace.ptr, workspace.n, 0);
         else
             decode_linear_forward(gl.data(), G, (const __nv_bfloat16*)x_dev.ptr, M, R, scale, y_ptrs.data(),
-                                  workspace.ptr, workspace.n, 0);
+                                  workspace.ptr, workspace.n, 0, ctx);
         cudaCheck(cudaGetLastError());
         std::vector<std::vector<float>> out(G);
         for (int g = 0; g < G; g++) out[g] = download_floats(*y[g]);
@@ -186,6 +187,7 @@ void check_exact(const DecodeGroup& group, bool simple) {
 // The group's NF4 weights rewritten into the decode-tile order on the GPU, as the GPU model stores them at load.
 void tile_weights(DecodeGroup& group) {
     for (auto& linear : group.linears) {
+        if (linear->gpu.format != LinearFormat::NF4) continue;
         DeviceArray<uint8_t> scratch(nf4_tile_scratch_bytes(linear->gpu.nf4));
         nf4_tile_gpu(&linear->gpu.nf4, scratch.ptr, nf4_tile_scratch_bytes(linear->gpu.nf4), 0);
         REQUIRE(linear->gpu.nf4.tiled);
@@ -327,6 +329,30 @@ TEST_CASE("decode_linear: bf16 weights (an lm_head slice) match the CPU referenc
         // which is also the absolute part for logits near zero; bit-equal elsewhere (at most 1% may differ)
         check_close("logits", head.run(x, M, false)[0], ref, std::ldexp(max_abs(ref), -12), 1.0f / 128, 0.01);
     }
+}
+
+TEST_CASE("decode_linear: bf16 weights with a cuBLASLt context (the GPU model's bf16 base copy) match the CPU "
+          "reference", "[gpu][decode_linear]") {
+    Rng rng(4242);
+    // a q/k/v-like group with bias and adapters, and one linear without an adapter, in 7B's k/v width
+    DecodeGroup group;
+    group.R = 32;
+    group.scale = 2.0f;
+    add_linear(group, 512, 3584, LinearFormat::BF16, true, true, false, rng);
+    add_linear(group, 128, 3584, LinearFormat::BF16, false, false, false, rng);
+    add_linear(group, 512, 3584, LinearFormat::BF16, true, true, false, rng);
+    DeviceArray<uint8_t> workspace(matmul_workspace_bytes());
+    MatmulContext* ctx = matmul_create(workspace.ptr, workspace.n);
+    group.ctx = ctx;
+    check_random_rows(group, {1, 6, 48, 64}, rng);
+    // no adapter at all: the base GEMMs alone
+    DecodeGroup bare;
+    bare.R = 32;
+    bare.scale = 2.0f;
+    bare.ctx = ctx;
+    add_linear(bare, 256, 896, LinearFormat::BF16, true, false, false, rng);
+    check_random_rows(bare, {6, 64}, rng);
+    matmul_destroy(ctx);
 }
 
 TEST_CASE("decode_linear: one workspace serves groups of different sizes, as a decode step uses it", "[gpu][decode_linear]") {

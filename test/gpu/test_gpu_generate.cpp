@@ -24,8 +24,8 @@ namespace {
 struct GenModel {
     Qwen2Weights weights;  // bf16 linears (hf/ holds the NF4-dequantized values, so NF4 would change nothing)
     LoraWeights lora;
-    explicit GenModel(const std::string& name)
-        : weights(load_hf_dir(REF_DIR + name + "/hf", LinearFormat::BF16)),
+    explicit GenModel(const std::string& name, LinearFormat format = LinearFormat::BF16)
+        : weights(load_hf_dir(REF_DIR + name + "/hf", format)),
           lora(peft_load(REF_DIR + name + "/adapter", weights.config)) {}
     const Qwen2Config& cfg() const { return weights.config; }
 };
@@ -142,6 +142,40 @@ TEST_CASE("gpu generate: greedy tokens of prompts of mixed lengths match the CPU
         std::vector<Rollout> a = gpu->generate(prompts, G, max_new, greedy, {}, rng1);
         std::vector<Rollout> b = gpu->generate(prompts, G, max_new, greedy, {}, rng2);
         for (size_t n = 0; n < a.size(); n++) CHECK(a[n].completion == b[n].completion);
+    }
+}
+
+TEST_CASE("gpu generate: the bf16 base copy of an NF4 base: greedy tokens as the CPU's, the training path's "
+          "log-probs and update bit for bit as without it", "[gpu][gpu_generate]") {
+    for (const char* name : REF_MODELS) {
+        GenModel m(name, LinearFormat::NF4);
+        const int G = 3, max_new = 20;
+        std::vector<std::vector<int32_t>> prompts = random_prompts({1, 5, 8, 13, 24}, m.cfg().V, 12);
+        GpuOptions plain = generation_options((int)prompts.size() * G, 24 + max_new), copy = plain;
+        copy.bf16_base_copy = true;
+        copy.bf16_copy_min_rows = 1;  // every decode step on the copy
+        std::unique_ptr<Backend> nf4 = make_cuda_backend(m.weights, m.lora, plain);
+        std::unique_ptr<Backend> with_copy = make_cuda_backend(m.weights, m.lora, copy);
+        REQUIRE(with_copy->device_memory_bytes() > nf4->device_memory_bytes());  // the copy is there
+        std::vector<Rollout> rollouts;
+        check_greedy(m, std::string(name) + " NF4 + bf16 copy", prompts, G, max_new, {}, with_copy, &rollouts);
+        // training reads the copy where it dequantized each linear into a scratch: the same values through the same
+        // cuBLASLt GEMMs, so the same bits
+        std::vector<float> logp_nf4, logp_copy;
+        nf4->completion_logprobs(rollouts, max_new, 1.0f, true, true, &logp_nf4);
+        with_copy->completion_logprobs(rollouts, max_new, 1.0f, true, true, &logp_copy);
+        CHECK(logp_nf4 == logp_copy);
+        std::vector<float> dlogp(logp_nf4.size());
+        for (size_t i = 0; i < dlogp.size(); i++) dlogp[i] = logp_nf4[i] != 0.0f ? 0.01f * (float)(i % 7) - 0.03f : 0.0f;
+        nf4->backward(dlogp);
+        with_copy->backward(dlogp);
+        AdamWConfig adamw;
+        CHECK(nf4->optimizer_step(1e-3, 1.0, adamw) == with_copy->optimizer_step(1e-3, 1.0, adamw));
+        CHECK(nf4->lora().params == with_copy->lora().params);
+        std::vector<float> ref_nf4, ref_copy;  // the reference model: the base alone
+        nf4->completion_logprobs(rollouts, max_new, 1.0f, false, false, &ref_nf4);
+        with_copy->completion_logprobs(rollouts, max_new, 1.0f, false, false, &ref_copy);
+        CHECK(ref_nf4 == ref_copy);
     }
 }
 

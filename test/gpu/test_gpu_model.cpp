@@ -491,12 +491,24 @@ TEST_CASE("gpu model: the memory plan of Qwen2.5-7B with QLoRA r 32 (arithmetic 
     WeightPlan plan = weight_plan(cfg, LinearFormat::NF4);
     LoraConfig lc;  // r 32, alpha 32, all seven linears: train_grpo's defaults
     GpuOptions opt;
-    int64_t largest = 0;
-    for (int s = 0; s < NUM_LINEAR; s++) largest = std::max(largest, linear_out_features(cfg, s) * linear_in_features(cfg, s));
-    GpuMemoryPlan mem = gpu_memory_plan(cfg, plan.total_bytes, largest, lc, opt);
+    Nf4LinearSizes nf4;
+    for (int s = 0; s < NUM_LINEAR; s++) {
+        const int64_t elements = linear_out_features(cfg, s) * linear_in_features(cfg, s);
+        nf4.largest = std::max(nf4.largest, elements);
+        nf4.copy_bytes += (size_t)cfg.L * (((size_t)elements * 2 + 255) / 256 * 256);
+    }
+    GpuMemoryPlan mem = gpu_memory_plan(cfg, plan.total_bytes, nf4, lc, opt);
     printf("Qwen2.5-7B, NF4, %d tokens per micro-batch (a step of 48 rollouts x 328 tokens = 15744 fits in one):\n%s",
            opt.max_tokens, gpu_memory_plan_table(mem).c_str());
     CHECK(mem.total() < (size_t)40 << 30);  // leaves an H200 (141 GB) room for the generation's KV cache
+    // with the bf16 base copy: 12.2 GiB more, less the dequantization scratch it makes unnecessary
+    GpuOptions with_copy = opt;
+    with_copy.bf16_base_copy = true;
+    GpuMemoryPlan copy = gpu_memory_plan(cfg, plan.total_bytes, nf4, lc, with_copy);
+    printf("with the bf16 base copy:\n%s", gpu_memory_plan_table(copy).c_str());
+    CHECK(copy.base_copy_bytes == nf4.copy_bytes);
+    CHECK(nf4.copy_bytes > (size_t)12 << 30);
+    CHECK(copy.total() == mem.total() + nf4.copy_bytes - ((size_t)nf4.largest * 2 + 255) / 256 * 256);
 }
 
 TEST_CASE("gpu backend: time a GRPO step's log-probs and backward at Qwen2.5-0.5B's shape (random weights)",
