@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # check_gpu_train.sh: on the GPU machine, train_grpo's run-level behaviour on the CUDA backend with the tiny test model and a random 7B: NaN steps skipped with the optimizer untouched, gradient accumulation with --merge, the memory plan and its refusal, and two identical runs giving identical logs.
-# Usage (repo root, after make train_grpo eval_gsm8k, with tokenizer/qwen2.5 carried): bash dev/check_gpu_train.sh
-# (prints one line per check, PASS or FAIL)
+# Usage (repo root, with tokenizer/qwen2.5 carried): bash dev/check_gpu_train.sh (builds train_grpo and eval_gsm8k;
+# prints one line per check, PASS or FAIL). A verdict reads the status of its check before any $(...) in its
+# message runs, since a command substitution sets $? itself.
 set -uo pipefail
 out="${OUT:-/tmp}/train_checks"
 rm -rf "$out"; mkdir -p "$out"
 A="-m test/ref/qwen2/tiny_tied/hf --task token-range:0:64 -g 8 --max-completion-length 16 --lora-r 8"
 verdict() { if [ "$2" = 0 ]; then echo "PASS $1"; else echo "FAIL $1"; fi; }
+make -j16 train_grpo eval_gsm8k > "$out/build.log" 2>&1 || { grep -E "error" "$out/build.log" | head; echo "FAIL build"; exit 1; }
 
 # 1. non-finite gradient norms on steps 3, 5, 6, 7: skipped, and the third in a row stops the run (exit 3)
 ./train_grpo --device cuda $A --prompts-per-step 2 --lr 1e-2 --warmup-ratio 0 --max-grad-norm 1 --beta 0.04 \
@@ -29,7 +31,8 @@ verdict "NaN policy: skipped step 3 left adapters and AdamW state bit-identical,
 [ $? = 0 ] && grep -q "GPU memory" "$out/mp.log"; verdict "memory plan printed for a random 7B run" $?
 ./train_grpo --device cuda -m random:7B --task random-prompts:128 -g 6 --max-steps 1 --max-gpu-memory 2 \
     --out "$out/mp2" > "$out/mp2.log" 2>&1
-[ $? != 0 ] && grep -q "error" "$out/mp2.log"; verdict "memory cap of 2 GiB refused: $(grep -m1 error "$out/mp2.log" | cut -c1-150)" $?
+[ $? != 0 ] && grep -q "error" "$out/mp2.log"; ok=$?
+verdict "memory cap of 2 GiB refused: $(grep -m1 error "$out/mp2.log" | cut -c1-150)" $ok
 
 # 4. determinism: the same run twice gives the same log, and a run resumed from checkpoint-2 repeats steps 3 and 4
 #    of the uninterrupted one: every logged number except timings, and the checkpoint-4 files, bit for bit
@@ -59,7 +62,8 @@ verdict "resumed GPU run's checkpoint-4 is bit-identical" $same
 ./train_grpo --device cuda --max-steps 2 --max-completion-length 32 --out "$out/default" > "$out/default.log" 2>&1
 [ $? = 0 ] && [ "$(wc -l < "$out/default/log.jsonl")" = 2 ]; verdict "train_grpo with the embedded tiny model (no -m), 2 GSM8K steps" $?
 ./eval_gsm8k --device cuda --limit 16 --batch 8 --max-new-tokens 32 --out "$out/eval.jsonl" > "$out/eval.log" 2>&1
-[ $? = 0 ] && [ "$(wc -l < "$out/eval.jsonl")" = 16 ]; verdict "eval_gsm8k --device cuda: 16 questions, one record each ($(tail -1 "$out/eval.log" | cut -c1-100))" $?
+[ $? = 0 ] && [ "$(wc -l < "$out/eval.jsonl" 2>/dev/null)" = 16 ]; ok=$?
+verdict "eval_gsm8k --device cuda: 16 questions, one record each ($(tail -1 "$out/eval.log" | cut -c1-100))" $ok
 
 # 6. data parallelism at world size 1 (issue 7): --world-size 1 --rank 0 logs what a run without them logs, and
 #    writes the same adapter

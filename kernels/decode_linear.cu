@@ -663,7 +663,7 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #define DL_CFG_V4_WIDE_CH 4  // blocks a step in the wide launches (2: half the code registers; lab variant)
 #endif
 #ifndef DL_CFG_BF16_CUBLAS
-#define DL_CFG_BF16_CUBLAS 1  // bf16 weights with a cuBLASLt context: lora_linear_forward (0: the v3 kernel, for the lab)
+#define DL_CFG_BF16_CUBLAS 1  // bf16 weights with a cuBLASLt context: cuBLASLt (0: the v3 kernel, for the lab)
 #endif
 #ifndef DL_CFG_V4_WIDE_PAIRS
 #define DL_CFG_V4_WIDE_PAIRS 32768  // above 16 rows of x, launches of at least this many pairs run "wide" (below)
@@ -1432,7 +1432,9 @@ static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, 
 // bf16 weights through cuBLASLt, as the training forward computes them (kernels/matmul.cu's lora_linear_forward:
 // the base GEMM with its bias, rounded, then + scale ax B^T, rounded): the rounding of the decode kernel's epilogue,
 // and at every M from 1 to 64 faster than the v3 kernel on a 7B layer (dev/cuda/decode_linear.cu, "bf16 copy"
-// rows: 0.21-0.23 ms against 0.22-0.45). ax goes to the workspace's ax region.
+// rows: 0.21-0.23 ms against 0.22-0.45). ax goes to the workspace's ax region. The adapters' small GEMMs (x A^T
+// and ax B^T, 11 launches a layer) take 0.064 of a 7B layer's 0.22 ms at M 64; one kernel a group for the ax B^T
+// term was slower than cuBLASLt's GEMMs (0.229 against 0.217 ms, session 6), so they stay GEMMs.
 static bool dl_bf16_cublas(const LoraLinearGpu* linears, int G, const bf16* x, int M, int R, float scale,
                            bf16* const* y, const DlWorkspace& ws, MatmulContext* ctx, cudaStream_t stream) {
     bool all_bf16 = DL_CFG_BF16_CUBLAS != 0 && ctx != nullptr;

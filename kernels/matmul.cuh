@@ -73,7 +73,7 @@ void lora_linear_forward(MatmulContext* ctx, const LoraLinearGpu* linears, int G
 //   dax_g = scale * dy_g B_g                     (bf16 scratch dax [N, G*R])
 //   dA_g += dax_g^T x                            (fp32, beta = 1)
 //   dx    = [dx +] sum_g dy_g W_g + dax A        (bf16; with accumulate dx is added to, as the CPU reference does)
-// The NF4 bases are dequantized again into w_scratch (the backend keeps no dequantized copy between passes).
+// The NF4 bases are dequantized again into w_scratch (a backend with the bf16 base copy passes bf16 bases instead).
 void lora_linear_backward(MatmulContext* ctx, const LoraLinearGpu* linears, int G, const __nv_bfloat16* x, int N,
                           int R, float scale, const __nv_bfloat16* const* dy, const __nv_bfloat16* ax,
                           __nv_bfloat16* dx, bool accumulate, __nv_bfloat16* dax, __nv_bfloat16* w_scratch,

@@ -149,6 +149,7 @@ TEST_CASE("train_grpo refuses bad options with one clear message", "[train]") {
         {"-m " + kTinyModel + " --device cpu --grad-accum 0", "option --grad-accum: expected a number in [1, "},
         {"-m " + kTinyModel + " --device cpu --gpu-memory-utilization 2", "option --gpu-memory-utilization"},
         {"-m " + kTinyModel + " --device cpu --debug-nan-grad 2,x", "option --debug-nan-grad"},
+        {"-m " + kTinyModel + " --device cpu --bf16-base-copy yes", "--bf16-base-copy: expected auto, on or off, got 'yes'"},
         {"-m random:13B --device cpu", "13B"},
     };
     for (const Bad& b : bad) {

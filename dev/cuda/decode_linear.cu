@@ -22,6 +22,11 @@
 //   partial tiles added in a fixed order; "prod" reads the codes in decode-tile order (nf4_tile), as the GPU model
 //   holds them. Variant: fold (bf16 codes from a pair table, the block scale applied once per block: not
 //   bitsandbytes' rounding).
+// bf16 weights (the GPU model's bf16 base copy of the NF4 linears, GpuOptions::bf16_base_copy): the layer through
+//   the v3 kernel, as production runs it with a cuBLASLt context (lora_linear_forward: the base GEMMs, x A^T, and a
+//   GEMM per adapter for ax B^T), and without adapters (the base GEMMs alone: what the adapters' GEMMs add).
+//   Session 6 also measured one kernel a group for ax B^T in place of the GEMMs: 0.229 against 0.217 ms a layer at
+//   M 64, dropped.
 // Tuning: the variants side by side (kernels/decode_linear.cu compiled again with other DL_CFG_* knobs).
 // Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
 // plus the bf16 lm_head (the decode kernel and cuBLASLt), per decode step, eager and as a CUDA graph.
@@ -466,19 +471,19 @@ int main(int argc, char** argv) {
         forward(&down1, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, ctx);
     };
 
-    // the bf16 layer through the decode kernel (the v3 variant, built without the cuBLASLt route) or, as
-    // production runs it with a context, through cuBLASLt (lora_linear_forward: the base GEMM with its bias, x A^T,
-    // then + scale ax B^T with beta 1)
-    bf16* ax16 = nullptr;
-    cudaCheck(cudaMalloc(&ax16, (size_t)MAX_M * 3 * R * sizeof(bf16)));
-    auto layer_bf16 = [&](int M, bool cublas, cudaStream_t stream) {
+    // the bf16 layer through the decode kernel (the v3 variant, built without the cuBLASLt route), or as production
+    // runs it with a context: cuBLASLt (lora_linear_forward: the base GEMM with its bias, x A^T, then + scale ax B^T
+    // with beta 1)
+    enum Bf16Route { BF16_V3, BF16_PROD };
+    const char* const bf16_route_names[] = {"decode v3", "prod: cuBLASLt"};
+    auto layer_bf16 = [&](int M, Bf16Route route, cudaStream_t stream) {
         bf16* y_qkv[3] = {y[0], y[1], y[2]};
         bf16* y_gu[2] = {y[4], y[5]};
-        if (cublas) {
-            lora_linear_forward(mm, qkv16, 3, xc_dev, M, R, SCALE, y_qkv, ax16, nullptr, stream);
-            lora_linear_forward(mm, &o16, 1, xc_dev, M, R, SCALE, &y[3], ax16, nullptr, stream);
-            lora_linear_forward(mm, gu16, 2, xc_dev, M, R, SCALE, y_gu, ax16, nullptr, stream);
-            lora_linear_forward(mm, &down16, 1, xi_dev, M, R, SCALE, &y[6], ax16, nullptr, stream);
+        if (route == BF16_PROD) {
+            decode_linear_forward(qkv16, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream, mm);
+            decode_linear_forward(&o16, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream, mm);
+            decode_linear_forward(gu16, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream, mm);
+            decode_linear_forward(&down16, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, mm);
         } else {
             v3::decode_linear_forward(qkv16, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream, mm);
             v3::decode_linear_forward(&o16, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream, mm);
@@ -504,15 +509,17 @@ int main(int argc, char** argv) {
                 ok &= check(ctx ? "prod (cuBLASLt x A^T)" : "prod", *lin[i], y[i], xr, M, true);
             }
         }
-    for (bool cublas : {false, true})  // the bf16 copies, both routes
+    for (Bf16Route route : {BF16_V3, BF16_PROD})  // the bf16 copies, both routes
         for (int M : {6, 48, 64}) {
-            layer_bf16(M, cublas, 0);
+            layer_bf16(M, route, 0);
             cudaCheck(cudaDeviceSynchronize());
             for (size_t i = 0; i + 1 < lin.size(); i++) {
                 const std::vector<float>& x = lin[i]->in == C ? x_c : x_i;
                 std::vector<float> xr(x.begin(), x.begin() + (size_t)M * lin[i]->in);
                 for (float& e : xr) e = round_bf16(e);
-                ok &= check(cublas ? "bf16 copy, cuBLASLt" : "bf16 copy, decode kernel", *lin[i], y[i], xr, M, true);
+                char name[64];
+                snprintf(name, sizeof(name), "bf16 copy, %s", bf16_route_names[route]);
+                ok &= check(name, *lin[i], y[i], xr, M, true);
             }
         }
     // the variants against the CPU reference: v3, fold (inexact) and the exact pair table
@@ -702,19 +709,33 @@ int main(int argc, char** argv) {
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,
                M * 1000.0 / (28 * layer_ms + head_ms));
         // the bf16 copies: the share printed is of the NF4 layer's roofline (bf16 reads 3.6x the bytes)
-        for (bool cublas : {false, true}) {
-            const float ms = time_as_graph(stream, [&](cudaStream_t s) { layer_bf16(M, cublas, s); });
-            snprintf(label, sizeof(label), "layer M=%d graph, bf16 copy, %s", M, cublas ? "cuBLASLt" : "decode v3");
+        for (Bf16Route route : {BF16_V3, BF16_PROD}) {
+            const float ms = time_as_graph(stream, [&](cudaStream_t s) { layer_bf16(M, route, s); });
+            snprintf(label, sizeof(label), "layer M=%d graph, bf16 copy, %s", M, bf16_route_names[route]);
             report(label, ms, layer_bytes, 0);
-            printf("  step M=%-2d bf16 copy (%s): %.3f ms of linears per token step\n", M,
-                   cublas ? "cuBLASLt" : "decode v3", 28 * ms + head_ms);
+            printf("  step M=%-2d bf16 copy (%s): %.3f ms of linears per token step\n", M, bf16_route_names[route],
+                   28 * ms + head_ms);
+        }
+        {  // the bf16 layer without adapters: what the base GEMMs alone cost
+            LoraLinearGpu qkv0[3] = {q.lora_bf16(false), k.lora_bf16(false), v.lora_bf16(false)};
+            LoraLinearGpu gu0[2] = {gate.lora_bf16(false), up.lora_bf16(false)};
+            LoraLinearGpu o0 = o.lora_bf16(false), down0 = down.lora_bf16(false);
+            const float ms = time_as_graph(stream, [&](cudaStream_t s) {
+                bf16* y_qkv[3] = {y[0], y[1], y[2]};
+                bf16* y_gu[2] = {y[4], y[5]};
+                decode_linear_forward(qkv0, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, s, mm);
+                decode_linear_forward(&o0, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, s, mm);
+                decode_linear_forward(gu0, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, s, mm);
+                decode_linear_forward(&down0, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, s, mm);
+            });
+            snprintf(label, sizeof(label), "layer M=%d graph, bf16 copy, no adapters", M);
+            report(label, ms, layer_bytes, 0);
         }
     }
     cudaCheck(cudaStreamDestroy(stream));
     matmul_destroy(mm);
     cudaFree(mm_ws);
     cudaFree(ws);
-    cudaFree(ax16);
     cudaFree(xc_dev);
     cudaFree(xi_dev);
     for (bf16* p : y) cudaFree(p);

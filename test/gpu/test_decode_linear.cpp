@@ -352,6 +352,14 @@ TEST_CASE("decode_linear: bf16 weights with a cuBLASLt context (the GPU model's 
     bare.ctx = ctx;
     add_linear(bare, 256, 896, LinearFormat::BF16, true, false, false, rng);
     check_random_rows(bare, {6, 64}, rng);
+    // a rank that is not a multiple of 8, and a group whose A copies are not consecutive (one GEMM each for x A^T)
+    DecodeGroup odd_rank;
+    odd_rank.R = 12;
+    odd_rank.scale = 0.5f;
+    odd_rank.ctx = ctx;
+    add_linear(odd_rank, 256, 896, LinearFormat::BF16, true, true, false, rng);
+    add_linear(odd_rank, 64, 896, LinearFormat::BF16, false, true, false, rng);
+    check_random_rows(odd_rank, {6, 64}, rng);
     matmul_destroy(ctx);
 }
 
