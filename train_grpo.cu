@@ -150,16 +150,6 @@ static void print_usage(FILE* out) {
         DEFAULT_TOKENIZER_PATH, GSM8K_TRAIN_PATH, MAX_SKIPPED_IN_A_ROW);
 }
 
-static double parse_number_option(const std::string& name, const char* value, double min, double max) {
-    char* end = nullptr;
-    errno = 0;
-    double v = strtod(value, &end);
-    if (errno || end == value || *end != '\0' || !(v >= min && v <= max))
-        throw GrpoError("option " + name + ": expected a number in [" + json_number(min) + ", " + json_number(max) +
-                        "], got '" + value + "'");
-    return v;
-}
-
 static int parse_int_option(const std::string& name, const char* value, long min, long max) {
     double v = parse_number_option(name, value, (double)min, (double)max);
     if (v != std::floor(v)) throw GrpoError("option " + name + ": expected an integer, got '" + value + "'");
@@ -228,12 +218,7 @@ static TrainOptions parse_options(int argc, char** argv) {
         else if (a == "--gpu-memory-utilization") o.gpu_memory.utilization = parse_number_option(a, v, 0.01, 1);
         else if (a == "--max-gpu-memory") o.gpu_memory.max_gib = parse_number_option(a, v, 0.01, 1e6);
         else if (a == "--micro-batch-tokens") o.gpu_memory.micro_batch_tokens = parse_int_option(a, v, 1, 1 << 20);
-        else if (a == "--bf16-base-copy") {
-            const std::string mode = v;
-            if (mode != "auto" && mode != "on" && mode != "off")
-                throw GrpoError("--bf16-base-copy: expected auto, on or off, got '" + mode + "'");
-            o.gpu_memory.bf16_base_copy = mode == "auto" ? -1 : mode == "on" ? 1 : 0;
-        }
+        else if (a == "--bf16-base-copy") o.gpu_memory.bf16_base_copy = parse_bf16_base_copy(v);
         else if (a == "--world-size") o.world_size = parse_int_option(a, v, 1, 1 << 16);
         else if (a == "--rank") o.rank = parse_int_option(a, v, 0, 1 << 16);
         else if (a == "--dist-dir") o.dist_dir = v;

@@ -31,6 +31,7 @@ struct EvalOptions {
     int batch = 64;
     int max_new_tokens = 512;
     size_t max_prompt_length = 256;
+    GpuMemoryLimits gpu_memory;  // --gpu-memory-utilization, --max-gpu-memory, --bf16-base-copy
 };
 
 static void usage(FILE* out) {
@@ -46,6 +47,9 @@ static void usage(FILE* out) {
         "  --max-new-tokens N      (default 512)\n"
         "  --max-prompt-length N   left-truncate prompts, 0 = no limit (default 256, as in training)\n"
         "  --base nf4|bf16         how to hold a bf16 base (default nf4, as in training)\n"
+        "  --gpu-memory-utilization X  --max-gpu-memory GIB   the GPU memory limit, as train_grpo's (default 0.9)\n"
+        "  --bf16-base-copy auto|on|off  hold the NF4 base dequantized to bf16 too: batches of 32+ decode faster\n"
+        "                          (default auto: when it fits; see train_grpo -h)\n"
         "  --out FILE              one JSON line per question: completion, extracted answer, rewards\n",
         DEFAULT_TOKENIZER_PATH, GSM8K_TEST_PATH);
 }
@@ -76,6 +80,9 @@ static EvalOptions parse(int argc, char** argv) {
         else if (a == "--batch") o.batch = int_option(a, v, 1);
         else if (a == "--max-new-tokens") o.max_new_tokens = int_option(a, v, 1);
         else if (a == "--max-prompt-length") o.max_prompt_length = (size_t)int_option(a, v, 0);
+        else if (a == "--gpu-memory-utilization") o.gpu_memory.utilization = parse_number_option(a, v, 0.01, 1);
+        else if (a == "--max-gpu-memory") o.gpu_memory.max_gib = parse_number_option(a, v, 0.01, 1e6);
+        else if (a == "--bf16-base-copy") o.gpu_memory.bf16_base_copy = parse_bf16_base_copy(v);
         else if (a == "--base") {
             if (strcmp(v, "nf4") && strcmp(v, "bf16")) throw GrpoError("--base: expected nf4 or bf16, got '" + std::string(v) + "'");
             o.base_nf4 = !strcmp(v, "nf4");
@@ -113,7 +120,7 @@ static int run(const EvalOptions& opt) {
 
     const int batch = std::min<int>(opt.batch, (int)examples.size());
     std::unique_ptr<Backend> backend = make_backend(opt.device, std::move(weights), std::move(lora), batch,
-                                                    (int)longest_prompt, opt.max_new_tokens);
+                                                    (int)longest_prompt, opt.max_new_tokens, &opt.gpu_memory);
     SamplerConfig greedy;
     greedy.temperature = 0.0;  // argmax: the evaluation is deterministic
     greedy.vocab_limit = tokenizer.vocab_size();

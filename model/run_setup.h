@@ -4,12 +4,14 @@
 // their CPU-only twins, which have no CUDA backend to link.
 #pragma once
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <memory>
 #include <string>
 
+#include "data/json.h"
 #include "data/text.h"
 #include "model/backend.h"
 #include "model/model_file.h"
@@ -70,6 +72,25 @@ struct GpuMemoryLimits {
     int micro_batch_tokens = 0; // > 0: use exactly this many tokens per policy micro-batch; 0: the largest that fits
     int bf16_base_copy = -1;    // --bf16-base-copy: -1 auto (see make_backend), 0 off, 1 on
 };
+
+// A command-line number in [min, max], or one GrpoError naming the option, the range and the value.
+inline double parse_number_option(const std::string& name, const char* value, double min, double max) {
+    char* end = nullptr;
+    errno = 0;
+    double v = strtod(value, &end);
+    if (errno || end == value || *end != '\0' || !(v >= min && v <= max))
+        throw GrpoError("option " + name + ": expected a number in [" + json_number(min) + ", " + json_number(max) +
+                        "], got '" + value + "'");
+    return v;
+}
+
+// --bf16-base-copy's value as GpuMemoryLimits::bf16_base_copy.
+inline int parse_bf16_base_copy(const std::string& mode) {
+    if (mode == "auto") return -1;
+    if (mode == "on") return 1;
+    if (mode == "off") return 0;
+    throw GrpoError("--bf16-base-copy: expected auto, on or off, got '" + mode + "'");
+}
 
 struct MicroBatchChoice {
     int max_tokens = 0;     // tokens per policy micro-batch

@@ -50,6 +50,14 @@ TEST_CASE("eval_gsm8k scores greedy completions, the same whatever the batch", "
         CHECK(adapted.exit_code == 0);
         CHECK(adapted.output.find("adapter: " + (temp / "checkpoint-1") + " (r 4") != std::string::npos);
     }
+    SECTION("the GPU memory options are checked even on the CPU") {
+        for (const char* bad : {" --bf16-base-copy yes", " --max-gpu-memory 0", " --gpu-memory-utilization 1.5"}) {
+            CommandResult refused = run_shell(common + bad + " 2>&1");
+            INFO(bad << " -> " << refused.output);
+            CHECK(refused.exit_code != 0);
+            CHECK(refused.output.find(std::string(bad).substr(1, std::string(bad).find(' ', 1) - 1)) != std::string::npos);
+        }
+    }
     SECTION("an adapter for another model is refused with the shapes") {
         CommandResult wrong = run_shell(common + " --adapter " + REF_DIR + "tiny_untied/adapter 2>&1");
         INFO(wrong.output);
