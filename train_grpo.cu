@@ -350,6 +350,10 @@ struct RunState {
     uint64_t epoch = 0;     // PromptOrder position
     size_t position = 0;
     uint64_t rng_state = 0; // the sampler's Rng
+    // the GPU memory plan the run chose (0 tokens: none, the CPU backend). Both its parts change the arithmetic
+    // (the micro-batch the GEMM shapes, the bf16 base copy the decode kernels), so --resume takes them again.
+    int gpu_micro_batch_tokens = 0;
+    bool gpu_bf16_base_copy = false;
 };
 
 static std::string save_checkpoint(const TrainOptions& opt, Backend& backend, const RunState& state) {
@@ -361,7 +365,12 @@ static std::string save_checkpoint(const TrainOptions& opt, Backend& backend, co
     adamw_state_save(tmp + "/optimizer.safetensors", backend.lora());
     std::string json = "{\"step\": " + std::to_string(state.step) + ", \"epoch\": " + std::to_string(state.epoch) +
                        ", \"position\": " + std::to_string(state.position) + ", \"rng_state\": \"" +
-                       std::to_string(state.rng_state) + "\", \"seed\": \"" + std::to_string(opt.seed) + "\"}\n";
+                       std::to_string(state.rng_state) + "\", \"seed\": \"" + std::to_string(opt.seed) + "\"" +
+                       (state.gpu_micro_batch_tokens > 0
+                            ? ", \"gpu_micro_batch_tokens\": " + std::to_string(state.gpu_micro_batch_tokens) +
+                                  ", \"gpu_bf16_base_copy\": " + (state.gpu_bf16_base_copy ? "true" : "false")
+                            : std::string()) +
+                       "}\n";
     write_file_atomic(tmp + "/trainer_state.json", json);
     std::filesystem::remove_all(dir, ec);
     std::filesystem::rename(tmp, dir, ec);
@@ -381,6 +390,11 @@ static RunState load_run_state(const std::string& dir) {
     s.epoch = (uint64_t)field("epoch").number;
     s.position = (size_t)field("position").number;
     s.rng_state = std::stoull(field("rng_state").string);
+    if (const JsonValue* tokens = j.get("gpu_micro_batch_tokens")) {  // absent: a CPU run, or an older checkpoint
+        s.gpu_micro_batch_tokens = (int)tokens->number;
+        const JsonValue* copy = j.get("gpu_bf16_base_copy");
+        s.gpu_bf16_base_copy = copy && copy->boolean;
+    }
     return s;
 }
 
@@ -521,9 +535,21 @@ static int train(const TrainOptions& opt) {
         printf("NCCL: %d ranks, this rank on GPU %d\n", dist.world_size, device);
     }
 #endif
+    // a resumed run takes the checkpoint's memory plan, unless --micro-batch-tokens or --bf16-base-copy on|off say
+    // otherwise: a plan chosen again from the free memory could differ, and with it the bits
+    GpuMemoryLimits limits = opt.gpu_memory;
+    if (state.gpu_micro_batch_tokens > 0 && opt.device == "cuda") {
+        if (limits.micro_batch_tokens == 0) limits.micro_batch_tokens = state.gpu_micro_batch_tokens;
+        if (limits.bf16_base_copy == -1) limits.bf16_base_copy = state.gpu_bf16_base_copy ? 1 : 0;
+        printf("resume: the checkpoint's GPU memory plan: a micro-batch of %d tokens, bf16 base copy %s (flags given "
+               "now take precedence)\n", limits.micro_batch_tokens, limits.bf16_base_copy == 1 ? "on" : "off");
+    }
+    MicroBatchChoice plan;
     std::unique_ptr<Backend> backend = make_backend(opt.device, std::move(weights), std::move(lora),
                                                     mine.size() * opt.G, (int)longest_prompt,
-                                                    opt.max_completion_length, &opt.gpu_memory);
+                                                    opt.max_completion_length, &limits, &plan);
+    state.gpu_micro_batch_tokens = plan.max_tokens;
+    state.gpu_bf16_base_copy = plan.base_copy;
 
     // 4. the loop: sample G completions per prompt, score them, turn rewards into advantages, and take one
     // policy-gradient step on the clipped, KL-regularised GRPO objective

@@ -57,6 +57,14 @@ same=0; for f in adapter_model.safetensors optimizer.safetensors; do
     cmp -s "$out/det_a/checkpoint-4/$f" "$out/det_r/checkpoint-4/$f" || same=1
 done
 verdict "resumed GPU run's checkpoint-4 is bit-identical" $same
+# a run on small micro-batches, resumed without --micro-batch-tokens: the checkpoint's plan is taken again, so the
+# resumed steps repeat the original's (a plan chosen again from the free memory would hold the whole step)
+./train_grpo --device cuda $B --micro-batch-tokens 48 --out "$out/mb_a" > /dev/null 2>&1
+./train_grpo --device cuda $B --out "$out/mb_r" --resume "$out/mb_a/checkpoint-2" > "$out/mb_resume.log" 2>&1
+metrics "$out/mb_a/log.jsonl" | grep -E "^[34] " > "$out/mb_a34.txt"; metrics "$out/mb_r/log.jsonl" > "$out/mb_r.txt"
+grep -q "micro-batch of 48 tokens" "$out/mb_resume.log" && grep -q '"gpu_micro_batch_tokens": 48' \
+    "$out/mb_a/checkpoint-2/trainer_state.json" && cmp -s "$out/mb_a34.txt" "$out/mb_r.txt"
+verdict "a resumed GPU run takes the checkpoint's memory plan (micro-batch 48) and repeats steps 3-4" $?
 
 # 5. the embedded tiny default (no -m) runs the GSM8K pipeline on the GPU, and eval_gsm8k decodes on the GPU
 ./train_grpo --device cuda --max-steps 2 --max-completion-length 32 --out "$out/default" > "$out/default.log" 2>&1

@@ -161,10 +161,12 @@ inline MicroBatchChoice choose_gpu_plan(const std::function<size_t(int, bool)>& 
 // The backend for `device` ("cpu" or "cuda"), sized for up to `rollouts` sequences at once of at most
 // longest_prompt + max_new_tokens tokens. Without a usable GPU the message says so and offers --device cpu.
 // With `limits` the policy micro-batch is the largest that fits the limits (choose_micro_batch_tokens) and
-// the choice is printed; without, one micro-batch holds a step's rollouts up to the default token budget.
+// the choice is printed (and stored in *chosen); without, one micro-batch holds a step's rollouts up to the
+// default token budget.
 inline std::unique_ptr<Backend> make_backend(const std::string& device, Qwen2Weights weights, LoraWeights lora,
                                              int rollouts, int longest_prompt, int max_new_tokens,
-                                             const GpuMemoryLimits* limits = nullptr) {
+                                             const GpuMemoryLimits* limits = nullptr,
+                                             MicroBatchChoice* chosen = nullptr) {
     if (device == "cpu") return make_cpu_backend(std::move(weights), std::move(lora));
     if (device != "cuda") throw GrpoError("--device: expected cuda or cpu, got '" + device + "'");
 #ifdef GRPO_CPU_ONLY
@@ -172,6 +174,7 @@ inline std::unique_ptr<Backend> make_backend(const std::string& device, Qwen2Wei
     (void)longest_prompt;
     (void)max_new_tokens;
     (void)limits;
+    (void)chosen;
     throw GrpoError("this build has no CUDA backend (built with -DGRPO_CPU_ONLY); use --device cpu, or the nvcc build");
 #else
     int num_devices = 0;
@@ -218,6 +221,7 @@ inline std::unique_ptr<Backend> make_backend(const std::string& device, Qwen2Wei
                                               copy_mode);
     gpu.max_tokens = choice.max_tokens;
     gpu.bf16_base_copy = choice.base_copy;
+    if (chosen) *chosen = choice;
     char copy_rows[128];
     snprintf(copy_rows, sizeof(copy_rows), "off (%d rollouts a step: decode steps read it from %d; --bf16-base-copy on "
              "forces it)", rollouts, gpu.bf16_copy_min_rows);

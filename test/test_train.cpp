@@ -11,7 +11,9 @@
 #include <unistd.h>
 #include <vector>
 
+#include "data/atomic_file.h"
 #include "data/json.h"
+#include "data/text.h"
 #include "lora/peft.h"
 #include "model/bin_format.h"
 #include "model/config.h"
@@ -79,8 +81,10 @@ TEST_CASE("GRPO on the CPU backend raises a tiny model's reward and writes a PEF
     CHECK(lora.adam_step == 0);  // peft_load reads the adapter only; the optimizer state is its own file
     CHECK(exists(out + "/checkpoint-40/optimizer.safetensors"));
     CHECK(exists(out + "/checkpoint-10/trainer_state.json"));
+    // a CPU run has no GPU memory plan to record
+    CHECK(read_file(out + "/checkpoint-10/trainer_state.json").find("gpu_micro_batch_tokens") == std::string::npos);
 
-    SECTION("a run resumed from checkpoint-30 repeats steps 31..40 exactly") {
+    SECTION("a run resumed from checkpoint-30 repeats steps 31..40 exactly (and step 31 from a GPU run's checkpoint)") {
         TempDir temp2("grpo_train");
         const std::string& out2 = temp2.path;
         REQUIRE(run(train_args(out2, 40) + " --resume " + out + "/checkpoint-30") == 0);
@@ -92,6 +96,21 @@ TEST_CASE("GRPO on the CPU backend raises a tiny model's reward and writes a PEF
             for (const char* key : {"loss", "reward", "grad_norm", "learning_rate", "kl"})
                 CHECK(metric(resumed[i], key) == metric(log[i + 30], key));
         }
+        // a checkpoint with a GPU run's memory plan resumes on the CPU, which has none to take
+        TempDir temp3("grpo_train");
+        const std::string& out3 = temp3.path;
+        const std::string state = out + "/checkpoint-30/trainer_state.json";
+        std::string json = read_file(state);
+        REQUIRE(json.rfind('}') != std::string::npos);
+        json.insert(json.rfind('}'), ", \"gpu_micro_batch_tokens\": 4096, \"gpu_bf16_base_copy\": true");
+        write_file_atomic(state, json);
+        CommandResult again = run_shell(train_args(out3, 31) + " --resume " + out + "/checkpoint-30 2>&1");
+        INFO(again.output);
+        REQUIRE(again.exit_code == 0);
+        CHECK(again.output.find("resume: the checkpoint's GPU memory plan") == std::string::npos);
+        std::vector<JsonValue> log31 = read_log(out3 + "/log.jsonl");
+        REQUIRE(log31.size() == 1);
+        CHECK(metric(log31[0], "loss") == metric(log[30], "loss"));
     }
 }
 
