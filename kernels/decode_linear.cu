@@ -1440,16 +1440,9 @@ static bool dl_bf16_cublas(const LoraLinearGpu* linears, int G, const bf16* x, i
     bool all_bf16 = DL_CFG_BF16_CUBLAS != 0 && ctx != nullptr;
     for (int g = 0; all_bf16 && g < G; g++) all_bf16 = linears[g].base->format == LinearFormat::BF16;
     if (!all_bf16) return false;
-    if (dl_adapted(linears, G) > 0) {
-        lora_linear_forward(ctx, linears, G, x, M, R, scale, y, ws.ax, nullptr, stream);
-        return true;
-    }
-    const int in = (int)linears[0].base->in;
-    for (int g = 0; g < G; g++) {
-        const LinearWeight& base = *linears[g].base;
-        matmul(ctx, y[g], false, (int)base.out, x, false, in, (const bf16*)base.w, true, in, M, (int)base.out, in, 1.0f,
-               0.0f, (const bf16*)base.bias, stream);
-    }
+    // lora_linear_forward asks for a rank even when no linear has an adapter (then only the base GEMMs run, and R is
+    // never read); dl_forward checks R >= 1 wherever there is one, and ws.ax is sized for max(R, 1)
+    lora_linear_forward(ctx, linears, G, x, M, std::max(R, 1), scale, y, ws.ax, nullptr, stream);
     return true;
 }
 

@@ -232,6 +232,12 @@ static bool plans_base_copy(const Nf4LinearSizes& nf4, const GpuOptions& options
     return options.bf16_base_copy && nf4.copy_bytes > 0;
 }
 
+// The elements of the dequantization scratch: the largest NF4 linear, or none when the copy gives every NF4 linear
+// its bf16 twin.
+static int64_t dequant_scratch_elements(const Nf4LinearSizes& nf4, const GpuOptions& options) {
+    return plans_base_copy(nf4, options) ? 0 : nf4.largest;
+}
+
 GpuMemoryPlan gpu_memory_plan(const Qwen2Config& cfg, size_t weight_bytes, const Nf4LinearSizes& nf4,
                               const LoraConfig& lora, const GpuOptions& options) {
     GpuMemoryPlan plan;
@@ -251,9 +257,8 @@ GpuMemoryPlan gpu_memory_plan(const Qwen2Config& cfg, size_t weight_bytes, const
     snprintf(buf, sizeof(buf), "%zu params (r %d): fp32 params, grads, m, v + bf16 copies", layout.num_params, lora.R);
     plan.lines.push_back({"LoRA state", buf, plan.lora_bytes});
     GpuActs acts;
-    // the copy makes the dequantization scratch unnecessary: every NF4 linear has its bf16 twin
-    const int64_t scratch_elements = plans_base_copy(nf4, options) ? 0 : nf4.largest;
-    plan.activation_bytes = layout_activations(cfg, scratch_elements, lora.R, options, nullptr, &acts, &plan);
+    plan.activation_bytes = layout_activations(cfg, dequant_scratch_elements(nf4, options), lora.R, options, nullptr,
+                                               &acts, &plan);
     plan.generation_bytes = gpu_generation_plan(cfg, lora, options, &plan);
     return plan;
 }
@@ -464,8 +469,8 @@ GpuModel* gpu_model_create(const Qwen2Weights& host_weights, const LoraWeights& 
         snprintf(buf, sizeof(buf), "lower the micro-batch size GpuOptions::max_tokens (now %d tokens: %.2f MiB each)",
                  options.max_tokens, m->plan.activation_bytes / 1048576.0 / options.max_tokens);
         m->act_buffer = (char*)device_alloc("activations and scratch", m->plan.activation_bytes, buf);
-        layout_activations(cfg, m->plan.base_copy_bytes > 0 ? 0 : nf4.largest, lora.lora.R, options, m->act_buffer,
-                           &m->acts, nullptr);
+        layout_activations(cfg, dequant_scratch_elements(nf4, options), lora.lora.R, options, m->act_buffer, &m->acts,
+                           nullptr);
         m->matmul = matmul_create(m->acts.matmul_workspace, matmul_workspace_bytes());
         cublasCheck(cublasLtCreate(&m->lt));
         std::vector<float> inv_freq = cpu_rope_inv_freq(cfg.HD, cfg.rope_theta);

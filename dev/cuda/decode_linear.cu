@@ -461,14 +461,22 @@ int main(int argc, char** argv) {
     cudaCheck(cudaMalloc(&mm_ws, matmul_workspace_bytes()));
     MatmulContext* mm = matmul_create(mm_ws, matmul_workspace_bytes());
 
-    // the decode step's linears: q/k/v, o, gate/up, down (LoRA on all), then the lm_head
-    auto layer = [&](int M, MatmulContext* ctx, cudaStream_t stream, ForwardFn forward = decode_linear_forward) {
+    // a decode step's four launches of one layer's linears (q/k/v, o, gate/up, down) through forward
+    struct LayerGroups {
+        const LoraLinearGpu *qkv, *o, *gu, *down;
+    };
+    auto run_layer = [&](const LayerGroups& l, int M, MatmulContext* ctx, cudaStream_t stream, ForwardFn forward) {
         bf16* y_qkv[3] = {y[0], y[1], y[2]};
         bf16* y_gu[2] = {y[4], y[5]};
-        forward(qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream, ctx);
-        forward(&o1, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream, ctx);
-        forward(gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream, ctx);
-        forward(&down1, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, ctx);
+        forward(l.qkv, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream, ctx);
+        forward(l.o, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream, ctx);
+        forward(l.gu, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream, ctx);
+        forward(l.down, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, ctx);
+    };
+    // the NF4 layer (LoRA on all), then the lm_head
+    const LayerGroups nf4_layer = {qkv, &o1, gu, &down1};
+    auto layer = [&](int M, MatmulContext* ctx, cudaStream_t stream, ForwardFn forward = decode_linear_forward) {
+        run_layer(nf4_layer, M, ctx, stream, forward);
     };
 
     // the bf16 layer through the decode kernel (the v3 variant, built without the cuBLASLt route), or as production
@@ -476,20 +484,9 @@ int main(int argc, char** argv) {
     // with beta 1)
     enum Bf16Route { BF16_V3, BF16_PROD };
     const char* const bf16_route_names[] = {"decode v3", "prod: cuBLASLt"};
+    const LayerGroups bf16_layer = {qkv16, &o16, gu16, &down16};
     auto layer_bf16 = [&](int M, Bf16Route route, cudaStream_t stream) {
-        bf16* y_qkv[3] = {y[0], y[1], y[2]};
-        bf16* y_gu[2] = {y[4], y[5]};
-        if (route == BF16_PROD) {
-            decode_linear_forward(qkv16, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream, mm);
-            decode_linear_forward(&o16, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream, mm);
-            decode_linear_forward(gu16, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream, mm);
-            decode_linear_forward(&down16, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, mm);
-        } else {
-            v3::decode_linear_forward(qkv16, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, stream, mm);
-            v3::decode_linear_forward(&o16, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, stream, mm);
-            v3::decode_linear_forward(gu16, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, stream, mm);
-            v3::decode_linear_forward(&down16, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, stream, mm);
-        }
+        run_layer(bf16_layer, M, mm, stream, route == BF16_PROD ? decode_linear_forward : v3::decode_linear_forward);
     };
 
     // ---- validation ----
@@ -720,13 +717,9 @@ int main(int argc, char** argv) {
             LoraLinearGpu qkv0[3] = {q.lora_bf16(false), k.lora_bf16(false), v.lora_bf16(false)};
             LoraLinearGpu gu0[2] = {gate.lora_bf16(false), up.lora_bf16(false)};
             LoraLinearGpu o0 = o.lora_bf16(false), down0 = down.lora_bf16(false);
+            const LayerGroups bare = {qkv0, &o0, gu0, &down0};
             const float ms = time_as_graph(stream, [&](cudaStream_t s) {
-                bf16* y_qkv[3] = {y[0], y[1], y[2]};
-                bf16* y_gu[2] = {y[4], y[5]};
-                decode_linear_forward(qkv0, 3, xc_dev, M, R, SCALE, y_qkv, ws, ws_bytes, s, mm);
-                decode_linear_forward(&o0, 1, xc_dev, M, R, SCALE, &y[3], ws, ws_bytes, s, mm);
-                decode_linear_forward(gu0, 2, xc_dev, M, R, SCALE, y_gu, ws, ws_bytes, s, mm);
-                decode_linear_forward(&down0, 1, xi_dev, M, R, SCALE, &y[6], ws, ws_bytes, s, mm);
+                run_layer(bare, M, mm, s, decode_linear_forward);
             });
             snprintf(label, sizeof(label), "layer M=%d graph, bf16 copy, no adapters", M);
             report(label, ms, layer_bytes, 0);

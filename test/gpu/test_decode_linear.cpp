@@ -282,16 +282,21 @@ TEST_CASE("decode_linear: one-hot rows reproduce every NF4 weight, bias and adap
     check_exact(bf, false);
 }
 
-TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v width and in a wide launch, and are reproducible", "[gpu][decode_linear]") {
-    Rng rng(2718);
-    // k_proj and v_proj of Qwen2.5-7B [512, 3584] (112 chunks of 128: many k splits) plus a 128-row linear without
-    // adapter; PEFT-sized adapters (B nonzero, as after training) with alpha/R = 2
-    DecodeGroup group;
+// k_proj and v_proj of Qwen2.5-7B [512, 3584] around a 128-row linear without adapter, in `format`; PEFT-sized
+// adapters (B nonzero, as after training) with alpha/R = 2.
+void add_kv_width_group(DecodeGroup& group, LinearFormat format, Rng& rng) {
     group.R = 32;
     group.scale = 2.0f;
-    add_linear(group, 512, 3584, LinearFormat::NF4, true, true, false, rng);
-    add_linear(group, 128, 3584, LinearFormat::NF4, false, false, false, rng);
-    add_linear(group, 512, 3584, LinearFormat::NF4, true, true, false, rng);
+    add_linear(group, 512, 3584, format, true, true, false, rng);
+    add_linear(group, 128, 3584, format, false, false, false, rng);
+    add_linear(group, 512, 3584, format, true, true, false, rng);
+}
+
+TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v width and in a wide launch, and are reproducible", "[gpu][decode_linear]") {
+    Rng rng(2718);
+    // the k/v-width group in NF4 (112 chunks of 128: many k splits)
+    DecodeGroup group;
+    add_kv_width_group(group, LinearFormat::NF4, rng);
     // the simple kernel first (it reads row-major codes only), with the tolerances of check_random_rows
     std::vector<float> x((size_t)6 * 3584);
     fill_uniform(x, rng);
@@ -334,13 +339,9 @@ TEST_CASE("decode_linear: bf16 weights (an lm_head slice) match the CPU referenc
 TEST_CASE("decode_linear: bf16 weights with a cuBLASLt context (the GPU model's bf16 base copy) match the CPU "
           "reference", "[gpu][decode_linear]") {
     Rng rng(4242);
-    // a q/k/v-like group with bias and adapters, and one linear without an adapter, in 7B's k/v width
+    // the k/v-width group in bf16: bias and adapters, and one linear without an adapter
     DecodeGroup group;
-    group.R = 32;
-    group.scale = 2.0f;
-    add_linear(group, 512, 3584, LinearFormat::BF16, true, true, false, rng);
-    add_linear(group, 128, 3584, LinearFormat::BF16, false, false, false, rng);
-    add_linear(group, 512, 3584, LinearFormat::BF16, true, true, false, rng);
+    add_kv_width_group(group, LinearFormat::BF16, rng);
     DeviceArray<uint8_t> workspace(matmul_workspace_bytes());
     MatmulContext* ctx = matmul_create(workspace.ptr, workspace.n);
     group.ctx = ctx;
@@ -352,7 +353,7 @@ TEST_CASE("decode_linear: bf16 weights with a cuBLASLt context (the GPU model's 
     bare.ctx = ctx;
     add_linear(bare, 256, 896, LinearFormat::BF16, true, false, false, rng);
     check_random_rows(bare, {6, 64}, rng);
-    // a rank that is not a multiple of 8, and a group whose A copies are not consecutive (one GEMM each for x A^T)
+    // another rank and scale, with two adapters whose A copies are not consecutive (one GEMM each for x A^T)
     DecodeGroup odd_rank;
     odd_rank.R = 12;
     odd_rank.scale = 0.5f;
