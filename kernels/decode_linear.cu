@@ -665,6 +665,9 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_BF16_CUBLAS
 #define DL_CFG_BF16_CUBLAS 1  // bf16 weights with a cuBLASLt context: cuBLASLt (0: the v3 kernel, for the lab)
 #endif
+#ifndef DL_CFG_AX_KERNEL
+#define DL_CFG_AX_KERNEL 1  // x A^T of steps of at most DL_AX_MAX_M rows through decode_lora_ax_kernel (0: cuBLASLt)
+#endif
 #ifndef DL_CFG_V4_WIDE_PAIRS
 #define DL_CFG_V4_WIDE_PAIRS 32768  // above 16 rows of x, launches of at least this many pairs run "wide" (below)
 #endif
@@ -1040,6 +1043,69 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
     }
 }
 
+// x A^T of a decode step of at most DL_AX_MAX_M rows: the adapters' first product, which cuBLASLt runs in 6-8 us
+// of mostly latency at these sizes (dev/cuda/decode_linear.cu: "+lora, cuBLASLt xA" against "prod"). One block of
+// DL_AX_WARPS warps per row of the group's A's (a column of ax), its warps splitting k in 16-byte chunks. Each
+// lane loads its chunks of A into registers before grid_dependency_wait(), so that reading A overlaps the kernel
+// before it (A changes only at optimizer steps, never within a decode step), and lets the decode kernel after it
+// start early. fp32 sums, one bf16 rounding, as the GEMM (in another order). p is the ax launch's DecodeParams:
+// w[g] the A's, y[g] / ldy[g] where their columns of ax go.
+constexpr int DL_AX_MAX_M = 8, DL_AX_WARPS = 8, DL_AX_MAX_CHUNKS = 12;  // k <= 12 x 8 warps x 32 lanes x 8
+template <int MR>
+__global__ void __launch_bounds__(DL_AX_WARPS * 32) decode_lora_ax_kernel(const __grid_constant__ DecodeParams p) {
+    __shared__ float partial[DL_AX_WARPS][MR];
+    grid_launch_dependents();
+    const int v = blockIdx.x, g = dl_linear_of(p, v), r = v - p.row_start[g];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, K = p.K, chunks = K / 8;
+    const uint4* a_row = reinterpret_cast<const uint4*>(p.w[g] + (int64_t)r * K);
+    auto chunk_of = [&](int i) { return (i * DL_AX_WARPS + warp) * 32 + lane; };
+    uint4 a[DL_AX_MAX_CHUNKS];
+#pragma unroll
+    for (int i = 0; i < DL_AX_MAX_CHUNKS; i++) a[i] = chunk_of(i) < chunks ? __ldg(a_row + chunk_of(i)) : make_uint4(0, 0, 0, 0);
+    grid_dependency_wait();  // x is the kernel before's output
+    float sum[MR];
+#pragma unroll
+    for (int m = 0; m < MR; m++) sum[m] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < DL_AX_MAX_CHUNKS; i++) {
+        const int c = chunk_of(i);
+        if (c >= chunks) break;
+        const __nv_bfloat162* ap = reinterpret_cast<const __nv_bfloat162*>(&a[i]);
+#pragma unroll
+        for (int m = 0; m < MR; m++) {
+            const uint4 x_bits = __ldg(reinterpret_cast<const uint4*>(p.x + (int64_t)min(m, p.M - 1) * K) + c);
+            const __nv_bfloat162* xp = reinterpret_cast<const __nv_bfloat162*>(&x_bits);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 af = __bfloat1622float2(ap[e]), xf = __bfloat1622float2(xp[e]);
+                sum[m] = fmaf(af.x, xf.x, sum[m]);
+                sum[m] = fmaf(af.y, xf.y, sum[m]);
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < MR; m++) {
+#pragma unroll
+        for (int offset = 16; offset > 0; offset /= 2) sum[m] += __shfl_xor_sync(0xFFFFFFFFu, sum[m], offset);
+        if (lane == 0) partial[warp][m] = sum[m];
+    }
+    __syncthreads();
+    if (threadIdx.x < p.M) {  // MR >= M: rows past M were computed from row M-1 and are dropped here
+        float total = 0.0f;
+        for (int w = 0; w < DL_AX_WARPS; w++) total += partial[w][threadIdx.x];
+        p.y[g][(int64_t)threadIdx.x * p.ldy[g] + r] = __float2bfloat16_rn(total);
+    }
+}
+
+// Whether decode_lora_ax_kernel can take this x A^T launch: few rows, k in whole chunks within its registers, and
+// 16-byte aligned x and A's.
+static bool dl_ax_ok(const DecodeParams& ax) {
+    bool ok = DL_CFG_AX_KERNEL != 0 && ax.M <= DL_AX_MAX_M && ax.K % 8 == 0 &&
+              ax.K <= DL_AX_MAX_CHUNKS * DL_AX_WARPS * 32 * 8 && (uintptr_t)ax.x % 16 == 0;
+    for (int g = 0; ok && g < ax.G; g++) ok = (uintptr_t)ax.w[g] % 16 == 0;
+    return ok;
+}
+
 // The simple kernel: one warp per output row, lanes striding over k, each weight dequantized alone from the
 // tables in global memory; up to 8 rows of x per pass over the row. Any shape and alignment.
 template <bool NF4>
@@ -1102,6 +1168,16 @@ static void dl_with_n_tiles(int NT, F f) {
         case 6: f(std::integral_constant<int, 6>()); break;
         default: f(std::integral_constant<int, 8>()); break;
     }
+}
+
+// Calls f(std::integral_constant<int, MR>()) for the decode_lora_ax_kernel instantiation that serves M rows.
+template <typename F>
+static void dl_with_ax_rows(int M, F f) {
+    if (M <= 1) f(std::integral_constant<int, 1>());
+    else if (M <= 2) f(std::integral_constant<int, 2>());
+    else if (M <= 4) f(std::integral_constant<int, 4>());
+    else if (M <= 6) f(std::integral_constant<int, 6>());
+    else f(std::integral_constant<int, DL_AX_MAX_M>());
 }
 
 // How a launch of the tensor-core kernel is cut: row tiles, k splits and the partial floats they need.
@@ -1400,7 +1476,12 @@ static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, 
             params.B[g] = linears[g].B;
         }
         ax.row_start[ax.G] = ax.total_rows = adapted * R;
-        if (ctx) {  // cuBLASLt, as the training forward computes x A^T: one GEMM when the A copies are consecutive
+        if (!simple && dl_ax_ok(ax)) {  // few rows: the latency-bound GEMM in one programmatic dependent launch
+            dl_with_ax_rows(M, [&](auto mr) {
+                dl_launch_dependent(decode_lora_ax_kernel<mr()>, dim3((unsigned)ax.total_rows), DL_AX_WARPS * 32, 0,
+                                    ax, stream);
+            });
+        } else if (ctx) {  // cuBLASLt, as the training forward computes x A^T: one GEMM when the A copies are consecutive
             bool consecutive = true;
             for (int a = 1; a < ax.G; a++) consecutive &= ax.w[a] == ax.w[0] + (size_t)a * R * in;
             if (consecutive)

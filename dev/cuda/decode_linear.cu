@@ -22,6 +22,8 @@
 //   partial tiles added in a fixed order; "prod" reads the codes in decode-tile order (nf4_tile), as the GPU model
 //   holds them. Variant: fold (bf16 codes from a pair table, the block scale applied once per block: not
 //   bitsandbytes' rounding).
+// The adapters' x A^T: at most 8 rows, decode_lora_ax_kernel (A read into registers before the dependency wait, one
+//   programmatic dependent launch a group); more rows, cuBLASLt. Variant axgemm: cuBLASLt at every M.
 // bf16 weights (the GPU model's bf16 base copy of the NF4 linears, GpuOptions::bf16_base_copy): the layer through
 //   the v3 kernel, as production runs it with a cuBLASLt context (lora_linear_forward: the base GEMMs, x A^T, and a
 //   GEMM per adapter for ax B^T), and without adapters (the base GEMMs alone: what the adapters' GEMMs add).
@@ -72,6 +74,8 @@ DL_DECLARE_VARIANT(wch2, "v4 exact, wide launches 2 blocks a step")
 // v4 with the exact pair table at a 64 KB boundary (one permute per byte forms the address; one block of 16 warps an
 // SM): meant for M <= 16
 DL_DECLARE_VARIANT(pairs5, "v4 exact, 64 KB-aligned pair table, 16 warps a block")
+// x A^T through cuBLASLt at every M (production uses decode_lora_ax_kernel for steps of at most 8 rows)
+DL_DECLARE_VARIANT(axgemm, "x A^T through cuBLASLt at every M")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -580,7 +584,7 @@ int main(int argc, char** argv) {
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
     printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n");
     for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs,
-                              wch2::knobs, pairs5::knobs})
+                              wch2::knobs, pairs5::knobs, axgemm::knobs})
         printf("  %s\n", knobs);
     const ForwardFn variants[] = {decode_linear_forward,           v3::decode_linear_forward,   fold::decode_linear_forward,
                                   pairs::decode_linear_forward,    defer::decode_linear_forward, full::decode_linear_forward,
@@ -652,6 +656,13 @@ int main(int argc, char** argv) {
                 snprintf(label, sizeof(label), "%-7s +lora, cuBLASLt xA", l.name);
                 ms = time_kernel_ms([&] { decode_linear_forward(&adapted, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0, mm); });
                 report(label, ms, decode_linear_bytes(&adapted, 1, M, R), 0);
+                if (M <= 8) {  // production takes decode_lora_ax_kernel here; the variant keeps cuBLASLt
+                    snprintf(label, sizeof(label), "%-7s +lora, axgemm", l.name);
+                    ms = time_kernel_ms([&] {
+                        axgemm::decode_linear_forward(&adapted, 1, x, M, R, SCALE, &y[i], ws, ws_bytes, 0, mm);
+                    });
+                    report(label, ms, decode_linear_bytes(&adapted, 1, M, R), 0);
+                }
             }
         }
         bf16* y_qkv[3] = {y[0], y[1], y[2]};
@@ -701,6 +712,7 @@ int main(int argc, char** argv) {
         time_layer_graph("deferfull", deferfull::decode_linear_forward);
         time_layer_graph("wch2", wch2::decode_linear_forward);
         time_layer_graph("pairs5", pairs5::decode_linear_forward);
+        time_layer_graph("axgemm", axgemm::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,

@@ -308,7 +308,7 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         check_close("y simple", simple[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128,
                     group.adapters[g] ? 1.0 : 0.01);
     }
-    check_random_rows(group, {1, 6, 48, 64, 70}, rng);
+    check_random_rows(group, {1, 3, 6, 7, 48, 64, 70}, rng);  // 3 and 7: the ax kernel's rounded-up row counts
 
     // one linear of 2048 rows over in 16384: 128 tiles x 256 blocks = 32768 pairs, the least that the streaming
     // kernel runs "wide" (one n-tile of x at a time, two blocks an SM) above 16 rows of x; narrow at M 6
@@ -317,6 +317,13 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
     wide.scale = group.scale;
     add_linear(wide, 2048, 16384, LinearFormat::NF4, true, true, false, rng);
     check_random_rows(wide, {6, 24, 64}, rng);
+
+    // in 32768: past what decode_lora_ax_kernel holds in registers (24576), so x A^T takes the other path at M 2
+    DecodeGroup long_k;
+    long_k.R = group.R;
+    long_k.scale = group.scale;
+    add_linear(long_k, 64, 32768, LinearFormat::NF4, true, true, false, rng);
+    check_random_rows(long_k, {2}, rng);
 }
 
 TEST_CASE("decode_linear: bf16 weights (an lm_head slice) match the CPU reference", "[gpu][decode_linear]") {
