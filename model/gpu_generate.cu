@@ -33,7 +33,6 @@
 #include "kernels/embedding.cuh"
 #include "kernels/kv_cache.cuh"
 #include "kernels/matmul.cuh"
-#include "kernels/residual.cuh"
 #include "kernels/rmsnorm.cuh"
 #include "kernels/rope.cuh"
 #include "kernels/sample.cuh"
@@ -208,9 +207,9 @@ struct Generator {
         LoraLinearGpu group[DECODE_LINEAR_MAX_G];
 
         embedding_forward(b.x, b.tokens, (const bf16*)w.embed, M, C, stream);
+        rmsnorm_forward(b.ln, nullptr, b.x, (const bf16*)w.layers[0].input_norm, M, C, eps, stream);
         for (int l = 0; l < cfg.L; l++) {
             const LayerWeights& lw = w.layers[l];
-            rmsnorm_forward(b.ln, nullptr, b.x, (const bf16*)lw.input_norm, M, C, eps, stream);
             gpu_model_decode_group(model, l, LIN_Q, 3, M, group);
             bf16* qkv[3] = {b.q, b.k, b.v};
             decode_linear_forward(group, 3, b.ln, M, R, scale, qkv, b.linear_workspace, b.linear_workspace_bytes,
@@ -235,9 +234,11 @@ struct Generator {
             bf16* down[1] = {b.proj};
             decode_linear_forward(group, 1, b.mlp, M, R, scale, down, b.linear_workspace, b.linear_workspace_bytes,
                                   stream, parts.matmul);
-            residual_forward(b.x, b.x, b.proj, (size_t)M * C, stream);
+            // the layer's last residual add and the next norm (the next layer's input norm, or the final norm) in
+            // one launch: a decode step is a chain of short kernels, and each launch costs a few microseconds
+            const bf16* next_norm = (const bf16*)(l + 1 < cfg.L ? w.layers[l + 1].input_norm : w.final_norm);
+            residual_rmsnorm_forward(b.x, b.ln, nullptr, b.x, b.proj, next_norm, M, C, eps, stream);
         }
-        rmsnorm_forward(b.ln, nullptr, b.x, (const bf16*)w.final_norm, M, C, eps, stream);
         lm_head(M);
     }
 
