@@ -668,6 +668,9 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_AX_KERNEL
 #define DL_CFG_AX_KERNEL 1  // x A^T of steps of at most DL_AX_MAX_M rows through decode_lora_ax_kernel (0: cuBLASLt)
 #endif
+#ifndef DL_CFG_V4_NARROW
+#define DL_CFG_V4_NARROW 1  // launches of one n-tile (M <= 8): exact pairs and whole steps (0: as wider launches; lab)
+#endif
 #ifndef DL_CFG_V4_WIDE_PAIRS
 #define DL_CFG_V4_WIDE_PAIRS 32768  // above 16 rows of x, launches of at least this many pairs run "wide" (below)
 #endif
@@ -686,6 +689,14 @@ static_assert(!(DL4_FOLD && DL4_PAIRS), "one pair table at a time");
 // and a pack) against dl_nf4_word's 7. The alignment costs up to 64 KB of padding: 128 KB of shared memory a block,
 // so one block an SM, of 16 warps (the variant sets DL_CFG_V4_WARPS 16 and DL_CFG_V4_BLOCKS_SM 1).
 constexpr bool DL4_PAIRS_ALIGNED = DL_CFG_V4_PAIRS == 2;
+// Narrow launches (DL_CFG_V4_NARROW): one n-tile (M <= 8) is where the dequantization's instructions bound the kernel
+// most, and there both lab variants above pay: on a 7B layer at M 6 (with decode_lora_ax_kernel, session 7) exact
+// pairs took 0.1140 ms and whole steps 0.1158, against 0.1219 for neither. At M 48-64 pairs were 3-7% slower (their
+// 64 KB table comes out of L1, where x lives) and whole steps mixed, so only narrow launches take them: the kernel
+// has both as template arguments, and the launcher picks the narrow instantiation when the shape allows (whole
+// steps need K / 64 a multiple of DL4_CH; the pair table, the default code). Same bits as exact: pairs change only
+// the lookups, whole steps only which warp sums which blocks (the sums still arrive in a fixed order).
+constexpr bool DL4_NARROW_PAIRS = DL_CFG_V4_NARROW != 0 && !DL4_FOLD;  // the fold table takes the same shared memory
 
 // The bytes of a pair table: for each code byte a 256-byte row, of which lane L reads slot L (fold: 4 bytes, the bf16
 // pair; exact pairs: 8 bytes, the two fp32 codes), 32 copies so that a warp's lookups never share a bank. 256-byte
@@ -776,9 +787,11 @@ __host__ __device__ inline int dl4_last_warp(int tile, int nkb, int64_t len) {
     return (int)(((int64_t)(tile + 1) * nkb - 1) / len);
 }
 
-template <int NT, bool WIDE>
+template <int NT, bool WIDE, bool PAIRS, bool FULL>
 __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCKS_SM : 1)
     decode_linear_nf4_stream_kernel(const __grid_constant__ DecodeParams p) {
+    static_assert(!(DL4_FOLD && PAIRS), "one pair table at a time");
+    constexpr bool ALIGNED = PAIRS && DL4_PAIRS_ALIGNED;
     extern __shared__ uint4 dl4_smem[];  // the pair table
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
     constexpr int CH = WIDE ? DL_CFG_V4_WIDE_CH : DL4_CH;
@@ -791,7 +804,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
     const int f_begin = (int)min((int64_t)F, (int64_t)warp * len), f_end = min(F, f_begin + len);
     // the pair table, at a 64 KB boundary of shared memory when aligned (dl4_smem_bytes leaves the room)
     const uint32_t smem_at = (uint32_t)__cvta_generic_to_shared(dl4_smem);
-    const uint32_t table_at = DL4_PAIRS_ALIGNED ? (smem_at + 0xFFFFu) & ~0xFFFFu : smem_at;
+    const uint32_t table_at = ALIGNED ? (smem_at + 0xFFFFu) & ~0xFFFFu : smem_at;
     char* pair_table = reinterpret_cast<char*>(dl4_smem) + (table_at - smem_at);
     const uint32_t lane4 = (uint32_t)lane * 4u, lane8 = (uint32_t)lane * 8u, code_table = dl_code_table_address();
 
@@ -802,7 +815,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
             for (int i = threadIdx.x; i < 256; i += DL4_THREADS) nested_code[g][i] = p.nf4[g].nested_code[i];
     }
     // the pair table: slot i % 32 of code byte i / 32, as bf16 (fold) or fp32 (exact pairs)
-    for (int i = threadIdx.x; (DL4_FOLD || DL4_PAIRS) && i < 256 * 32; i += DL4_THREADS) {
+    for (int i = threadIdx.x; (DL4_FOLD || PAIRS) && i < 256 * 32; i += DL4_THREADS) {
         const int byte = i / 32;
         const float even = p.nf4[0].code[byte >> 4], odd = p.nf4[0].code[byte & 15];  // elements 2j, 2j + 1
         if (DL4_FOLD) {
@@ -845,7 +858,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
             const uint8_t* at = src.codes + kb * 512;
 #pragma unroll
             for (int j = 0; j < CH; j++) {
-                const uint4 both = DL4_FULL || j < pos.n ? dl4_load_stream16(at + j * 512) : make_uint4(0, 0, 0, 0);
+                const uint4 both = FULL || j < pos.n ? dl4_load_stream16(at + j * 512) : make_uint4(0, 0, 0, 0);
                 s.code[j][0] = make_uint2(both.x, both.y);
                 s.code[j][1] = make_uint2(both.z, both.w);
             }
@@ -855,7 +868,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
             for (int j = 0; j < CH; j++)
 #pragma unroll
                 for (int h = 0; h < 2; h++)
-                    s.code[j][h] = DL4_FULL || j < pos.n ? dl4_load_stream8(at + (int64_t)h * 8 * (K / 2) + j * 32)
+                    s.code[j][h] = FULL || j < pos.n ? dl4_load_stream8(at + (int64_t)h * 8 * (K / 2) + j * 32)
                                                          : make_uint2(0, 0);
         }
         s.g = src.g;
@@ -864,7 +877,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
             const int block = src.block + h * 8 * nkb + kb + c;
             s.q[h] = 0;
             s.a[h] = 0.0f;
-            if (DL4_FULL || c < pos.n) {
+            if (FULL || c < pos.n) {
                 if (src.double_quant) {
                     s.q[h] = __ldg(src.q + (src.tiled ? (kb + c) * 16 + h * 8 : kb + c + h * 8 * nkb));
                     s.a[h] = __ldg(src.scales + block / NF4_NESTED_BLOCK);
@@ -894,7 +907,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
         const uint32_t lin_bytes = (uint32_t)g * 0x40404040u;
 #pragma unroll
         for (int j = 0; j < CH; j++) {
-            const bool valid = DL4_FULL || j < pos.n;
+            const bool valid = FULL || j < pos.n;
             float scale[2];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
@@ -926,10 +939,10 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
                         w[h][b] = dl4_pair(pair_table, s.code[j][h].x, lane4, b);
                         w[h][4 + b] = dl4_pair(pair_table, s.code[j][h].y, lane4, b);
                     }
-                } else if (DL4_PAIRS_ALIGNED) {
+                } else if (ALIGNED) {
                     dl4_aligned_pair_word(&w[h][0], s.code[j][h].x, table_at | lane8, scale[h]);
                     dl4_aligned_pair_word(&w[h][4], s.code[j][h].y, table_at | lane8, scale[h]);
-                } else if (DL4_PAIRS) {
+                } else if (PAIRS) {
                     dl4_pair_word(&w[h][0], pair_table, s.code[j][h].x, lane8, scale[h]);
                     dl4_pair_word(&w[h][4], pair_table, s.code[j][h].y, lane8, scale[h]);
                 } else {
@@ -1232,20 +1245,35 @@ static size_t dl_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 constexpr size_t DL_MAX_COUNTERS = 4096;
 
 // Blocks of the streaming kernel an SM holds (asked once per instantiation, after opting into its shared memory).
-static size_t dl4_smem_bytes() {
-    return DL4_PAIRS_ALIGNED ? 2 * DL4_PAIR_TABLE_BYTES : DL4_FOLD || DL4_PAIRS ? DL4_PAIR_TABLE_BYTES : 0;
+static size_t dl4_smem_bytes(bool pairs) {
+    return pairs ? (DL4_PAIRS_ALIGNED ? 2 : 1) * DL4_PAIR_TABLE_BYTES : DL4_FOLD ? DL4_PAIR_TABLE_BYTES : 0;
 }
-template <int NT, bool WIDE>
-static int dl4_blocks_per_sm() {
-    static int blocks = 0;
-    if (blocks == 0) {
-        cudaCheck(cudaFuncSetAttribute(decode_linear_nf4_stream_kernel<NT, WIDE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       (int)dl4_smem_bytes()));
-        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_linear_nf4_stream_kernel<NT, WIDE>,
-                                                                DL4_THREADS, dl4_smem_bytes()));
-        if (blocks < 1) dl_fail("the streaming NF4 kernel does not fit on an SM");
+// One instantiation of the streaming kernel, its shared memory, and the blocks an SM holds (asked once).
+struct Dl4Kernel {
+    void (*fn)(DecodeParams) = nullptr;
+    size_t smem = 0;
+    int per_sm = 0;
+};
+template <int NT, bool WIDE, bool PAIRS, bool FULL>
+static Dl4Kernel dl4_kernel() {
+    static Dl4Kernel k;
+    if (k.per_sm == 0) {
+        k.fn = decode_linear_nf4_stream_kernel<NT, WIDE, PAIRS, FULL>;
+        k.smem = dl4_smem_bytes(PAIRS);
+        cudaCheck(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)k.smem));
+        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.per_sm, k.fn, DL4_THREADS, k.smem));
+        if (k.per_sm < 1) dl_fail("the streaming NF4 kernel does not fit on an SM");
     }
-    return blocks;
+    return k;
+}
+// The instantiation a launch of NT n-tiles runs: the narrow one (see DL4_NARROW_PAIRS), or the configured one.
+static Dl4Kernel dl4_pick(int NT, bool wide, bool narrow) {
+    if (narrow) return dl4_kernel<1, false, DL4_PAIRS || DL4_NARROW_PAIRS, true>();
+    Dl4Kernel k;
+    dl_with_n_tiles(NT, [&](auto nt) {
+        k = wide ? dl4_kernel<nt(), true, DL4_PAIRS, DL4_FULL>() : dl4_kernel<nt(), false, DL4_PAIRS, DL4_FULL>();
+    });
+    return k;
 }
 
 // How a launch of the streaming kernel is cut: blocks of warps, the (tile, 64-block) pairs per warp, and the
@@ -1253,24 +1281,25 @@ static int dl4_blocks_per_sm() {
 // but each with at least two steps of work.
 struct Dl4Plan {
     int grid = 0;
-    bool wide = false;  // see the kernel
+    bool wide = false;    // see the kernel
+    bool narrow = false;  // see DL4_NARROW_PAIRS
+    Dl4Kernel kernel;
     int64_t stream_rows = 1;
     size_t partial_floats = 0;
 };
-static Dl4Plan dl4_plan(int total_rows, int K, int M) {
+// default_code: every linear of the launch has the standard NF4 code (which the pair table holds).
+static Dl4Plan dl4_plan(int total_rows, int K, int M, bool default_code) {
     Dl4Plan plan;
     const int NT = decode_linear_n_tiles(M), tiles = total_rows / 16, nkb = K / NF4_BLOCK;
     const int64_t F = (int64_t)tiles * nkb;
-    int per_sm = 1;
     plan.wide = NT > 2 && F >= DL_CFG_V4_WIDE_PAIRS;
-    dl_with_n_tiles(NT, [&](auto nt) {
-        per_sm = plan.wide ? dl4_blocks_per_sm<nt(), true>() : dl4_blocks_per_sm<nt(), false>();
-    });
-    const int64_t warps =
-        std::max<int64_t>(1, std::min<int64_t>((int64_t)per_sm * cuda_sm_count() * DL4_WARPS, F / (2 * DL4_CH)));
+    plan.narrow = DL_CFG_V4_NARROW != 0 && NT == 1 && nkb % DL4_CH == 0 && (default_code || !DL4_NARROW_PAIRS);
+    plan.kernel = dl4_pick(NT, plan.wide, plan.narrow);
+    const int64_t warps = std::max<int64_t>(
+        1, std::min<int64_t>((int64_t)plan.kernel.per_sm * cuda_sm_count() * DL4_WARPS, F / (2 * DL4_CH)));
     plan.grid = (int)((warps + DL4_WARPS - 1) / DL4_WARPS);
     plan.stream_rows = (F + (int64_t)plan.grid * DL4_WARPS - 1) / ((int64_t)plan.grid * DL4_WARPS);
-    if (DL4_FULL) {  // whole steps: ranges of whole steps, and the warps that then cover F
+    if (DL4_FULL || plan.narrow) {  // whole steps: ranges of whole steps, and the warps that then cover F
         plan.stream_rows = (plan.stream_rows + DL4_CH - 1) / DL4_CH * DL4_CH;
         const int64_t busy = (F + plan.stream_rows - 1) / plan.stream_rows;
         plan.grid = (int)((busy + DL4_WARPS - 1) / DL4_WARPS);
@@ -1304,12 +1333,14 @@ static size_t dl_ax_bytes(int R) {
 static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int max_M) {
     const int in = (int)linears[0].base->in, adapted = dl_adapted(linears, G);
     const bool nf4 = linears[0].base->format == LinearFormat::NF4;
+    bool default_code = nf4;
+    for (int g = 0; g < G; g++) default_code = default_code && linears[g].base->nf4.default_code;
     size_t partials = 0;
     for (int M = 1; M <= std::min(max_M, DECODE_LINEAR_MAX_M); M++) {
         DlPlan main_plan = dl_plan(nf4, dl_total_rows(linears, G), in, M);
         partials = std::max(partials, main_plan.partial_floats);
         if (nf4 && in % NF4_BLOCK == 0)
-            partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M).partial_floats);
+            partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M, default_code).partial_floats);
         if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
         if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
     }
@@ -1397,7 +1428,7 @@ static bool dl4_shapes_ok(const DecodeParams& p) {
     if (p.K <= 0 || p.K % NF4_BLOCK != 0 || (uintptr_t)p.x % 16 != 0) return false;
     for (int g = 0; g < p.G; g++) {
         if ((p.row_start[g + 1] - p.row_start[g]) % 16 != 0 || (uintptr_t)p.nf4[g].packed % 16 != 0) return false;
-        if ((DL4_FOLD || DL4_PAIRS) && !p.nf4[g].default_code) return false;
+        if ((DL4_FOLD || DL4_PAIRS) && !p.nf4[g].default_code) return false;  // the lab variants' tables
     }
     return true;
 }
@@ -1408,14 +1439,13 @@ static bool dl4_ok(const DecodeParams& p) {  // the kernel's walk counts (row, b
 }
 
 static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
-    const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M);
+    bool default_code = true;
+    for (int g = 0; g < p.G; g++) default_code = default_code && p.nf4[g].default_code;
+    const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M, default_code);
     p.stream_rows = plan.stream_rows;
     p.partials = ws.partials;
     p.counters = ws.counters;
-    dl_with_n_tiles(decode_linear_n_tiles(p.M), [&](auto nt) {
-        dl_launch_dependent(plan.wide ? decode_linear_nf4_stream_kernel<nt(), true> : decode_linear_nf4_stream_kernel<nt(), false>,
-                            dim3((unsigned)plan.grid), DL4_THREADS, dl4_smem_bytes(), p, stream);
-    });
+    dl_launch_dependent(plan.kernel.fn, dim3((unsigned)plan.grid), DL4_THREADS, plan.kernel.smem, p, stream);
 }
 
 template <bool NF4>

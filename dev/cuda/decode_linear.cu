@@ -20,8 +20,9 @@
 // version 4 (kernels/decode_linear.cu, decode_linear_forward, production for NF4): the streaming kernel, every warp
 //   on its own contiguous range of (16-row tile, 64-block) pairs, codes from HBM into registers a step ahead,
 //   partial tiles added in a fixed order; "prod" reads the codes in decode-tile order (nf4_tile), as the GPU model
-//   holds them. Variant: fold (bf16 codes from a pair table, the block scale applied once per block: not
-//   bitsandbytes' rounding).
+//   holds them. Launches of at most 8 rows read the codes through a table of code-byte pairs and cut ranges of whole
+//   steps (variant narrow0: as the wider launches). Variant: fold (bf16 codes from a pair table, the block scale
+//   applied once per block: not bitsandbytes' rounding).
 // The adapters' x A^T: at most 8 rows, decode_lora_ax_kernel (A read into registers before the dependency wait, one
 //   programmatic dependent launch a group); more rows, cuBLASLt. Variant axgemm: cuBLASLt at every M.
 // bf16 weights (the GPU model's bf16 base copy of the NF4 linears, GpuOptions::bf16_base_copy): the layer through
@@ -76,6 +77,8 @@ DL_DECLARE_VARIANT(wch2, "v4 exact, wide launches 2 blocks a step")
 DL_DECLARE_VARIANT(pairs5, "v4 exact, 64 KB-aligned pair table, 16 warps a block")
 // x A^T through cuBLASLt at every M (production uses decode_lora_ax_kernel for steps of at most 8 rows)
 DL_DECLARE_VARIANT(axgemm, "x A^T through cuBLASLt at every M")
+// v4 whose narrow launches (M <= 8) are cut and dequantized as the wider ones (production: exact pairs, whole steps)
+DL_DECLARE_VARIANT(narrow0, "v4 exact, M <= 8 without pairs or whole steps")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -531,7 +534,8 @@ int main(int argc, char** argv) {
                                                                  {"v4 full", full::decode_linear_forward},
                                                                  {"v4 deferfull", deferfull::decode_linear_forward},
                                                                  {"v4 wch2", wch2::decode_linear_forward},
-                                                                 {"v4 pairs5", pairs5::decode_linear_forward}};
+                                                                 {"v4 pairs5", pairs5::decode_linear_forward},
+                                                                 {"v4 narrow0", narrow0::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -713,6 +717,7 @@ int main(int argc, char** argv) {
         time_layer_graph("wch2", wch2::decode_linear_forward);
         time_layer_graph("pairs5", pairs5::decode_linear_forward);
         time_layer_graph("axgemm", axgemm::decode_linear_forward);
+        time_layer_graph("narrow0", narrow0::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,
