@@ -59,25 +59,4 @@ __device__ __forceinline__ void grid_launch_dependents() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-
-// Launches kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent launch. Only for kernels that
-// call grid_dependency_wait() before they touch anything an earlier kernel reads or writes, and before any early
-// return (a kernel that finishes without waiting would let the one after it run before the one before it ends).
-// A decode step is a chain of small kernels in a CUDA graph; launched this way, each one's launch overlaps the end
-// of the kernel before it (which calls grid_launch_dependents() early) instead of following it.
-template <typename... KernelArgs, typename... Args>
-inline void launch_dependent(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                             Args... args) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    cudaCheck(cudaLaunchKernelEx(&config, kernel, args...));
-}
 #endif

@@ -54,8 +54,6 @@ __global__ void __launch_bounds__(DEC_THREADS)
     decode_attention_kernel(bf16* out, float* part_o, float* part_ml, const bf16* q, const bf16* k_cache,
                             const bf16* v_cache, const int* slots, const int* lens, int NH, int KVH, int max_T,
                             int chunk, float scale_log2) {
-    grid_dependency_wait();    // launched as a dependent (launch_dependent): q and the new key come from before
-    grid_launch_dependents();  // the next kernel may launch now
     constexpr int VECS = HD / 8;                 // 16-byte vectors per key row
     constexpr int KEY_LANES = DEC_THREADS / VECS;  // keys in flight per step of phase 3
     extern __shared__ uint4 dec_smem_raw[];  // uint4: 16-byte aligned for the float4 reads of q
@@ -293,7 +291,6 @@ __global__ void __launch_bounds__(DEC2_THREADS)
     decode_attention_tc_kernel(bf16* out, float* part_o, float* part_ml, const bf16* q, const bf16* k_cache,
                                const bf16* v_cache, const int* slots, const int* lens, int NH, int KVH, int max_T,
                                int chunk, float scale_log2) {
-    grid_dependency_wait();    // launched as a dependent (launch_dependent): q and the new key come from before
     grid_launch_dependents();  // the o projection launched next may start loading its weights now
     constexpr int KV_VEC = HD >= 32 ? 8 : 4;        // bf16 per thread and read of a K (or q) row
     constexpr int K_READS = HD / (4 * KV_VEC);      // reads per K row and thread
@@ -519,7 +516,6 @@ __global__ void __launch_bounds__(DEC2_THREADS)
 // Block (row * NH + head), HD threads, one output dim each.
 __global__ void decode_attention_combine_kernel(bf16* out, const float* part_o, const float* part_ml, int splits,
                                                 int HD) {
-    grid_dependency_wait();    // launched as a dependent (launch_dependent): the partials come from the kernel before
     grid_launch_dependents();  // the o projection launched next may start loading its weights now
     const size_t mh = blockIdx.x;
     const float* ml = part_ml + mh * splits * 2;
@@ -593,8 +589,9 @@ static void launch_decode(bf16* out, float* part_o, float* part_ml, const bf16* 
     }
     const float scale_log2 = (float)(1.0 / std::sqrt((double)HD)) * DEC_LOG2E;
     dim3 grid(splits, KVH, M);
-    launch_dependent(decode_attention_kernel<HD>, grid, DEC_THREADS, smem, stream, out, part_o, part_ml, q, k_cache,
-                     v_cache, slots, lens, NH, KVH, max_T, chunk, scale_log2);
+    decode_attention_kernel<HD><<<grid, DEC_THREADS, smem, stream>>>(out, part_o, part_ml, q, k_cache, v_cache, slots,
+                                                                     lens, NH, KVH, max_T, chunk, scale_log2);
+    cudaCheck(cudaGetLastError());
 }
 
 template <int HD>
@@ -611,8 +608,9 @@ static void launch_decode_tc(bf16* out, float* part_o, float* part_ml, const bf1
     }
     const float scale_log2 = (float)(1.0 / std::sqrt((double)HD)) * DEC_LOG2E;
     dim3 grid(splits, KVH, M);
-    launch_dependent(decode_attention_tc_kernel<HD>, grid, DEC2_THREADS, smem, stream, out, part_o, part_ml, q, k_cache,
-                     v_cache, slots, lens, NH, KVH, max_T, chunk, scale_log2);
+    decode_attention_tc_kernel<HD><<<grid, DEC2_THREADS, smem, stream>>>(out, part_o, part_ml, q, k_cache, v_cache,
+                                                                         slots, lens, NH, KVH, max_T, chunk, scale_log2);
+    cudaCheck(cudaGetLastError());
 }
 
 // Both public launchers in one (static: the lab compiles this file again inside a namespace, where a call to a
@@ -648,8 +646,8 @@ static void decode_forward(int version, bf16* out, const bf16* q, const bf16* k_
                                : (HD == 16 ? launch_decode_tc<16> : HD == 32 ? launch_decode_tc<32> : HD == 64 ? launch_decode_tc<64> : launch_decode_tc<128>);
     launch(out, part_o, part_ml, q, k_cache, v_cache, slots, lens, M, NH, KVH, max_T, chunk, splits, stream);
     if (splits > 1) {
-        launch_dependent(decode_attention_combine_kernel, M * NH, HD, 0, stream, out, (const float*)part_o,
-                         (const float*)part_ml, splits, HD);
+        decode_attention_combine_kernel<<<M * NH, HD, 0, stream>>>(out, part_o, part_ml, splits, HD);
+        cudaCheck(cudaGetLastError());
     }
 }
 

@@ -24,7 +24,6 @@ __device__ __forceinline__ float warp_sum(float v) {
 __global__ void rmsnorm_forward_kernel(__nv_bfloat16* out, float* rstd, __nv_bfloat16* resid_out,
                                        const __nv_bfloat16* x, const __nv_bfloat16* y, const __nv_bfloat16* w,
                                        int N, int C, float eps) {
-    grid_dependency_wait();    // launched as a dependent (launch_dependent): x and y come from the kernel before
     grid_launch_dependents();  // a decode linear launched next may start loading its weights now
     int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     int lane = threadIdx.x % 32;
@@ -124,8 +123,9 @@ void rmsnorm_forward(__nv_bfloat16* out, float* rstd, const __nv_bfloat16* x, co
                      float eps, cudaStream_t stream) {
     check_rmsnorm_width("rmsnorm_forward", C);
     if (N == 0) return;
-    launch_dependent(rmsnorm_forward_kernel, rmsnorm_grid(N), RMSNORM_BLOCK, 0, stream, out, rstd,
-                     (__nv_bfloat16*)nullptr, x, (const __nv_bfloat16*)nullptr, w, N, C, eps);
+    rmsnorm_forward_kernel<<<rmsnorm_grid(N), RMSNORM_BLOCK, 0, stream>>>(out, rstd, nullptr, x, nullptr, w, N, C,
+                                                                         eps);
+    cudaCheck(cudaGetLastError());
 }
 
 void residual_rmsnorm_forward(__nv_bfloat16* resid_out, __nv_bfloat16* out, float* rstd, const __nv_bfloat16* x,
@@ -133,8 +133,8 @@ void residual_rmsnorm_forward(__nv_bfloat16* resid_out, __nv_bfloat16* out, floa
                               cudaStream_t stream) {
     check_rmsnorm_width("residual_rmsnorm_forward", C);
     if (N == 0) return;
-    launch_dependent(rmsnorm_forward_kernel, rmsnorm_grid(N), RMSNORM_BLOCK, 0, stream, out, rstd, resid_out, x, y, w,
-                     N, C, eps);
+    rmsnorm_forward_kernel<<<rmsnorm_grid(N), RMSNORM_BLOCK, 0, stream>>>(out, rstd, resid_out, x, y, w, N, C, eps);
+    cudaCheck(cudaGetLastError());
 }
 
 void rmsnorm_backward(__nv_bfloat16* dx, const __nv_bfloat16* dout, const __nv_bfloat16* x, const float* rstd,

@@ -13,7 +13,6 @@
 __device__ __forceinline__ float silu_bf16(float g) { return __bfloat162float(__float2bfloat16_rn(g / (1.0f + expf(-g)))); }
 
 __global__ void swiglu_forward_kernel(uint4* out, const uint4* g, const uint4* u, size_t n8) {
-    grid_dependency_wait();    // launched as a dependent (launch_dependent): g and u come from the kernel before
     grid_launch_dependents();  // a decode linear launched next may start loading its weights now
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= n8) return;
@@ -63,8 +62,8 @@ void swiglu_forward(__nv_bfloat16* out, const __nv_bfloat16* g, const __nv_bfloa
     const int block_size = 256;
     size_t n8 = n / 8;
     unsigned grid = (unsigned)((n8 + block_size - 1) / block_size);
-    launch_dependent(swiglu_forward_kernel, grid, block_size, 0, stream, (uint4*)out, (const uint4*)g, (const uint4*)u,
-                     n8);
+    swiglu_forward_kernel<<<grid, block_size, 0, stream>>>((uint4*)out, (const uint4*)g, (const uint4*)u, n8);
+    cudaCheck(cudaGetLastError());
 }
 
 void swiglu_backward(__nv_bfloat16* dg, __nv_bfloat16* du, const __nv_bfloat16* dout, const __nv_bfloat16* g,
