@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# profile_decode_step.sh: every kernel of one whole decode step (7B shape) timed by Nsight Compute, summed by kernel, to see where a token step's time goes beyond the linears.
+# Usage (GPU machine, repo root): bash dev/profile_decode_step.sh [M [COPY_MIN_ROWS]]
+#   M: the batch (default 6); COPY_MIN_ROWS: bench_generate's fifth argument (0: NF4 base; 32: the bf16 copy at
+#   M >= 32). Generates 8 tokens after a 256-token prompt and reports the last whole decode step: the kernels
+#   between the last two launches of the embedding gather that starts each step. Writes the raw CSV to $OUT.
+# ncu serializes the kernels, so the sum of their durations is the step's time without launch gaps: the difference
+# to bench_generate's step time is what the gaps between kernels cost.
+set -uo pipefail
+M="${1:-6}"
+copy="${2:-0}"
+out="${OUT:-/tmp}"
+command -v ncu >/dev/null || { echo "profile_decode_step: no ncu on this machine"; exit 1; }
+make -j16 build/bench_generate > "$out/profile_build.log" 2>&1 || { grep error "$out/profile_build.log" | head; exit 1; }
+csv="$out/decode_step_M${M}.csv"
+ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
+    ./build/bench_generate 7B 256 8 "$M" "$copy" > "$csv" 2> "$out/profile_ncu.log" ||
+    { tail -20 "$out/profile_ncu.log"; echo "profile_decode_step: ncu failed"; exit 1; }
+python3 - "$csv" "$M" <<'PY'
+import csv, sys, collections
+rows = []
+with open(sys.argv[1]) as f:
+    lines = [l for l in f if l.startswith('"')]
+for r in csv.DictReader(lines):
+    if r.get("Metric Name") == "gpu__time_duration.sum":
+        rows.append((r["Kernel Name"], float(r["Metric Value"]) / 1000.0))  # ns -> us
+starts = [i for i, (name, _) in enumerate(rows) if "embedding_forward_kernel" in name]
+if len(starts) < 3:
+    sys.exit("profile_decode_step: fewer than two whole decode steps in the profile")
+step = rows[starts[-2]:starts[-1]]
+by_name = collections.OrderedDict()
+for name, us in step:
+    short = name.replace("void ", "").split("(")[0][:70]
+    n, t = by_name.get(short, (0, 0.0))
+    by_name[short] = (n + 1, t + us)
+total = sum(us for _, us in step)
+print(f"one decode step at M {sys.argv[2]}: {len(step)} kernels, {total / 1000:.3f} ms of kernel time (no gaps)")
+print(f"{'kernel':70s} {'launches':>8s} {'us':>9s} {'share':>6s}")
+for short, (n, t) in sorted(by_name.items(), key=lambda kv: -kv[1][1]):
+    print(f"{short:70s} {n:8d} {t:9.1f} {100 * t / total:5.1f}%")
+PY
