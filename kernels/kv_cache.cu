@@ -13,11 +13,6 @@ typedef __nv_bfloat16 bf16;
 // ------------------------------------------------------------------------------------------------
 // CUDA kernels
 
-// kv_cache_offset (kv_cache.cuh) for device code: element (slot, head h, position t, dim 0).
-__device__ inline size_t cache_row(int slot, int h, int t, int KVH, int max_T, int HD) {
-    return (((size_t)slot * KVH + h) * max_T + t) * HD;
-}
-
 // One thread moves one 16-byte vector (8 dims) of one (row, head) of both k and v. Grid: x over a
 // sequence's rows x KVH x HD/8 vectors, y the sequence. Consecutive threads take consecutive vectors of a
 // source row, so the reads are coalesced; each write is a full 16 bytes of a cache row.
@@ -31,7 +26,7 @@ __global__ void kv_cache_prefill_kernel(bf16* k_cache, bf16* v_cache, const bf16
     if (t >= len) return;
     const int slot = slots ? slots[b] : b, h = c / HD, d = c % HD;
     const size_t src = (size_t)(start + t) * KVH * HD + c;
-    const size_t dst = cache_row(slot, h, t, KVH, max_T, HD) + d;
+    const size_t dst = kv_cache_offset(slot, h, t, KVH, max_T, HD) + d;
     *reinterpret_cast<uint4*>(k_cache + dst) = *reinterpret_cast<const uint4*>(k + src);
     *reinterpret_cast<uint4*>(v_cache + dst) = *reinterpret_cast<const uint4*>(v + src);
 }
@@ -42,10 +37,10 @@ __global__ void kv_cache_append_kernel(bf16* k_cache, bf16* v_cache, const bf16*
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     const int m = i / vecs_per_row, c = (i % vecs_per_row) * 8;
     if (m >= M) return;
-    const int slot = slots ? slots[m] : m, t = positions[m];
-    if (t < 0 || t >= max_T) return;  // the launcher cannot see device positions; never write out of bounds
+    int slot, t;
+    if (!kv_cache_append_target(slots, positions, m, max_T, &slot, &t)) return;
     const size_t src = (size_t)m * KVH * HD + c;
-    const size_t dst = cache_row(slot, c / HD, t, KVH, max_T, HD) + c % HD;
+    const size_t dst = kv_cache_offset(slot, c / HD, t, KVH, max_T, HD) + c % HD;
     *reinterpret_cast<uint4*>(k_cache + dst) = *reinterpret_cast<const uint4*>(k_new + src);
     *reinterpret_cast<uint4*>(v_cache + dst) = *reinterpret_cast<const uint4*>(v_new + src);
 }

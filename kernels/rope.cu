@@ -20,9 +20,7 @@ __global__ void rope_tables_kernel(__nv_bfloat16* cos_table, __nv_bfloat16* sin_
 }
 
 // One thread per 8 consecutive pairs (x1 = x[i], x2 = x[i + HD/2]) of one head of one token: two 16-byte loads
-// of x, one each of cos and sin. rotate_half(x) = cat(-x2, x1), so per pair the forward is
-// y1 = x1 c - x2 s, y2 = x2 c + x1 s, with HF's bf16 rounding of each product and of the sum; the backward
-// (transpose) is dx1 = c dy1 + s dy2, dx2 = c dy2 - s dy1 in fp32, rounded once.
+// of x, one each of cos and sin, rotated by rope_rotate8 (rope.cuh).
 // No __restrict__: out may be x (in place); each thread reads its chunks before writing them.
 __global__ void rope_kernel(__nv_bfloat16* out, const __nv_bfloat16* x, const int* pos,
                             const __nv_bfloat16* cos_table, const __nv_bfloat16* sin_table, int N, int H, int HD,
@@ -34,33 +32,11 @@ __global__ void rope_kernel(__nv_bfloat16* out, const __nv_bfloat16* x, const in
     int i = (int)(idx % chunks) * 8;
     int n = (int)(head / H);
     size_t first = head * HD + i, second = first + H2;
-    size_t table = (size_t)pos[n] * H2 + i;
-
-    uint4 x1_raw = *(const uint4*)(x + first), x2_raw = *(const uint4*)(x + second);
-    uint4 c_raw = *(const uint4*)(cos_table + table), s_raw = *(const uint4*)(sin_table + table);
-    const __nv_bfloat16* x1 = (const __nv_bfloat16*)&x1_raw;
-    const __nv_bfloat16* x2 = (const __nv_bfloat16*)&x2_raw;
-    const __nv_bfloat16* cv = (const __nv_bfloat16*)&c_raw;
-    const __nv_bfloat16* sv = (const __nv_bfloat16*)&s_raw;
-    uint4 y1_raw, y2_raw;
-    __nv_bfloat16* y1 = (__nv_bfloat16*)&y1_raw;
-    __nv_bfloat16* y2 = (__nv_bfloat16*)&y2_raw;
-    for (int k = 0; k < 8; k++) {
-        float a = __bfloat162float(x1[k]), b = __bfloat162float(x2[k]);
-        float c = __bfloat162float(cv[k]), s = __bfloat162float(sv[k]);
-        if (!transpose) {
-            // q * cos and rotate_half(q) * sin are separate bf16 tensors in HF, then added in bf16
-            y1[k] = __float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(a * c)) +
-                                        __bfloat162float(__float2bfloat16_rn(-b * s)));
-            y2[k] = __float2bfloat16_rn(__bfloat162float(__float2bfloat16_rn(b * c)) +
-                                        __bfloat162float(__float2bfloat16_rn(a * s)));
-        } else {
-            y1[k] = __float2bfloat16_rn(c * a + s * b);
-            y2[k] = __float2bfloat16_rn(c * b - s * a);
-        }
-    }
-    *(uint4*)(out + first) = y1_raw;
-    *(uint4*)(out + second) = y2_raw;
+    uint4 y1, y2;
+    rope_rotate8(&y1, &y2, *(const uint4*)(x + first), *(const uint4*)(x + second), cos_table, sin_table,
+                 (size_t)pos[n] * H2 + i, transpose);
+    *(uint4*)(out + first) = y1;
+    *(uint4*)(out + second) = y2;
 }
 
 // ---------------------------------------------------------------------------------------------------------------

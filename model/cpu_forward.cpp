@@ -62,15 +62,9 @@ void cpu_layer_forward(const Qwen2Weights& weights, const LoraWeights* lora, int
     const float* k_all = acts->k.data();
     const float* v_all = acts->v.data();
     if (k_cache) {
-        for (int b = 0; b < B; b++) {
-            for (int i = 0; i < Tq; i++) {
-                size_t src = ((size_t)b * Tq + i) * KVD, dst = ((size_t)b * kv_T + pos0 + i) * KVD;
-                for (int j = 0; j < KVD; j++) {
-                    k_cache[dst + j] = acts->k[src + j];
-                    v_cache[dst + j] = acts->v[src + j];
-                }
-            }
-        }
+        std::vector<int> seq(N);  // row n is token n % Tq of sequence n / Tq, at position pos[n]
+        for (int n = 0; n < N; n++) seq[n] = n / Tq;
+        cpu_kv_cache_append(k_cache, v_cache, acts->k.data(), acts->v.data(), seq.data(), pos.data(), N, KVD, kv_T);
         k_all = k_cache;
         v_all = v_cache;
     }

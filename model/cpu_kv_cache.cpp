@@ -1,4 +1,5 @@
-// cpu_kv_cache.cpp: generation on the CPU reference: prefill and decode steps over a per-layer key/value cache, returning the last position's logits.
+// cpu_kv_cache.cpp: generation on the CPU reference: prefill and decode steps over a per-layer key/value cache, returning the last position's logits; the cache append and a decode step's RoPE + append.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,32 @@ CpuKVCache cpu_kv_cache_create(const Qwen2Config& cfg, int B, int max_T) {
     cache.k.assign(n, 0.0f);
     cache.v.assign(n, 0.0f);
     return cache;
+}
+
+void cpu_kv_cache_append(float* k_cache, float* v_cache, const float* k, const float* v, const int* slots,
+                         const int* positions, int M, int KVD, int max_T) {
+    for (int m = 0; m < M; m++) {
+        const int slot = slots ? slots[m] : m, t = positions[m];
+        if (t < 0 || t >= max_T) continue;
+        const size_t dst = ((size_t)slot * max_T + t) * KVD, src = (size_t)m * KVD;
+        std::copy(k + src, k + src + KVD, k_cache + dst);
+        std::copy(v + src, v + src + KVD, v_cache + dst);
+    }
+}
+
+void cpu_decode_rope_append(float* q, float* k_cache, float* v_cache, const float* k, const float* v,
+                            const int* slots, const int* positions, const float* cos_table, const float* sin_table,
+                            int M, int NH, int KVH, int HD, int max_T, CpuPrecision precision) {
+    const int KVD = KVH * HD;
+    std::vector<float> k_row(KVD);
+    for (int m = 0; m < M; m++) {
+        const int slot = slots ? slots[m] : m, t = positions[m];
+        if (t < 0 || t >= max_T) continue;
+        cpu_rope_forward(q + (size_t)m * NH * HD, &t, cos_table, sin_table, 1, NH, HD, precision);
+        std::copy(k + (size_t)m * KVD, k + (size_t)(m + 1) * KVD, k_row.begin());
+        cpu_rope_forward(k_row.data(), &t, cos_table, sin_table, 1, KVH, HD, precision);
+        cpu_kv_cache_append(k_cache, v_cache, k_row.data(), v + (size_t)m * KVD, &slot, &t, 1, KVD, max_T);
+    }
 }
 
 void cpu_kv_forward(const Qwen2Weights& weights, const LoraWeights* lora, CpuKVCache* cache, const int32_t* tokens,

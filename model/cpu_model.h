@@ -152,6 +152,18 @@ struct CpuKVCache {
     std::vector<float> k, v;     // [L, B, max_T, KVH*HD]
 };
 CpuKVCache cpu_kv_cache_create(const Qwen2Config& cfg, int B, int max_T);
+// One layer's cache k_cache, v_cache [S, max_T, KVD]: row m of k, v [M, KVD] goes to position positions[m] of
+// sequence slots[m] (slots nullptr: sequence m). A position outside [0, max_T) writes nothing, as the GPU's
+// kv_cache_append (whose launcher cannot see device positions) does.
+void cpu_kv_cache_append(float* k_cache, float* v_cache, const float* k, const float* v, const int* slots,
+                         const int* positions, int M, int KVD, int max_T);
+// A decode step's RoPE and cache append, what the GPU's decode_rope_append does in one launch: for each row m whose
+// position is in [0, max_T), q [M, NH*HD] rotated in place (cpu_rope_forward) and k [M, KVH*HD] rotated on its way
+// into the cache (k itself is left as it is) with v's row next to it (cpu_kv_cache_append). A row whose position
+// is outside [0, max_T) is left alone entirely: the tables need only cover [0, max_T).
+void cpu_decode_rope_append(float* q, float* k_cache, float* v_cache, const float* k, const float* v,
+                            const int* slots, const int* positions, const float* cos_table, const float* sin_table,
+                            int M, int NH, int KVH, int HD, int max_T, CpuPrecision precision);
 // Runs Tn new tokens per sequence (tokens [B, Tn]) at positions cache->T.., appends their keys and values and
 // writes the logits of the last new position of each sequence, logits [B, V]. Throws GrpoError when the
 // cache would overflow. cpu_prefill starts from an empty cache; cpu_decode_step adds one token per sequence.

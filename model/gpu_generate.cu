@@ -7,8 +7,9 @@
 //      of the first completion token.
 //   2. decode: while some rollout is unfinished and fewer than max_new_tokens tokens are drawn: sample_tokens on
 //      the [S, V] bf16 logits, decode_advance, then one decode step for all S rows (the token just drawn at its
-//      own position): embedding, per layer rmsnorm, q/k/v (one decode_linear group), RoPE, kv_cache_append, decode_attention, o,
-//      residual + rmsnorm, gate/up, SwiGLU, down, residual; the final norm and the lm_head.
+//      own position): embedding, per layer rmsnorm, q/k/v (one decode_linear group), RoPE and the cache append (one
+//      decode_rope_append), decode_attention, o, residual + rmsnorm, gate/up, SwiGLU, down, residual; the final norm
+//      and the lm_head.
 // Finished rollouts stay in the batch until the unfinished ones fit in fewer n-tiles of the decode GEMMs;
 // then they are compacted away (rows are mapped to cache slots). In between, sample_tokens gives finished rows the
 // pad token and draws nothing, so their rows compute something nobody reads; within one n-tile that costs nothing,
@@ -30,11 +31,11 @@
 #include "kernels/decode_advance.cuh"
 #include "kernels/decode_attention.cuh"
 #include "kernels/decode_linear.cuh"
+#include "kernels/decode_rope_append.cuh"
 #include "kernels/embedding.cuh"
 #include "kernels/kv_cache.cuh"
 #include "kernels/matmul.cuh"
 #include "kernels/rmsnorm.cuh"
-#include "kernels/rope.cuh"
 #include "kernels/sample.cuh"
 #include "kernels/swiglu.cuh"
 
@@ -214,9 +215,10 @@ struct Generator {
             bf16* qkv[3] = {b.q, b.k, b.v};
             decode_linear_forward(group, 3, b.ln, M, R, scale, qkv, b.linear_workspace, b.linear_workspace_bytes,
                                   stream, parts.matmul);
-            rope_forward(b.q, b.q, positions, rope_cos, rope_sin, M, cfg.NH, cfg.HD, stream);
-            rope_forward(b.k, b.k, positions, rope_cos, rope_sin, M, cfg.KVH, cfg.HD, stream);
-            kv_cache_append(k_cache(l), v_cache(l), b.k, b.v, b.slots, positions, M, cfg.KVH, cfg.HD, max_T, stream);
+            // RoPE of q and k and the cache append in one launch. b.k keeps the unrotated k: nothing reads it after
+            // this (attention reads the cache, and the next layer's q/k/v linear overwrites it)
+            decode_rope_append(b.q, k_cache(l), v_cache(l), b.k, b.v, b.slots, positions, rope_cos, rope_sin, M, cfg.NH,
+                               cfg.KVH, cfg.HD, max_T, stream);
             decode_attention_forward(b.att, b.q, k_cache(l), v_cache(l), b.slots, lens, M, cfg.NH, cfg.KVH, cfg.HD,
                                      max_T, max_len, splits, b.attention_scratch, stream);
             gpu_model_decode_group(model, l, LIN_O, 1, M, group);

@@ -330,22 +330,6 @@ static bool same_bits(ForwardFn a, const LoraLinearGpu* la, ForwardFn b, const L
     return want == got;
 }
 
-// What one replay of the launches that enqueue(stream) makes costs when captured as a CUDA graph (what a decode loop
-// replays every step), in ms (time_kernel_ms: median, after an L2 flush).
-template <typename F>
-static float time_as_graph(cudaStream_t stream, F enqueue) {
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-    enqueue(stream);
-    cudaCheck(cudaStreamEndCapture(stream, &graph));
-    cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
-    const float ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
-    cudaCheck(cudaGraphExecDestroy(exec));
-    cudaCheck(cudaGraphDestroy(graph));
-    return ms;
-}
-
 // `lab_decode_linear profile [LINEAR [VARIANT [M]]]`: only k, gate and down at one M (6 unless given), each kernel
 // variant timed three ways (cold: after an L2 flush, as below; warm: 20 calls back to back; graph: those 20 calls
 // replayed as one graph), and a few launches left for a profiler to catch (dev/profile_decode_linear.sh).

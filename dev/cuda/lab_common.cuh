@@ -1,4 +1,4 @@
-// lab_common.cuh: what every dev/cuda/<kernel>.cu lab shares: checked calls, seeded random data, validation against the CPU reference, timing with the L2 flushed, and the share of the measured H200 ceilings.
+// lab_common.cuh: what every dev/cuda/<kernel>.cu lab shares: checked calls, seeded random data, validation against the CPU reference, timing with the L2 flushed (alone or replayed as a CUDA graph), and the share of the measured H200 ceilings.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -25,6 +25,15 @@ inline std::vector<bf16_bits> to_bf16(std::vector<float>& v) {
     std::vector<bf16_bits> out(v.size());
     for (size_t i = 0; i < v.size(); i++) { out[i] = f32_to_bf16(v[i]); v[i] = bf16_to_f32(out[i]); }
     return out;
+}
+
+// M distinct cache slots out of S, shuffled (rows mapped to slots as after compaction, so that slot != row is
+// exercised).
+inline std::vector<int> random_slots(int M, int S, Rng& rng) {
+    std::vector<int> perm(S);
+    for (int i = 0; i < S; i++) perm[i] = i;
+    for (int i = S - 1; i > 0; i--) std::swap(perm[i], perm[rng.next_below(i + 1)]);
+    return std::vector<int>(perm.begin(), perm.begin() + M);
 }
 
 template <typename T>
@@ -109,6 +118,22 @@ float time_kernel_ms(F f, int repeats = 20) {
     cudaEventDestroy(stop);
     std::sort(times.begin(), times.end());
     return times[times.size() / 2];
+}
+
+// What one replay of the launches that enqueue(stream) makes costs when captured as a CUDA graph (what a decode loop
+// replays every step), in ms (time_kernel_ms: median, after an L2 flush).
+template <typename F>
+float time_as_graph(cudaStream_t stream, F enqueue) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    cudaCheck(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    enqueue(stream);
+    cudaCheck(cudaStreamEndCapture(stream, &graph));
+    cudaCheck(cudaGraphInstantiate(&exec, graph, 0));
+    const float ms = time_kernel_ms([&] { cudaCheck(cudaGraphLaunch(exec, 0)); });
+    cudaCheck(cudaGraphExecDestroy(exec));
+    cudaCheck(cudaGraphDestroy(graph));
+    return ms;
 }
 
 // One benchmark line: time, achieved rate and its share of the ceiling. Pass bytes for memory-bound

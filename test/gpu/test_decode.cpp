@@ -41,11 +41,7 @@ struct DecodeProblem {
         max_T = *std::max_element(lens.begin(), lens.end()) + extra_T;
         S = M + 2;
         Rng rng(seed);
-        // rows go to a shuffled subset of the slots, so slot != row is exercised
-        std::vector<int> perm(S);
-        std::iota(perm.begin(), perm.end(), 0);
-        for (int i = S - 1; i > 0; i--) std::swap(perm[i], perm[rng.next_below(i + 1)]);
-        slots.assign(perm.begin(), perm.begin() + M);
+        slots = random_slots(M, S, rng);
         const int KV = KVH * HD;
         // q in [-2, 2]: scaled scores with std ~0.7, softmax rows neither flat nor one-hot (as test_attention)
         RandomBf16 rq((size_t)M * NH * HD, rng, -2.0f, 2.0f);
