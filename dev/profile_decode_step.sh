@@ -23,7 +23,7 @@ with open(sys.argv[1]) as f:
     lines = [l for l in f if l.startswith('"')]
 for r in csv.DictReader(lines):
     if r.get("Metric Name") == "gpu__time_duration.sum":
-        rows.append((r["Kernel Name"], float(r["Metric Value"]) / 1000.0))  # ns -> us
+        rows.append((r["Kernel Name"], float(r["Metric Value"].replace(",", "")) / 1000.0))  # ns -> us
 starts = [i for i, (name, _) in enumerate(rows) if "embedding_forward_kernel" in name]
 if len(starts) < 3:
     sys.exit("profile_decode_step: fewer than two whole decode steps in the profile")

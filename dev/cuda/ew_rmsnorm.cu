@@ -1,7 +1,11 @@
 // ew_rmsnorm.cu: lab for RMSNorm forward (alone and fused with the residual add before it) and backward to the input.
 // Build and run: make build/lab_ew_rmsnorm && ./build/lab_ew_rmsnorm
 // Forward version 1: one thread per row, scalar loads, the CPU loop ported as is (rows far apart: uncoalesced).
-// Forward version 2: one warp per row, 16-byte loads, shuffle reduction (kernels/rmsnorm.cu, what the backend calls).
+// Forward version 2: one warp per row, 16-byte loads, shuffle reduction (kernels/rmsnorm.cu, what the backend calls
+// for many rows).
+// Forward version 3: one block per row, a thread per 16-byte chunk held in registers (kernels/rmsnorm.cu, what the
+// launchers call up to 256 rows: a decode step, where version 2's per-lane walk over the row is a chain of load
+// latencies).
 // Fused: residual_rmsnorm_forward against residual_forward + rmsnorm_forward, the pair it replaces.
 // Backward: one warp per row, 16-byte loads (kernels/rmsnorm.cu), accumulating into dx as the residual stream does.
 #include "dev/cuda/lab_common.cuh"
@@ -31,7 +35,8 @@ int main() {
     Rng rng(42);
     const Qwen2Config q05 = qwen2_preset("0.5B"), q7 = qwen2_preset("7B");
     struct Shape { int N, C; };
-    const Shape shapes[] = {{96, 64}, {15744, q05.C}, {15744, q7.C}};  // the tiny test model, then B*T = 48*328
+    // the tiny test model, then B*T = 48*328, then the decode steps of batch 6 and 64
+    const Shape shapes[] = {{96, 64}, {15744, q05.C}, {15744, q7.C}, {6, q7.C}, {64, q7.C}};
     const float eps = 1e-6f;
     bool all_ok = true;
     for (const Shape& s : shapes) {
@@ -69,12 +74,17 @@ int main() {
         rmsnorm_forward_kernel1<<<(N + 127) / 128, 128>>>(bf(d_out), d_rstd, bf(d_x), bf(d_w), N, C, eps);
         cudaCheck(cudaGetLastError());
         check_forward("forward v1", ref_out, ref_rstd);
+        for (int version : {2, 3}) {
+            residual_rmsnorm_forward_version(version, nullptr, bf(d_out), d_rstd, bf(d_x), nullptr, bf(d_w), N, C, eps, 0);
+            check_forward(version == 2 ? "forward v2" : "forward v3", ref_out, ref_rstd);
+            residual_rmsnorm_forward_version(version, bf(d_resid), bf(d_out), d_rstd, bf(d_x), bf(d_y), bf(d_w), N, C,
+                                             eps, 0);
+            check_forward(version == 2 ? "fused residual+norm v2" : "fused residual+norm v3", ref_fused, ref_fused_rstd);
+            std::vector<float> got_h = bf16_to_floats(to_host(d_resid, (size_t)NV * C));
+            all_ok &= validate("  resid", got_h.data(), ref_h.data(), got_h.size(), 0.0f, 0.0f);  // exact
+        }
         rmsnorm_forward(bf(d_out), d_rstd, bf(d_x), bf(d_w), N, C, eps, 0);
-        check_forward("forward v2", ref_out, ref_rstd);
-        residual_rmsnorm_forward(bf(d_resid), bf(d_out), d_rstd, bf(d_x), bf(d_y), bf(d_w), N, C, eps, 0);
-        check_forward("fused residual+norm", ref_fused, ref_fused_rstd);
-        std::vector<float> got_h = bf16_to_floats(to_host(d_resid, (size_t)NV * C));
-        all_ok &= validate("  resid", got_h.data(), ref_h.data(), got_h.size(), 0.0f, 0.0f);  // exact
+        check_forward("forward (the launcher's choice)", ref_out, ref_rstd);
         // the backward from the CPU's rstd, so only the backward is compared
         cudaCheck(cudaMemcpy(d_rstd, ref_rstd.data(), NV * sizeof(float), cudaMemcpyHostToDevice));
         rmsnorm_backward(bf(d_dx), bf(d_dout), bf(d_x), d_rstd, bf(d_w), N, C, true, 0);
@@ -86,16 +96,39 @@ int main() {
             rmsnorm_forward_kernel1<<<(N + 127) / 128, 128>>>(bf(d_out), d_rstd, bf(d_x), bf(d_w), N, C, eps);
         });
         report("forward v1", ms, 2.0 * NC * 2 + row_io, 0);
-        ms = time_kernel_ms([&] { rmsnorm_forward(bf(d_out), d_rstd, bf(d_x), bf(d_w), N, C, eps, 0); });
-        report("forward v2", ms, 2.0 * NC * 2 + row_io, 0);
+        for (int version : {2, 3}) {
+            ms = time_kernel_ms([&] {
+                residual_rmsnorm_forward_version(version, nullptr, bf(d_out), d_rstd, bf(d_x), nullptr, bf(d_w), N, C,
+                                                 eps, 0);
+            });
+            report(version == 2 ? "forward v2" : "forward v3", ms, 2.0 * NC * 2 + row_io, 0);
+        }
         ms = time_kernel_ms([&] {
             residual_forward(bf(d_resid), bf(d_x), bf(d_y), NC, 0);
             rmsnorm_forward(bf(d_out), d_rstd, bf(d_resid), bf(d_w), N, C, eps, 0);
         });
         report("residual + norm, unfused", ms, 5.0 * NC * 2 + row_io, 0);
-        ms = time_kernel_ms(
-            [&] { residual_rmsnorm_forward(bf(d_resid), bf(d_out), d_rstd, bf(d_x), bf(d_y), bf(d_w), N, C, eps, 0); });
-        report("residual + norm, fused", ms, 4.0 * NC * 2 + row_io, 0);
+        for (int version : {2, 3}) {
+            ms = time_kernel_ms([&] {
+                residual_rmsnorm_forward_version(version, bf(d_resid), bf(d_out), d_rstd, bf(d_x), bf(d_y), bf(d_w), N,
+                                                 C, eps, 0);
+            });
+            report(version == 2 ? "residual + norm, fused v2" : "residual + norm, fused v3", ms, 4.0 * NC * 2 + row_io, 0);
+        }
+        if (N <= 256) {  // a decode step's 56 fused norms replayed as one CUDA graph, as generation runs them
+            cudaStream_t stream;
+            cudaCheck(cudaStreamCreate(&stream));
+            for (int version : {2, 3}) {
+                ms = time_as_graph(stream, [&](cudaStream_t s) {
+                         for (int i = 0; i < 56; i++)
+                             residual_rmsnorm_forward_version(version, bf(d_resid), bf(d_out), nullptr, bf(d_resid),
+                                                              bf(d_y), bf(d_w), N, C, eps, s);
+                     }) / 56;
+                report(version == 2 ? "fused v2, 56 in a graph, each" : "fused v3, 56 in a graph, each", ms,
+                       4.0 * NC * 2 + C * 2, 0);
+            }
+            cudaCheck(cudaStreamDestroy(stream));
+        }
         ms = time_kernel_ms([&] { rmsnorm_backward(bf(d_dx), bf(d_dout), bf(d_x), d_rstd, bf(d_w), N, C, true, 0); });
         report("backward (accumulate)", ms, 4.0 * NC * 2 + row_io, 0);
 

@@ -73,38 +73,54 @@ TEST_CASE("residual add rounds x + y once, also in place", "[gpu][ew][residual]"
 // moves x * rstd across a bf16 rounding boundary for ~1 element in 10^4: one bf16 ulp (up to 2^-7 relative), which
 // the rounding of w * that can widen to two (rel 2^-6), and nowhere else: at most 1 in 10^3 elements may differ
 // from the CPU's bits.
+// Both kernels: the launchers' choice (one block per row up to 256 rows, as in a decode step; one warp per row above),
+// then each version forced at a size where the launchers would pick the other.
 TEST_CASE("rmsnorm forward, alone and fused with the residual add, matches the bf16 CPU reference",
           "[gpu][ew][rmsnorm]") {
     Rng rng(13);
-    for (const Qwen2Config& cfg : test_configs()) {
-        const int N = 64, C = cfg.C;
-        const float eps = cfg.rms_norm_eps;
-        RandomBf16 x((size_t)N * C, rng, -2.0f, 2.0f), y((size_t)N * C, rng, -1.0f, 1.0f);
-        RandomBf16 w(C, rng, 0.5f, 1.5f);
-        std::vector<float> ref_out((size_t)N * C), ref_rstd(N);
-        cpu_rmsnorm_forward(ref_out.data(), ref_rstd.data(), x.values.data(), w.bits.data(), N, C, eps,
-                            CpuPrecision::BF16);
+    struct Run { int N, version; };  // version 0: the launchers' choice
+    for (const Qwen2Config& cfg : test_configs())
+        for (const Run run : {Run{64, 0}, Run{6, 0}, Run{300, 0}, Run{64, 2}, Run{300, 3}}) {
+            const int N = run.N, C = cfg.C, version = run.version;
+            INFO("N " << N << " C " << C << " version " << version);
+            const float eps = cfg.rms_norm_eps;
+            // 1 in 10^3 as above, but at least 2 elements: 6 rows of a tiny model hold only a few hundred
+            const double flips = std::max(1e-3, 2.0 / ((double)N * C));
+            RandomBf16 x((size_t)N * C, rng, -2.0f, 2.0f), y((size_t)N * C, rng, -1.0f, 1.0f);
+            RandomBf16 w(C, rng, 0.5f, 1.5f);
+            std::vector<float> ref_out((size_t)N * C), ref_rstd(N);
+            cpu_rmsnorm_forward(ref_out.data(), ref_rstd.data(), x.values.data(), w.bits.data(), N, C, eps,
+                                CpuPrecision::BF16);
 
-        DeviceBf16 d_x(x.bits), d_y(y.bits), d_w(w.bits), d_out((size_t)N * C), d_resid((size_t)N * C);
-        DeviceArray<float> d_rstd(N);
-        rmsnorm_forward(d_out.ptr, d_rstd.ptr, d_x.ptr, d_w.ptr, N, C, eps, 0);
-        check_close("rmsnorm_forward out", download_floats(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
-        check_close("rmsnorm_forward rstd", d_rstd.download(), ref_rstd, 0.0f, 1e-5f, 1.0);
+            DeviceBf16 d_x(x.bits), d_y(y.bits), d_w(w.bits), d_out((size_t)N * C), d_resid((size_t)N * C);
+            DeviceArray<float> d_rstd(N);
+            auto norm = [&](__nv_bfloat16* resid, float* rstd, const __nv_bfloat16* in, const __nv_bfloat16* add) {
+                if (version != 0)
+                    residual_rmsnorm_forward_version(version, resid, d_out.ptr, rstd, in, add, d_w.ptr, N, C, eps, 0);
+                else if (add)
+                    residual_rmsnorm_forward(resid, d_out.ptr, rstd, in, add, d_w.ptr, N, C, eps, 0);
+                else
+                    rmsnorm_forward(d_out.ptr, rstd, in, d_w.ptr, N, C, eps, 0);
+            };
+            norm(nullptr, d_rstd.ptr, d_x.ptr, nullptr);
+            check_close("rmsnorm_forward out", download_floats(d_out), ref_out, 1e-6f, 1.0f / 64, flips);
+            check_close("rmsnorm_forward rstd", d_rstd.download(), ref_rstd, 0.0f, 1e-5f, 1.0);
 
-        // fused: h = round(x + y) then the norm of h
-        std::vector<float> ref_h((size_t)N * C);
-        cpu_residual_forward(ref_h.data(), x.values.data(), y.values.data(), N * C, CpuPrecision::BF16);
-        cpu_rmsnorm_forward(ref_out.data(), ref_rstd.data(), ref_h.data(), w.bits.data(), N, C, eps,
-                            CpuPrecision::BF16);
-        residual_rmsnorm_forward(d_resid.ptr, d_out.ptr, d_rstd.ptr, d_x.ptr, d_y.ptr, d_w.ptr, N, C, eps, 0);
-        check_close("residual_rmsnorm_forward resid", download_floats(d_resid), ref_h, 0.0f, 0.0f, 0.0);
-        check_close("residual_rmsnorm_forward out", download_floats(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
-        check_close("residual_rmsnorm_forward rstd", d_rstd.download(), ref_rstd, 0.0f, 1e-5f, 1.0);
-        // the residual stream updated in place, no rstd (generation)
-        residual_rmsnorm_forward(d_x.ptr, d_out.ptr, nullptr, d_x.ptr, d_y.ptr, d_w.ptr, N, C, eps, 0);
-        check_close("residual_rmsnorm_forward in place", download_floats(d_x), ref_h, 0.0f, 0.0f, 0.0);
-        check_close("residual_rmsnorm_forward in place out", download_floats(d_out), ref_out, 1e-6f, 1.0f / 64, 1e-3);
-    }
+            // fused: h = round(x + y) then the norm of h
+            std::vector<float> ref_h((size_t)N * C);
+            cpu_residual_forward(ref_h.data(), x.values.data(), y.values.data(), N * C, CpuPrecision::BF16);
+            cpu_rmsnorm_forward(ref_out.data(), ref_rstd.data(), ref_h.data(), w.bits.data(), N, C, eps,
+                                CpuPrecision::BF16);
+            norm(d_resid.ptr, d_rstd.ptr, d_x.ptr, d_y.ptr);
+            check_close("residual_rmsnorm_forward resid", download_floats(d_resid), ref_h, 0.0f, 0.0f, 0.0);
+            check_close("residual_rmsnorm_forward out", download_floats(d_out), ref_out, 1e-6f, 1.0f / 64, flips);
+            check_close("residual_rmsnorm_forward rstd", d_rstd.download(), ref_rstd, 0.0f, 1e-5f, 1.0);
+            // the residual stream updated in place, no rstd (generation)
+            norm(d_x.ptr, nullptr, d_x.ptr, d_y.ptr);
+            check_close("residual_rmsnorm_forward in place", download_floats(d_x), ref_h, 0.0f, 0.0f, 0.0);
+            check_close("residual_rmsnorm_forward in place out", download_floats(d_out), ref_out, 1e-6f, 1.0f / 64,
+                        flips);
+        }
 }
 
 // Tolerance of the backward: the GPU result is one bf16 rounding of an fp32 value (at most 2^-8 relative, bf16's
