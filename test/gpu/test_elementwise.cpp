@@ -84,8 +84,11 @@ TEST_CASE("rmsnorm forward, alone and fused with the residual add, matches the b
             const int N = run.N, C = cfg.C, version = run.version;
             INFO("N " << N << " C " << C << " version " << version);
             const float eps = cfg.rms_norm_eps;
-            // 1 in 10^3 as above, but at least 2 elements: 6 rows of a tiny model hold only a few hundred
-            const double flips = std::max(1e-3, 2.0 / ((double)N * C));
+            // 1 in 10^3 as above, but at least 2% of one row: rstd is one number per row, so when it lands one ulp
+            // off the CPU's, the flips gather in that row (measured on the H200, session 7: 32 of a 3584-wide row at
+            // N 6, 26 of one at N 300, none in most runs), which at 6 rows is more than 1 in 10^3 of all elements.
+            // A missing or extra rounding would flip about half of them.
+            const double flips = std::max(1e-3, 0.02 / N);
             RandomBf16 x((size_t)N * C, rng, -2.0f, 2.0f), y((size_t)N * C, rng, -1.0f, 1.0f);
             RandomBf16 w(C, rng, 0.5f, 1.5f);
             std::vector<float> ref_out((size_t)N * C), ref_rstd(N);
