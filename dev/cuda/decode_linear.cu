@@ -572,7 +572,7 @@ int main(int argc, char** argv) {
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
     printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n");
     for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs,
-                              wch2::knobs, pairs5::knobs, axgemm::knobs})
+                              wch2::knobs, pairs5::knobs, axgemm::knobs, narrow0::knobs})
         printf("  %s\n", knobs);
     const ForwardFn variants[] = {decode_linear_forward,           v3::decode_linear_forward,   fold::decode_linear_forward,
                                   pairs::decode_linear_forward,    defer::decode_linear_forward, full::decode_linear_forward,
