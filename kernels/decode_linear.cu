@@ -34,9 +34,11 @@
 // dequantization (DL_CFG_V4_FOLD, lab only: not bitsandbytes' rounding) is a further 1.15x. At M 48-64 the warps
 // wait on x's loads from L1 and L2 (not on L2's bandwidth): see v4's narrow and wide shapes.
 //
-// LoRA: ax = x A^T [M, G*R] comes from cuBLASLt when the caller passes a context (as in training; only G*R columns
-// over a long k, which this kernel's split-K serves poorly), else from this kernel with the bf16 A matrices as
-// weights; rounded to bf16 either way, as the training path rounds it. The main kernel's epilogue then computes
+// LoRA: ax = x A^T [M, G*R] comes, for steps of at most 8 rows, from decode_lora_ax_kernel (one programmatic
+// dependent launch a group, where a cuBLASLt GEMM costs 6-8 us of latency); for more rows from cuBLASLt when the
+// caller passes a context (as in training; only G*R columns over a long k, which this kernel's split-K serves
+// poorly), else from this kernel with the bf16 A matrices as weights; rounded to bf16 each way, as the training path
+// rounds it. The main kernel's epilogue then computes
 // ax B^T for its rows with R/16 more mma per tile (B rows as the A operand), so the adapter costs reading A and B
 // once.
 #include <algorithm>
