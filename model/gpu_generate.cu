@@ -7,9 +7,9 @@
 //      of the first completion token.
 //   2. decode: while some rollout is unfinished and fewer than max_new_tokens tokens are drawn: sample_tokens on
 //      the [S, V] bf16 logits, decode_advance, then one decode step for all S rows (the token just drawn at its
-//      own position): embedding, per layer rmsnorm, q/k/v (one decode_linear group), RoPE and the cache append (one
-//      decode_rope_append), decode_attention, o, residual + rmsnorm, gate/up, SwiGLU, down, residual; the final norm
-//      and the lm_head.
+//      own position): embedding and the first layer's norm, then per layer q/k/v (one decode_linear group), RoPE and
+//      the cache append (one decode_rope_append), decode_attention, o, residual + rmsnorm, gate/up, SwiGLU, down,
+//      and the residual + the next layer's norm (the final norm after the last layer); the lm_head.
 // Finished rollouts stay in the batch until the unfinished ones fit in fewer n-tiles of the decode GEMMs;
 // then they are compacted away (rows are mapped to cache slots). In between, sample_tokens gives finished rows the
 // pad token and draws nothing, so their rows compute something nobody reads; within one n-tile that costs nothing,
