@@ -1394,17 +1394,7 @@ static bool dl_fast_ok(const DecodeParams& p, bool nf4) {
 // (each kernel waits, with grid_dependency_wait, before it reads what that kernel wrote).
 static void dl_launch_dependent(void (*kernel)(DecodeParams), dim3 grid, int threads, size_t smem,
                                 const DecodeParams& p, cudaStream_t stream) {
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = dim3(threads);
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute attribute[1];
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
-    cudaCheck(cudaLaunchKernelEx(&config, kernel, p));
+    launch_dependent(kernel, grid, dim3(threads), smem, stream, p);
 }
 
 // One launch of the tensor-core kernel for NT n-tiles: shared memory above 48 KB is opted into once per

@@ -1,5 +1,6 @@
-// sample.cuh: launcher that draws the next token of M sequences on the GPU from bf16 logits with HF's temperature, top-k and top-p semantics (model/sampler.cpp), a seeded counter-based random draw, and per-sequence stop handling.
+// sample.cuh: launchers that draw the next token of M sequences on the GPU from bf16 logits with HF's temperature, top-k and top-p semantics (model/sampler.cpp), a seeded counter-based random draw, and per-sequence stop handling.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -23,8 +24,27 @@
 // (pass the index of the draw within its sequence, e.g. the position the new token will take).
 // Stop handling: finished [M] (device int, may be nullptr for none): a row with finished[m] != 0 draws
 // nothing and gets pad_id; a row that draws one of stop_ids[0..num_stop) (device int) gets finished[m] = 1.
-// tokens [M] (device int) receives the token, or -1 when every allowed logit of the row is -inf.
-// V must be < 2^20. One 1024-thread block per row; nothing is allocated.
+// tokens [M] (device int) receives the token, or -1 when every allowed logit of the row is -inf (sampling, also
+// when one is +inf: exp(inf - inf) leaves the row no mass). A NaN logit is never drawn nor taken as the max.
+// V must be < 2^20. Nothing is allocated.
+//
+// How the rows are drawn: greedy, top-k or top-p, or M at least the rows that fill the GPU with one block each
+// (264 on the H200), or no workspace: one 1024-thread block per row (sample_kernel). Otherwise (temperature > 0,
+// no top-k, no top-p: the training default) the split path: each row cut into chunks of 2048 ids, a block each, in
+// two launches (the chunks' max scores; then their masses, the row's last block drawing). It draws exactly the
+// tokens the one-block kernel would: the max and the fixed-point masses do not depend on how the row is cut.
+// workspace: device memory of at least sample_tokens_workspace_bytes(M, V) bytes, 8-byte aligned, or nullptr
+// (then never the split path). It needs no initialization and holds nothing between calls; one stream at a time
+// may use it. A workspace too small for the split path is a GrpoError, not a silent fallback.
+size_t sample_tokens_workspace_bytes(int M, int V);
 void sample_tokens(int* tokens, int* finished, const __nv_bfloat16* logits, int M, int V, const SamplerConfig& config,
                    uint64_t seed, const int* seq_ids, const int* steps, const int* stop_ids, int num_stop, int pad_id,
-                   cudaStream_t stream, int seq_offset = 0);
+                   void* workspace, size_t workspace_bytes, cudaStream_t stream, int seq_offset = 0);
+
+// The same with the path chosen, for the lab and the tests: version 1 the one-block kernel (any configuration; the
+// workspace is not used), version 2 the split path (GrpoError when the configuration is greedy or has top-k or
+// top-p, or the workspace is missing or too small), version 0 sample_tokens' own choice.
+void sample_tokens_version(int version, int* tokens, int* finished, const __nv_bfloat16* logits, int M, int V,
+                           const SamplerConfig& config, uint64_t seed, const int* seq_ids, const int* steps,
+                           const int* stop_ids, int num_stop, int pad_id, void* workspace, size_t workspace_bytes,
+                           cudaStream_t stream, int seq_offset = 0);

@@ -60,6 +60,8 @@ struct GenBuffers {
     size_t linear_workspace_bytes = 0;
     void* attention_scratch = nullptr;
     size_t attention_scratch_bytes = 0;
+    void* sample_workspace = nullptr;  // sample_tokens' split path (a few rows over many blocks)
+    size_t sample_workspace_bytes = 0;
 };
 
 // decode_linear's workspace for the model's four groups (q k v, o, gate up, down) and for each linear alone (a
@@ -145,8 +147,11 @@ static size_t layout_generation(const Qwen2Config& cfg, const LoraConfig& lora, 
     b->linear_workspace = take(b->linear_workspace_bytes);
     b->attention_scratch_bytes = S > 0 ? decode_attention_bytes(cfg, (int)S, (int)max_T) : 0;
     b->attention_scratch = take(b->attention_scratch_bytes);
-    snprintf(buf, sizeof(buf), "one step of %zu rows: activations, [%zu, %d] bf16 logits, GEMM + attention scratch",
-             S, S, cfg.V);
+    b->sample_workspace_bytes = sample_tokens_workspace_bytes((int)S, cfg.V);
+    b->sample_workspace = take(b->sample_workspace_bytes);
+    snprintf(buf, sizeof(buf),
+             "one step of %zu rows: activations, [%zu, %d] bf16 logits, GEMM, attention and sampling scratch", S, S,
+             cfg.V);
     if (plan) plan->lines.push_back({"decode working set", buf, offset - at});
     return offset;
 }
@@ -379,7 +384,7 @@ std::vector<Rollout> gpu_generate(GpuModel* model, const std::vector<std::vector
     // draw the next token of every row (finished rows draw nothing) and record it
     auto draw = [&](int M) {
         sample_tokens(b.tokens, b.finished, b.logits, M, cfg.V, sampler, seed, b.slots, steps, b.stop_ids,
-                      (int)stop_ids.size(), 0, stream, first_rollout);
+                      (int)stop_ids.size(), 0, b.sample_workspace, b.sample_workspace_bytes, stream, first_rollout);
         decode_advance(b.completions, options.max_sequence_length, b.slots, b.tokens, b.finished, positions, lens,
                        steps, prompt_lens, M, unfinished_device, stream);
     };

@@ -246,11 +246,14 @@ struct LogitRows {
     }
 };
 
-// The GPU's tokens for rows (seq_ids, steps), default stop/finish handling off.
+// The GPU's tokens for rows (seq_ids, steps), default stop/finish handling off, with a workspace as the backend
+// passes one (so configurations without top-k and top-p take the split path).
 std::vector<int> gpu_sample(const LogitRows& rows, const SamplerConfig& cfg, uint64_t seed, const std::vector<int>& seq_ids,
                             const std::vector<int>& steps) {
     DeviceArray<int> tokens(rows.M), ids(seq_ids), st(steps);
-    sample_tokens(tokens.ptr, nullptr, rows.d.ptr, rows.M, rows.V, cfg, seed, ids.ptr, st.ptr, nullptr, 0, -1, 0);
+    DeviceArray<char> workspace(sample_tokens_workspace_bytes(rows.M, rows.V));
+    sample_tokens(tokens.ptr, nullptr, rows.d.ptr, rows.M, rows.V, cfg, seed, ids.ptr, st.ptr, nullptr, 0, -1,
+                  workspace.ptr, workspace.n, 0);
     return tokens.download();
 }
 
@@ -477,7 +480,8 @@ TEST_CASE("GPU sampling: stop ids finish sequences, finished ones draw nothing, 
     DeviceArray<int> tokens(M), finished(std::vector<int>{0, 1, 0, 0, 1, 0}), stops(std::vector<int>{5, 7});
     SamplerConfig cfg;
     cfg.temperature = 0.0;
-    sample_tokens(tokens.ptr, finished.ptr, rows.d.ptr, M, V, cfg, 1, nullptr, nullptr, stops.ptr, 2, pad, 0);
+    sample_tokens(tokens.ptr, finished.ptr, rows.d.ptr, M, V, cfg, 1, nullptr, nullptr, stops.ptr, 2, pad, nullptr, 0,
+                  0);
     const std::vector<int> tok = tokens.download(), fin = finished.download();
     CHECK(tok[1] == pad);  // finished before: no draw
     CHECK(tok[4] == pad);
@@ -505,4 +509,182 @@ TEST_CASE("GPU sampling: stop ids finish sequences, finished ones draw nothing, 
     }
     CHECK(equal_to_neighbour <= 1);  // the next step is a different draw
     CHECK_THROWS_AS(gpu_sample(batch, SamplerConfig{1.0, 1.5, 0, 0}, 1, ids, steps), GrpoError);
+}
+
+namespace {
+
+// Rows for the split path's comparison with the one-block kernel, kind m % 8 for row m (kind 0 alone when M = 1):
+enum SplitRowKind {
+    FLAT,         // uniform in [-1, 1]: hundreds of candidates, so a draw lands deep in the running mass
+    PEAKED,       // uniform in [-6, 6] and 40 strong candidates (padding ids past vocab_limit the strongest)
+    ONE_FINITE,   // -inf but for one id, the first stop id: always drawn, and it finishes the row
+    TIED_MAX,     // five ids tied at the maximum, the rest negligible: the running mass in id order picks one
+    HAS_NAN,      // flat with a NaN: never drawn
+    FINISHED,     // finished before the call: pad, nothing drawn
+    ALL_NEG_INF,  // nothing to draw: -1
+    HAS_POS_INF,  // a +inf logit leaves the row no mass: -1
+    KINDS
+};
+// The rows' logits; kinds[m] each row's kind, specials[m] its ids that matter (the ONE_FINITE id, the TIED_MAX ids,
+// the HAS_NAN id).
+std::vector<float> split_rows(int M, int V, int n, int stop_id, Rng& rng, std::vector<int>* kinds,
+                              std::vector<std::vector<int>>* specials) {
+    std::vector<float> all((size_t)M * V);
+    kinds->assign(M, FLAT);
+    specials->assign(M, {});
+    for (int m = 0; m < M; m++) {
+        float* row = all.data() + (size_t)m * V;
+        const int kind = M == 1 ? FLAT : m % KINDS;
+        (*kinds)[m] = kind;
+        std::vector<int>& ids = (*specials)[m];
+        for (int v = 0; v < V; v++) row[v] = -1.0f + 2.0f * rng.next_float();
+        if (kind == PEAKED) {
+            for (int v = 0; v < V; v++) row[v] = -6.0f + 12.0f * rng.next_float();
+            for (int i = 0; i < 40; i++) row[rng.next_below(n)] = 12.0f + 6.0f * rng.next_float();
+            for (int v = n; v < V; v++) row[v] = 30.0f;
+        } else if (kind == ONE_FINITE) {
+            for (int v = 0; v < V; v++) row[v] = -INFINITY;
+            row[stop_id] = 0.5f;
+            ids.push_back(stop_id);
+        } else if (kind == TIED_MAX) {
+            // the rest so far below that their fixed-point masses are 0: every draw lands on a tied id
+            for (int v = 0; v < V; v++) row[v] = -60.0f + 20.0f * rng.next_float();
+            for (int i = 0; i < 5; i++) ids.push_back(rng.next_below(n));
+            for (int id : ids) row[id] = 3.0f;
+        } else if (kind == HAS_NAN) {
+            ids.push_back(rng.next_below(n));
+            row[ids[0]] = NAN;
+        } else if (kind == ALL_NEG_INF) {
+            for (int v = 0; v < V; v++) row[v] = -INFINITY;
+        } else if (kind == HAS_POS_INF) {
+            row[rng.next_below(n)] = INFINITY;
+        }
+    }
+    return all;
+}
+
+}  // namespace
+
+TEST_CASE("GPU sampling: the split path draws exactly the one-block kernel's tokens", "[gpu][decode][decode_sample]") {
+    // With no top-k and no top-p the draw needs only the row's max and its masses summed in id order, exact integers
+    // however the row is cut: the split path must give the same token (and finish the same rows) bit for bit.
+    struct Case { int V; SamplerConfig cfg; const char* what; };
+    auto config = [](double t, int k, int limit) {
+        SamplerConfig c;
+        c.temperature = t;
+        c.top_k = k;
+        c.vocab_limit = limit;
+        return c;
+    };
+    const Case cases[] = {
+        {152064, config(1.0, 0, 151665), "V 152064, T 1, vocab_limit 151665 (16-byte loads, ragged last chunk)"},
+        {152064, config(0.7, 0, 0), "V 152064, T 0.7"},
+        {5001, config(1.0, 0, 0), "V 5001, T 1 (element loads: V not a multiple of 8; 3 chunks)"},
+        {5001, config(1.3, 6000, 4097), "V 5001, T 1.3, vocab_limit 4097 (1 id in the last chunk), top-k past n"},
+    };
+    const int pad = -2, stop_id = 77;
+    const uint64_t seeds[] = {1, 2024, 99991};
+    const int rounds = 4;
+    for (const Case& c : cases)
+        for (int M : {1, 6, 64}) {
+            const int n = c.cfg.vocab_limit > 0 ? c.cfg.vocab_limit : c.V;
+            Rng rng(1000 + M);
+            std::vector<int> kinds;
+            std::vector<std::vector<int>> specials;
+            LogitRows rows(M, c.V, split_rows(M, c.V, n, stop_id, rng, &kinds, &specials));
+            std::vector<int> finished0(M), seq_ids(M);
+            for (int m = 0; m < M; m++) {
+                finished0[m] = kinds[m] == FINISHED;
+                seq_ids[m] = 3 * m + 11;
+            }
+            DeviceArray<int> stops(std::vector<int>{stop_id, 5});
+            DeviceArray<int> ids(seq_ids);
+            // garbage in the workspace: the split path must need no set-up
+            DeviceArray<char> workspace(sample_tokens_workspace_bytes(M, c.V));
+            cudaCheck(cudaMemset(workspace.ptr, 0xff, workspace.n));
+            long draws = 0, differ = 0, wrong = 0;
+            std::vector<std::vector<int>> flat_tokens(M);
+            for (uint64_t seed : seeds)
+                for (int round = 0; round < rounds; round++) {
+                    std::vector<int> steps(M);
+                    for (int m = 0; m < M; m++) steps[m] = round * 5 + m % 3;
+                    DeviceArray<int> st(steps);
+                    std::vector<int> tok[3], fin[3];
+                    for (int version = 0; version < 3; version++) {  // 0: sample_tokens' own choice, the split path
+                        DeviceArray<int> tokens(M), finished(finished0);
+                        sample_tokens_version(version, tokens.ptr, finished.ptr, rows.d.ptr, M, c.V, c.cfg, seed,
+                                              ids.ptr, st.ptr, stops.ptr, 2, pad, workspace.ptr, workspace.n, 0);
+                        tok[version] = tokens.download();
+                        fin[version] = finished.download();
+                    }
+                    for (int m = 0; m < M; m++) {
+                        draws++;
+                        differ += tok[2][m] != tok[1][m] || fin[2][m] != fin[1][m] || tok[0][m] != tok[2][m] ||
+                                  fin[0][m] != fin[2][m];
+                        const int t = tok[2][m];
+                        const std::vector<int>& sp = specials[m];
+                        bool ok = true;
+                        switch (kinds[m]) {
+                        case ONE_FINITE: ok = t == stop_id && fin[2][m] == 1; break;
+                        case TIED_MAX: ok = std::find(sp.begin(), sp.end(), t) != sp.end(); break;
+                        case HAS_NAN: ok = t >= 0 && t < n && t != sp[0]; break;
+                        case FINISHED: ok = t == pad && fin[2][m] == 1; break;
+                        case ALL_NEG_INF:
+                        case HAS_POS_INF: ok = t == -1; break;
+                        default: ok = t >= 0 && t < n; break;
+                        }
+                        wrong += !ok;
+                        if (kinds[m] == FLAT) flat_tokens[m].push_back(t);
+                    }
+                }
+            // the split path did run: it wrote its workspace (whatever its layout)
+            const std::vector<char> ws_after = workspace.download();
+            CHECK(std::count(ws_after.begin(), ws_after.end(), (char)0xff) < (long)ws_after.size());
+            // flat rows: the draws of one row must be spread (equal tokens would make the comparison say little)
+            long repeated = 0;
+            for (std::vector<int>& t : flat_tokens) {
+                std::sort(t.begin(), t.end());
+                repeated += (long)(t.end() - std::unique(t.begin(), t.end()));
+            }
+            printf("  split path, %s, M %d: %ld draws, %ld differ from the one-block kernel, %ld unexpected, "
+                   "%ld repeats on flat rows\n", c.what, M, draws, differ, wrong, repeated);
+            INFO(c.what << ", M " << M);
+            CHECK(differ == 0);
+            CHECK(wrong == 0);
+            CHECK(repeated <= 2);
+        }
+}
+
+TEST_CASE("GPU sampling: the split path refuses what it cannot draw", "[gpu][decode][decode_sample]") {
+    const int M = 6, V = 1000;
+    Rng rng(5);
+    LogitRows rows(M, V, uniform_row(M * V, rng, -1.0f, 1.0f));
+    DeviceArray<int> tokens(M);
+    const size_t need = sample_tokens_workspace_bytes(M, V);
+    DeviceArray<char> workspace(need + 8);  // room for a misaligned start
+    auto split = [&](const SamplerConfig& cfg, void* ws, size_t bytes) {
+        sample_tokens_version(2, tokens.ptr, nullptr, rows.d.ptr, M, V, cfg, 1, nullptr, nullptr, nullptr, 0, -1, ws,
+                              bytes, 0);
+    };
+    SamplerConfig cfg;
+    split(cfg, workspace.ptr, workspace.n);  // the default configuration: fine
+    CHECK(tokens.download()[0] >= 0);
+    SamplerConfig greedy = cfg, top_k = cfg, top_p = cfg;
+    greedy.temperature = 0.0;
+    top_k.top_k = 50;
+    top_p.top_p = 0.9;
+    CHECK_THROWS_AS(split(greedy, workspace.ptr, workspace.n), GrpoError);
+    CHECK_THROWS_AS(split(top_k, workspace.ptr, workspace.n), GrpoError);
+    CHECK_THROWS_AS(split(top_p, workspace.ptr, workspace.n), GrpoError);
+    CHECK_THROWS_AS(split(cfg, nullptr, 0), GrpoError);
+    CHECK_THROWS_AS(split(cfg, workspace.ptr, need - 1), GrpoError);
+    CHECK_THROWS_AS(split(cfg, workspace.ptr + 4, need), GrpoError);  // large enough, not 8-byte aligned
+    CHECK_THROWS_AS(sample_tokens_version(3, tokens.ptr, nullptr, rows.d.ptr, M, V, cfg, 1, nullptr, nullptr, nullptr,
+                                          0, -1, nullptr, 0, 0),
+                    GrpoError);
+    CHECK_THROWS_AS(sample_tokens_workspace_bytes(-1, V), GrpoError);
+    // a workspace too small for M is an error even when sample_tokens chooses the path itself
+    CHECK_THROWS_AS(sample_tokens(tokens.ptr, nullptr, rows.d.ptr, M, V, cfg, 1, nullptr, nullptr, nullptr, 0, -1,
+                                  workspace.ptr, sample_tokens_workspace_bytes(M - 1, V), 0),
+                    GrpoError);
 }
