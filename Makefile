@@ -140,17 +140,22 @@ $(BUILD)/lab_%: dev/cuda/%.cu $(KERNEL_OBJS) $(BUILD)/libgrpo.a
 	$(NVCC) $(NVCCFLAGS) -MMD -MP $< $(filter %.o,$^) $(BUILD)/libgrpo.a -o $@ -lcublasLt
 # lab_decode_linear's variants: kernels/decode_linear.cu compiled again with other DL_CFG_* knobs, each in its own
 # namespace and object, so that they build in parallel (dev/cuda/variants/decode_linear_variant.cu)
-DL_VARIANTS := v3 fold pairs defer full deferfull wch2 pairs5 axgemm narrow0
+DL_VARIANTS := v3 fold pairs defer full deferfull wch2 pairs5 axgemm narrow0 tm1 tm2b2 tm2w4b3 tm2all tm2allfull
 DL_KNOBS_v3 := -DDL_CFG_V4=0 -DDL_CFG_BF16_CUBLAS=0
 DL_KNOBS_fold := -DDL_CFG_V4_FOLD=1
 DL_KNOBS_pairs := -DDL_CFG_V4_PAIRS=1
 DL_KNOBS_defer := -DDL_CFG_V4_DEFER=1
 DL_KNOBS_full := -DDL_CFG_V4_FULL=1
 DL_KNOBS_deferfull := -DDL_CFG_V4_DEFER=1 -DDL_CFG_V4_FULL=1
-DL_KNOBS_wch2 := -DDL_CFG_V4_WIDE_CH=2
+DL_KNOBS_wch2 := -DDL_CFG_V4_WIDE_CH=2 -DDL_CFG_V4_TM=1
 DL_KNOBS_pairs5 := -DDL_CFG_V4_PAIRS=2 -DDL_CFG_V4_WARPS=16 -DDL_CFG_V4_BLOCKS_SM=1
 DL_KNOBS_axgemm := -DDL_CFG_AX_KERNEL=0
 DL_KNOBS_narrow0 := -DDL_CFG_V4_NARROW=0
+DL_KNOBS_tm1 := -DDL_CFG_V4_TM=1
+DL_KNOBS_tm2b2 := -DDL_CFG_V4_TM2_BLOCKS_SM=2
+DL_KNOBS_tm2w4b3 := -DDL_CFG_V4_WARPS=4 -DDL_CFG_V4_TM2_BLOCKS_SM=3
+DL_KNOBS_tm2all := -DDL_CFG_V4_WIDE_PAIRS=0
+DL_KNOBS_tm2allfull := -DDL_CFG_V4_WIDE_PAIRS=0 -DDL_CFG_V4_FULL=1
 $(BUILD)/dl_variant/%.o: dev/cuda/variants/decode_linear_variant.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DDL_VARIANT=$* $(DL_KNOBS_$*) -MMD -MP -c $< -o $@

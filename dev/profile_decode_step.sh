@@ -13,10 +13,11 @@ out="${OUT:-/tmp}"
 command -v ncu >/dev/null || { echo "profile_decode_step: no ncu on this machine"; exit 1; }
 make -j16 build/bench_generate > "$out/profile_build.log" 2>&1 || { grep error "$out/profile_build.log" | head; exit 1; }
 csv="$out/decode_step_M${M}.csv"
-# --launch-count: the first 4,000 kernels hold the model's set-up (about 600), the warm-up generation's prefill
-# (about 1,100) and several whole decode steps (425 each at 7B); ncu takes about 13 ms a kernel, and the whole run
-# (18,000 kernels) took over 4 minutes (session 7)
-ncu --clock-control none --launch-count 4000 --metrics gpu__time_duration.sum --csv --print-units base \
+# --launch-skip / --launch-count: the model's set-up and the warm-up generation's prefill come first (a 4,000-kernel
+# cap, session 7, ended inside that prefill: the set-up takes over 2,500 launches), then its decode steps, 425
+# kernels each at 7B: skipping 4,000 and profiling 1,500 holds three whole steps. ncu takes about 13 ms a profiled
+# kernel; the whole run (18,000 kernels) took over 4 minutes (session 7)
+ncu --clock-control none --launch-skip 4000 --launch-count 1500 --metrics gpu__time_duration.sum --csv --print-units base \
     ./build/bench_generate 7B 256 8 "$M" "$copy" > "$csv" 2> "$out/profile_ncu.log" ||
     { tail -20 "$out/profile_ncu.log"; echo "profile_decode_step: ncu failed"; exit 1; }
 python3 - "$csv" "$M" <<'PY'

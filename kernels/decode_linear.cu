@@ -676,6 +676,12 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
 #ifndef DL_CFG_V4_WIDE_PAIRS
 #define DL_CFG_V4_WIDE_PAIRS 32768  // above 16 rows of x, launches of at least this many pairs run "wide" (below)
 #endif
+#ifndef DL_CFG_V4_TM
+#define DL_CFG_V4_TM 2  // m-tiles a warp's step covers in the wide launches (1: one, as before session 8; lab variant tm1)
+#endif
+#ifndef DL_CFG_V4_TM2_BLOCKS_SM
+#define DL_CFG_V4_TM2_BLOCKS_SM 1  // blocks an SM the launch bounds ask for with two m-tiles a step (lab variant tm2b2)
+#endif
 
 constexpr int DL4_WARPS = DL_CFG_V4_WARPS, DL4_THREADS = DL4_WARPS * 32, DL4_CH = 4;
 constexpr bool DL4_FOLD = DL_CFG_V4_FOLD != 0, DL4_PAIRS = DL_CFG_V4_PAIRS != 0, DL4_DEFER = DL_CFG_V4_DEFER != 0;
@@ -699,6 +705,16 @@ constexpr bool DL4_PAIRS_ALIGNED = DL_CFG_V4_PAIRS == 2;
 // steps need K / 64 a multiple of DL4_CH; the pair table, the default code). Same bits as exact: pairs change only
 // the lookups, whole steps only which warp sums which blocks (the sums still arrive in a fixed order).
 constexpr bool DL4_NARROW_PAIRS = DL_CFG_V4_NARROW != 0 && !DL4_FOLD;  // the fold table takes the same shared memory
+// Two m-tiles a step (DL_CFG_V4_TM, session 8), in the wide launches: each x load then feeds the mma of 32 weight
+// rows instead of 16, halving what a warp reads of x per code byte (x is 16x the code bytes at M 64, and its loads'
+// latency is what bounds the wide shape, above). The price is registers: twice the accumulators (64 at M 64) and
+// the dequantized weights of both tiles, so a step holds DL4_TM2_CH blocks of each tile (the same 4 pieces of codes
+// as a step of one tile), and the launch bounds ask for DL_CFG_V4_TM2_BLOCKS_SM blocks an SM. It needs every linear
+// of the group to have a multiple of 32 rows (every Qwen2.5 linear has), or the launch keeps one m-tile. The sums
+// are cut among warps elsewhere than with one m-tile, so the outputs may differ from TM 1 in the last bit (fp32
+// order); they never depend on timing.
+constexpr int DL4_TM = DL_CFG_V4_TM, DL4_TM2_CH = 2;
+static_assert(DL4_TM == 1 || DL4_TM == 2, "one or two m-tiles a step");
 
 // The bytes of a pair table: for each code byte a 256-byte row, of which lane L reads slot L (fold: 4 bytes, the bf16
 // pair; exact pairs: 8 bytes, the two fp32 codes), 32 copies so that a warp's lookups never share a bank. 256-byte
@@ -766,6 +782,8 @@ struct Dl4Tile {
                                      // on, row gq + 8's 8 on; row-major: 1 and 8 nkb
     const float* scales = nullptr;   // nested_absmax (indexed by row-major block / 256), or absmax_f32 (by block)
     int block = 0;                   // the row-major block number of row gq, block 0
+    int64_t next_codes = 0;          // the next m-tile's codes (TM 2): this many bytes on
+    int next_q = 0;                  // ... and its 8-bit scales: this many on
 };
 
 // One step's loads: CH blocks of both rows, the raw scales of the block this lane converts for its quad (block c of
@@ -773,9 +791,9 @@ struct Dl4Tile {
 // launches: there a step's 8 n-tiles give each block 8x the mma, enough to hide a smaller step's loads, and half
 // the code registers could end the spills that Nsight Compute counted at 128 registers (session 5; a lab variant
 // until measured).
-template <int CH>
+template <int CH, int TM>
 struct Dl4Step {
-    uint2 code[CH][2];
+    uint2 code[TM * CH][2];  // piece (m-tile mt, block j) is mt * CH + j
     uint32_t q[2];
     float a[2];
     int g;
@@ -789,19 +807,20 @@ __host__ __device__ inline int dl4_last_warp(int tile, int nkb, int64_t len) {
     return (int)(((int64_t)(tile + 1) * nkb - 1) / len);
 }
 
-template <int NT, bool WIDE, bool PAIRS, bool FULL>
-__global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCKS_SM : 1)
+// TM m-tiles a step (DL4_TM): a "tile" of the walk is then TM * 16 rows, each of its pairs TM pieces of codes.
+template <int NT, bool WIDE, bool PAIRS, bool FULL, int TM>
+__global__ void __launch_bounds__(DL4_THREADS, TM == 2 ? DL_CFG_V4_TM2_BLOCKS_SM : NT <= 2 || WIDE ? DL_CFG_V4_BLOCKS_SM : 1)
     decode_linear_nf4_stream_kernel(const __grid_constant__ DecodeParams p) {
     static_assert(!(DL4_FOLD && PAIRS), "one pair table at a time");
     constexpr bool ALIGNED = PAIRS && DL4_PAIRS_ALIGNED;
     extern __shared__ uint4 dl4_smem[];  // the pair table
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
-    constexpr int CH = WIDE ? DL_CFG_V4_WIDE_CH : DL4_CH;
-    static_assert(CH >= 1 && CH <= 4, "a quad's four lanes convert a step's scales");
+    constexpr int CH = TM == 2 ? DL4_TM2_CH : WIDE ? DL_CFG_V4_WIDE_CH : DL4_CH, PIECES = TM * CH;
+    static_assert(CH >= 1 && PIECES <= 4, "a quad's four lanes convert a step's scales");
     grid_launch_dependents();
     const int lane = threadIdx.x % 32, gq = lane / 4, c = lane % 4;
     const int warp = blockIdx.x * DL4_WARPS + threadIdx.x / 32;
-    const int K = p.K, M = p.M, nkb = K / NF4_BLOCK, tiles = p.total_rows / 16;
+    const int K = p.K, M = p.M, nkb = K / NF4_BLOCK, tiles = p.total_rows / (16 * TM);
     const int F = tiles * nkb, len = (int)p.stream_rows;  // dl4_ok: F fits an int
     const int f_begin = (int)min((int64_t)F, (int64_t)warp * len), f_end = min(F, f_begin + len);
     // the pair table, at a 64 KB boundary of shared memory when aligned (dl4_smem_bytes leaves the room)
@@ -840,7 +859,7 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
 
     Dl4Tile src;  // the tile the loads are in
     auto enter = [&](int tile) {
-        const int v = tile * 16, g = dl_linear_of(p, v), local = v - p.row_start[g];
+        const int v = tile * 16 * TM, g = dl_linear_of(p, v), local = v - p.row_start[g];
         const NF4View& t = p.nf4[g];
         src.tile = tile;
         src.g = g;
@@ -851,37 +870,47 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
         src.codes = t.tiled ? t.packed + unit * 512 + lane * 16 : t.packed + (int64_t)(local + gq) * (K / 2) + c * 8;
         src.q = t.tiled ? t.absmax_q + unit * 16 + gq : t.absmax_q + src.block;
         src.scales = t.double_quant ? t.nested_absmax : t.absmax_f32;
+        src.next_codes = t.tiled ? (int64_t)nkb * 512 : (int64_t)16 * (K / 2);
+        src.next_q = t.tiled ? nkb * 16 : 16 * nkb;
     };
-    auto load = [&](Dl4Step<CH>& s, const Dl4Pos& pos) {
+    auto load = [&](Dl4Step<CH, TM>& s, const Dl4Pos& pos) {
         if (pos.n == 0) return;
         if (WIDE || pos.tile != src.tile) enter(pos.tile);  // wide: the registers are short, the steps long
         const int kb = pos.kb;
-        if (src.tiled) {
-            const uint8_t* at = src.codes + kb * 512;
 #pragma unroll
-            for (int j = 0; j < CH; j++) {
-                const uint4 both = FULL || j < pos.n ? dl4_load_stream16(at + j * 512) : make_uint4(0, 0, 0, 0);
-                s.code[j][0] = make_uint2(both.x, both.y);
-                s.code[j][1] = make_uint2(both.z, both.w);
+        for (int mt = 0; mt < TM; mt++) {
+            const uint8_t* tile_codes = src.codes + mt * src.next_codes;
+            if (src.tiled) {
+                const uint8_t* at = tile_codes + kb * 512;
+#pragma unroll
+                for (int j = 0; j < CH; j++) {
+                    const uint4 both = FULL || j < pos.n ? dl4_load_stream16(at + j * 512) : make_uint4(0, 0, 0, 0);
+                    s.code[mt * CH + j][0] = make_uint2(both.x, both.y);
+                    s.code[mt * CH + j][1] = make_uint2(both.z, both.w);
+                }
+            } else {
+                const uint8_t* at = tile_codes + kb * 32;
+#pragma unroll
+                for (int j = 0; j < CH; j++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+                        s.code[mt * CH + j][h] = FULL || j < pos.n
+                                                     ? dl4_load_stream8(at + (int64_t)h * 8 * (K / 2) + j * 32)
+                                                     : make_uint2(0, 0);
             }
-        } else {
-            const uint8_t* at = src.codes + kb * 32;
-#pragma unroll
-            for (int j = 0; j < CH; j++)
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-                    s.code[j][h] = FULL || j < pos.n ? dl4_load_stream8(at + (int64_t)h * 8 * (K / 2) + j * 32)
-                                                         : make_uint2(0, 0);
         }
         s.g = src.g;
+        // this lane's piece of the quad's scales: m-tile c / CH, block c % CH of the step
+        const int mine_mt = c / CH, mine_j = c % CH;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int block = src.block + h * 8 * nkb + kb + c;
+            const int block = src.block + mine_mt * 16 * nkb + h * 8 * nkb + kb + mine_j;
             s.q[h] = 0;
             s.a[h] = 0.0f;
-            if (FULL || c < pos.n) {
+            if (c < PIECES && (FULL || mine_j < pos.n)) {
                 if (src.double_quant) {
-                    s.q[h] = __ldg(src.q + (src.tiled ? (kb + c) * 16 + h * 8 : kb + c + h * 8 * nkb));
+                    s.q[h] = __ldg(src.q + mine_mt * src.next_q +
+                                   (src.tiled ? (kb + mine_j) * 16 + h * 8 : kb + mine_j + h * 8 * nkb));
                     s.a[h] = __ldg(src.scales + block / NF4_NESTED_BLOCK);
                 } else {
                     s.a[h] = __ldg(src.scales + block);
@@ -890,16 +919,18 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
         }
     };
 
-    float acc[NT][4];
+    float acc[TM][NT][4];
 #pragma unroll
-    for (int t = 0; t < NT; t++)
+    for (int mt = 0; mt < TM; mt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc[t][e] = 0.0f;
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[mt][t][e] = 0.0f;
 
     // x of this lane: row gq of each n-tile, the 16 k from c * 16 of each block (an offset, one register)
     const int x_lane = gq * K + c * 16;
     // a step: blocks past pos.n have zero scales and zero x, so they add exact zeros and need no branch
-    auto compute = [&](const Dl4Step<CH>& s, const Dl4Pos& pos) {
+    auto compute = [&](const Dl4Step<CH, TM>& s, const Dl4Pos& pos) {
         const int kb = pos.kb, g = s.g;
         const NF4View& t = p.nf4[g];
         float mine[2];  // the scales this lane converted (exactly as nf4_dequant.cu rounds them)
@@ -910,12 +941,14 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
 #pragma unroll
         for (int j = 0; j < CH; j++) {
             const bool valid = FULL || j < pos.n;
-            float scale[2];
+            float scale[TM][2];
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const float from_quad = __shfl_sync(0xFFFFFFFFu, mine[h], (lane & ~3) | j);
-                scale[h] = valid ? from_quad : 0.0f;
-            }
+            for (int mt = 0; mt < TM; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const float from_quad = __shfl_sync(0xFFFFFFFFu, mine[h], (lane & ~3) | (mt * CH + j));
+                    scale[mt][h] = valid ? from_quad : 0.0f;
+                }
             // x of n-tile tt: 32 bytes a lane (L1), the b registers of four k-steps
             uint32_t xw[NT][8];
             auto load_x = [&](int tt) {
@@ -932,48 +965,63 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
 #pragma unroll
                 for (int tt = 0; tt < NT; tt++) load_x(tt);
             if (WIDE) load_x(0);  // the first n-tile's under the dequantization
-            uint32_t w[2][8];  // the bf16 pairs of rows gq, gq+8: pairs 2s and 2s+1 feed k-step s
+            uint32_t w[TM][2][8];  // per m-tile, the bf16 pairs of rows gq, gq+8: pairs 2s and 2s+1 feed k-step s
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                if (DL4_FOLD) {
+            for (int mt = 0; mt < TM; mt++)
 #pragma unroll
-                    for (int b = 0; b < 4; b++) {
-                        w[h][b] = dl4_pair(pair_table, s.code[j][h].x, lane4, b);
-                        w[h][4 + b] = dl4_pair(pair_table, s.code[j][h].y, lane4, b);
+                for (int h = 0; h < 2; h++) {
+                    const uint2 code = s.code[mt * CH + j][h];
+                    if (DL4_FOLD) {
+#pragma unroll
+                        for (int b = 0; b < 4; b++) {
+                            w[mt][h][b] = dl4_pair(pair_table, code.x, lane4, b);
+                            w[mt][h][4 + b] = dl4_pair(pair_table, code.y, lane4, b);
+                        }
+                    } else if (ALIGNED) {
+                        dl4_aligned_pair_word(&w[mt][h][0], code.x, table_at | lane8, scale[mt][h]);
+                        dl4_aligned_pair_word(&w[mt][h][4], code.y, table_at | lane8, scale[mt][h]);
+                    } else if (PAIRS) {
+                        dl4_pair_word(&w[mt][h][0], pair_table, code.x, lane8, scale[mt][h]);
+                        dl4_pair_word(&w[mt][h][4], pair_table, code.y, lane8, scale[mt][h]);
+                    } else {
+                        dl_nf4_word(&w[mt][h][0], code.x, lin_bytes, code_table, scale[mt][h]);
+                        dl_nf4_word(&w[mt][h][4], code.y, lin_bytes, code_table, scale[mt][h]);
                     }
-                } else if (ALIGNED) {
-                    dl4_aligned_pair_word(&w[h][0], s.code[j][h].x, table_at | lane8, scale[h]);
-                    dl4_aligned_pair_word(&w[h][4], s.code[j][h].y, table_at | lane8, scale[h]);
-                } else if (PAIRS) {
-                    dl4_pair_word(&w[h][0], pair_table, s.code[j][h].x, lane8, scale[h]);
-                    dl4_pair_word(&w[h][4], pair_table, s.code[j][h].y, lane8, scale[h]);
-                } else {
-                    dl_nf4_word(&w[h][0], s.code[j][h].x, lin_bytes, code_table, scale[h]);
-                    dl_nf4_word(&w[h][4], s.code[j][h].y, lin_bytes, code_table, scale[h]);
                 }
-            }
-            // wide: x one n-tile ahead (all of it would take 64 registers and spill)
+            // wide: x one n-tile ahead (all of it would take 64 registers and spill); each n-tile's x feeds the mma
+            // of every m-tile
 #pragma unroll
             for (int tt = 0; tt < NT; tt++) {
                 if (WIDE && tt + 1 < NT) load_x(tt + 1);  // the next n-tile's under this one's mma
-                float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-                for (int ks = 0; ks < 4; ks++) {
-                    const uint32_t a[4] = {w[0][2 * ks], w[1][2 * ks], w[0][2 * ks + 1], w[1][2 * ks + 1]};
-                    const uint32_t b[2] = {xw[tt][2 * ks], xw[tt][2 * ks + 1]};
-                    mma_bf16_m16n8k16(DL4_FOLD ? blk : acc[tt], a, b);
+                for (int mt = 0; mt < TM; mt++) {
+                    float blk[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                    for (int ks = 0; ks < 4; ks++) {
+                        const uint32_t a[4] = {w[mt][0][2 * ks], w[mt][1][2 * ks], w[mt][0][2 * ks + 1],
+                                               w[mt][1][2 * ks + 1]};
+                        const uint32_t b[2] = {xw[tt][2 * ks], xw[tt][2 * ks + 1]};
+                        mma_bf16_m16n8k16(DL4_FOLD ? blk : acc[mt][tt], a, b);
+                    }
+                    if (DL4_FOLD)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                            acc[mt][tt][e] = fmaf(blk[e], scale[mt][e >> 1], acc[mt][tt][e]);
                 }
-                if (DL4_FOLD)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) acc[tt][e] = fmaf(blk[e], scale[e >> 1], acc[tt][e]);
             }
         }
     };
 
-    // n-tile tt of the partial that warp `from` left for a tile in the slot of (warp + tile), unique because both
-    // only grow along the order
-    auto slot = [&](int tile, int from, int tt) {
-        return reinterpret_cast<float4*>(p.partials) + ((int64_t)(from + tile) * NT + tt) * 32 + lane;
+    // n-tile tt of m-tile mt of the partial that warp `from` left for a tile in the slot of (warp + tile), unique
+    // because both only grow along the order
+    auto slot = [&](int tile, int from, int mt, int tt) {
+        return reinterpret_cast<float4*>(p.partials) + (((int64_t)(from + tile) * TM + mt) * NT + tt) * 32 + lane;
+    };
+    // the epilogue of the tile's m-tiles, from their sums
+    auto tile_epilogue = [&](int tile, const float (&sums)[TM][NT][4]) {
+        const int v = tile * 16 * TM, g = dl_linear_of(p, v);
+#pragma unroll
+        for (int mt = 0; mt < TM; mt++) dl_tile_epilogue<NT>(p, sums[mt], g, v - p.row_start[g] + 16 * mt, gq, c);
     };
     // this warp's partial of a tile is in its slot and visible (after a fence): count it in, and if it is the last of
     // the tile's warps to arrive, add all the tile's partials in warp order and write the output
@@ -984,23 +1032,26 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
         const int first = dl4_first_warp(tile, nkb, len), last = dl4_last_warp(tile, nkb, len);
         if (arrived != last - first) return;
         __threadfence();
-        float sum[NT][4];
+        float sum[TM][NT][4];
 #pragma unroll
-        for (int tt = 0; tt < NT; tt++)
+        for (int mt = 0; mt < TM; mt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) sum[tt][e] = 0.0f;
+            for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sum[mt][tt][e] = 0.0f;
         for (int w = first; w <= last; w++)
 #pragma unroll
-            for (int tt = 0; tt < NT; tt++) {
-                const float4 part = __ldcg(slot(tile, w, tt));
-                sum[tt][0] += part.x;
-                sum[tt][1] += part.y;
-                sum[tt][2] += part.z;
-                sum[tt][3] += part.w;
-            }
+            for (int mt = 0; mt < TM; mt++)
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++) {
+                    const float4 part = __ldcg(slot(tile, w, mt, tt));
+                    sum[mt][tt][0] += part.x;
+                    sum[mt][tt][1] += part.y;
+                    sum[mt][tt][2] += part.z;
+                    sum[mt][tt][3] += part.w;
+                }
         if (lane == 0) p.counters[tile] = 0;  // ready for the next launch
-        const int v = tile * 16, g = dl_linear_of(p, v);
-        dl_tile_epilogue<NT>(p, sum, g, v - p.row_start[g], gq, c);
+        tile_epilogue(tile, sum);
     };
     // Deferred arrival (DL_CFG_V4_DEFER, a lab variant until measured): the fence before a partial's arrival waits
     // for every load of this thread still in flight, and mid-range that is the next step's codes, which the
@@ -1012,17 +1063,21 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
     // partial into its slot and the arrival
     auto finish = [&](int tile, bool whole, bool range_done) {
         if (whole) {
-            const int v = tile * 16, g = dl_linear_of(p, v);
-            dl_tile_epilogue<NT>(p, acc, g, v - p.row_start[g], gq, c);
+            tile_epilogue(tile, acc);
         } else {
 #pragma unroll
-            for (int tt = 0; tt < NT; tt++)
-                __stcg(slot(tile, warp, tt), make_float4(acc[tt][0], acc[tt][1], acc[tt][2], acc[tt][3]));
+            for (int mt = 0; mt < TM; mt++)
+#pragma unroll
+                for (int tt = 0; tt < NT; tt++)
+                    __stcg(slot(tile, warp, mt, tt),
+                           make_float4(acc[mt][tt][0], acc[mt][tt][1], acc[mt][tt][2], acc[mt][tt][3]));
         }
 #pragma unroll
-        for (int tt = 0; tt < NT; tt++)
+        for (int mt = 0; mt < TM; mt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) acc[tt][e] = 0.0f;
+            for (int tt = 0; tt < NT; tt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[mt][tt][e] = 0.0f;
         if (DL4_DEFER && !range_done) {
             if (!whole) deferred = tile;
             return;
@@ -1037,12 +1092,12 @@ __global__ void __launch_bounds__(DL4_THREADS, NT <= 2 || WIDE ? DL_CFG_V4_BLOCK
     // before the dependency: only what no earlier kernel writes (the weights)
     Dl4Pos cur{f_begin / nkb, f_begin % nkb, 0};  // dl4_shapes_ok: K > 0
     cur.n = step_size(cur);
-    Dl4Step<CH> bufs[2];
+    Dl4Step<CH, TM> bufs[2];
     load(bufs[0], cur);
     __syncthreads();  // the tables
     grid_dependency_wait();
     int tile_start_kb = cur.kb;  // where this warp's part of the current tile began
-    auto run = [&](Dl4Step<CH>& use, Dl4Step<CH>& fill) {  // one step; false when the range is done
+    auto run = [&](Dl4Step<CH, TM>& use, Dl4Step<CH, TM>& fill) {  // one step; false when the range is done
         if (cur.n == 0) return false;
         const Dl4Pos after = next(cur);
         load(fill, after);
@@ -1256,11 +1311,11 @@ struct Dl4Kernel {
     size_t smem = 0;
     int per_sm = 0;
 };
-template <int NT, bool WIDE, bool PAIRS, bool FULL>
+template <int NT, bool WIDE, bool PAIRS, bool FULL, int TM = 1>
 static Dl4Kernel dl4_kernel() {
     static Dl4Kernel k;
     if (k.per_sm == 0) {
-        k.fn = decode_linear_nf4_stream_kernel<NT, WIDE, PAIRS, FULL>;
+        k.fn = decode_linear_nf4_stream_kernel<NT, WIDE, PAIRS, FULL, TM>;
         k.smem = dl4_smem_bytes(PAIRS);
         cudaCheck(cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)k.smem));
         cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&k.per_sm, k.fn, DL4_THREADS, k.smem));
@@ -1268,11 +1323,17 @@ static Dl4Kernel dl4_kernel() {
     }
     return k;
 }
-// The instantiation a launch of NT n-tiles runs: the narrow one (see DL4_NARROW_PAIRS), or the configured one.
-static Dl4Kernel dl4_pick(int NT, bool wide, bool narrow) {
+// The instantiation a launch of NT n-tiles runs: the narrow one (see DL4_NARROW_PAIRS), or the configured one, with
+// TM m-tiles a step (only wide launches of more than two n-tiles take two).
+static Dl4Kernel dl4_pick(int NT, bool wide, bool narrow, int TM) {
     if (narrow) return dl4_kernel<1, false, DL4_PAIRS || DL4_NARROW_PAIRS, true>();
     Dl4Kernel k;
     dl_with_n_tiles(NT, [&](auto nt) {
+        if constexpr (nt() > 2 && DL4_TM == 2)
+            if (TM == 2) {
+                k = dl4_kernel<nt(), true, DL4_PAIRS, DL4_FULL, 2>();
+                return;
+            }
         k = wide ? dl4_kernel<nt(), true, DL4_PAIRS, DL4_FULL>() : dl4_kernel<nt(), false, DL4_PAIRS, DL4_FULL>();
     });
     return k;
@@ -1285,20 +1346,24 @@ struct Dl4Plan {
     int grid = 0;
     bool wide = false;    // see the kernel
     bool narrow = false;  // see DL4_NARROW_PAIRS
+    int TM = 1;           // m-tiles a step (DL4_TM)
     Dl4Kernel kernel;
     int64_t stream_rows = 1;
     size_t partial_floats = 0;
 };
-// default_code: every linear of the launch has the standard NF4 code (which the pair table holds).
-static Dl4Plan dl4_plan(int total_rows, int K, int M, bool default_code) {
+// default_code: every linear of the launch has the standard NF4 code (which the pair table holds); rows32: every
+// linear has a multiple of 32 rows (two m-tiles a step).
+static Dl4Plan dl4_plan(int total_rows, int K, int M, bool default_code, bool rows32) {
     Dl4Plan plan;
-    const int NT = decode_linear_n_tiles(M), tiles = total_rows / 16, nkb = K / NF4_BLOCK;
-    const int64_t F = (int64_t)tiles * nkb;
-    plan.wide = NT > 2 && F >= DL_CFG_V4_WIDE_PAIRS;
+    const int NT = decode_linear_n_tiles(M), nkb = K / NF4_BLOCK;
+    plan.wide = NT > 2 && (int64_t)(total_rows / 16) * nkb >= DL_CFG_V4_WIDE_PAIRS;
     plan.narrow = DL_CFG_V4_NARROW != 0 && NT == 1 && nkb % DL4_CH == 0 && (default_code || !DL4_NARROW_PAIRS);
-    plan.kernel = dl4_pick(NT, plan.wide, plan.narrow);
+    plan.TM = plan.wide && rows32 && DL4_TM == 2 ? 2 : 1;
+    plan.kernel = dl4_pick(NT, plan.wide, plan.narrow, plan.TM);
+    const int tiles = total_rows / (16 * plan.TM);
+    const int64_t F = (int64_t)tiles * nkb;  // the walk's (tile, block) pairs
     const int64_t warps = std::max<int64_t>(
-        1, std::min<int64_t>((int64_t)plan.kernel.per_sm * cuda_sm_count() * DL4_WARPS, F / (2 * DL4_CH)));
+        1, std::min<int64_t>((int64_t)plan.kernel.per_sm * cuda_sm_count() * DL4_WARPS, F / (2 * DL4_CH / plan.TM)));
     plan.grid = (int)((warps + DL4_WARPS - 1) / DL4_WARPS);
     plan.stream_rows = (F + (int64_t)plan.grid * DL4_WARPS - 1) / ((int64_t)plan.grid * DL4_WARPS);
     if (DL4_FULL || plan.narrow) {  // whole steps: ranges of whole steps, and the warps that then cover F
@@ -1306,7 +1371,7 @@ static Dl4Plan dl4_plan(int total_rows, int K, int M, bool default_code) {
         const int64_t busy = (F + plan.stream_rows - 1) / plan.stream_rows;
         plan.grid = (int)((busy + DL4_WARPS - 1) / DL4_WARPS);
     }
-    plan.partial_floats = ((size_t)plan.grid * DL4_WARPS + tiles) * NT * 4 * 32;
+    plan.partial_floats = ((size_t)plan.grid * DL4_WARPS + tiles) * plan.TM * NT * 4 * 32;
     return plan;
 }
 
@@ -1335,14 +1400,17 @@ static size_t dl_ax_bytes(int R) {
 static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int max_M) {
     const int in = (int)linears[0].base->in, adapted = dl_adapted(linears, G);
     const bool nf4 = linears[0].base->format == LinearFormat::NF4;
-    bool default_code = nf4;
-    for (int g = 0; g < G; g++) default_code = default_code && linears[g].base->nf4.default_code;
+    bool default_code = nf4, rows32 = true;
+    for (int g = 0; g < G; g++) {
+        default_code = default_code && linears[g].base->nf4.default_code;
+        rows32 = rows32 && linears[g].base->out % 32 == 0;
+    }
     size_t partials = 0;
     for (int M = 1; M <= std::min(max_M, DECODE_LINEAR_MAX_M); M++) {
         DlPlan main_plan = dl_plan(nf4, dl_total_rows(linears, G), in, M);
         partials = std::max(partials, main_plan.partial_floats);
         if (nf4 && in % NF4_BLOCK == 0)
-            partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M, default_code).partial_floats);
+            partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M, default_code, rows32).partial_floats);
         if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
         if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
     }
@@ -1431,9 +1499,12 @@ static bool dl4_ok(const DecodeParams& p) {  // the kernel's walk counts (row, b
 }
 
 static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
-    bool default_code = true;
-    for (int g = 0; g < p.G; g++) default_code = default_code && p.nf4[g].default_code;
-    const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M, default_code);
+    bool default_code = true, rows32 = true;
+    for (int g = 0; g < p.G; g++) {
+        default_code = default_code && p.nf4[g].default_code;
+        rows32 = rows32 && (p.row_start[g + 1] - p.row_start[g]) % 32 == 0;
+    }
+    const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M, default_code, rows32);
     p.stream_rows = plan.stream_rows;
     p.partials = ws.partials;
     p.counters = ws.counters;

@@ -96,9 +96,11 @@ __device__ inline float from_order_key(unsigned k) {
 }
 // exp(s - max) as a 40-bit fixed-point integer: integer sums are exact and independent of order, so the
 // top-p boundary and the draw come out the same on every run, and however the row is cut into blocks. A NaN
-// score weighs 0 (the conversion gives 0 for NaN, PTX ISA cvt), and fmaxf passes over it in the max.
+// score, and a +inf one (inf - inf), weighs 0 by an explicit test, not by the conversion: the first split-path test
+// on the H200 drew those ids, so the conversion of NaN did not give 0. fmaxf passes over NaN in the max.
 __device__ inline u64 mass_of(float s, float s_max) {
-    return __double2ull_rn((double)expf(s - s_max) * MASS_ONE);
+    const float e = expf(s - s_max);
+    return e == e ? __double2ull_rn((double)e * MASS_ONE) : 0;
 }
 
 __device__ inline u64 splitmix64(u64 z) {

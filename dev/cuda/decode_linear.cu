@@ -79,6 +79,17 @@ DL_DECLARE_VARIANT(pairs5, "v4 exact, 64 KB-aligned pair table, 16 warps a block
 DL_DECLARE_VARIANT(axgemm, "x A^T through cuBLASLt at every M")
 // v4 whose narrow launches (M <= 8) are cut and dequantized as the wider ones (production: exact pairs, whole steps)
 DL_DECLARE_VARIANT(narrow0, "v4 exact, M <= 8 without pairs or whole steps")
+// v4 whose wide launches (M > 16) take one m-tile a step, as before session 8 (production: two, sharing each x load)
+DL_DECLARE_VARIANT(tm1, "v4 exact, wide launches one m-tile a step")
+// two m-tiles a step at 2 blocks an SM (128 registers a thread; production: 1 block, up to 255)
+DL_DECLARE_VARIANT(tm2b2, "v4 exact, two m-tiles a step, 2 blocks an SM")
+// blocks of 4 warps, 3 an SM with two m-tiles a step (170 registers: 12 warps an SM against 8); every v4 launch
+// takes 4-warp blocks
+DL_DECLARE_VARIANT(tm2w4b3, "v4 exact, 4 warps a block, two m-tiles a step at 3 blocks an SM")
+// every launch above 16 rows wide (production: q/k/v and o stay narrow), so that they take two m-tiles a step too;
+// and the same with ranges of whole steps
+DL_DECLARE_VARIANT(tm2all, "v4 exact, every launch above 16 rows wide (two m-tiles a step)")
+DL_DECLARE_VARIANT(tm2allfull, "v4 exact, every launch above 16 rows wide, ranges of whole steps")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -442,6 +453,9 @@ int main(int argc, char** argv) {
     ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(gu16, 2, R, MAX_M));
     ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(&o16, 1, R, MAX_M));
     ws_bytes = std::max(ws_bytes, decode_linear_workspace_bytes(&down16, 1, R, MAX_M));
+    // the variants run in it too, and their plans may ask for more (e.g. pairs5's 16-warp blocks with two m-tiles a
+    // step need 22 MB at M 48, production 19): 64 MiB holds every variant's
+    ws_bytes = std::max(ws_bytes, (size_t)64 << 20);
     void* ws = nullptr;
     cudaCheck(cudaMalloc(&ws, ws_bytes));
     cudaCheck(cudaMemset(ws, 0, ws_bytes));
@@ -534,17 +548,20 @@ int main(int argc, char** argv) {
             }
     // the exact pair table computes every weight as production does, the deferred arrival adds the same partials in
     // the same order, and 2 blocks a step change no order either; all are cut as production's: the same bits (pairs5,
-    // with 16 warps a block, is cut otherwise and only checked against the CPU above)
-    const std::pair<const char*, ForwardFn> exact_variants[] = {{"v4 pairs against prod", pairs::decode_linear_forward},
-                                                                {"v4 defer against prod", defer::decode_linear_forward},
-                                                                {"v4 wch2 against prod", wch2::decode_linear_forward}};
-    for (auto& variant : exact_variants)
+    // with 16 warps a block, is cut otherwise and only checked against the CPU above). wch2 keeps one m-tile a step,
+    // so it is compared with tm1 (two m-tiles cut the ranges elsewhere: the sums' order, and maybe the last bit,
+    // differ from tm1's)
+    struct ExactVariant { const char* what; ForwardFn reference, forward; };
+    const ExactVariant exact_variants[] = {{"v4 pairs against prod", decode_linear_forward, pairs::decode_linear_forward},
+                                           {"v4 defer against prod", decode_linear_forward, defer::decode_linear_forward},
+                                           {"v4 wch2 against tm1", tm1::decode_linear_forward, wch2::decode_linear_forward}};
+    for (const ExactVariant& variant : exact_variants)
         for (int M : {1, 6, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
                 LoraLinearGpu one = lin[i]->lora(true);
-                const bool same = same_bits(decode_linear_forward, &one, variant.second, &one,
+                const bool same = same_bits(variant.reference, &one, variant.forward, &one,
                                             lin[i]->in == C ? xc_dev : xi_dev, M, (int)lin[i]->out, y[i], ws, ws_bytes, mm);
-                printf("  %-28s %s M=%d: %s\n", variant.first, lin[i]->name, M, same ? "same bits" : "DIFFERENT bits: FAIL");
+                printf("  %-28s %s M=%d: %s\n", variant.what, lin[i]->name, M, same ? "same bits" : "DIFFERENT bits: FAIL");
                 ok &= same;
             }
     {  // version 1 (the simple kernel, LoRA included) and version 2 (base only) on q
@@ -572,17 +589,21 @@ int main(int argc, char** argv) {
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
     printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n");
     for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs,
-                              wch2::knobs, pairs5::knobs, axgemm::knobs, narrow0::knobs})
+                              wch2::knobs, pairs5::knobs, axgemm::knobs, narrow0::knobs, tm1::knobs, tm2b2::knobs,
+                              tm2w4b3::knobs, tm2all::knobs, tm2allfull::knobs})
         printf("  %s\n", knobs);
     const ForwardFn variants[] = {decode_linear_forward,           v3::decode_linear_forward,   fold::decode_linear_forward,
                                   pairs::decode_linear_forward,    defer::decode_linear_forward, full::decode_linear_forward,
-                                  deferfull::decode_linear_forward, wch2::decode_linear_forward, pairs5::decode_linear_forward};
+                                  deferfull::decode_linear_forward, wch2::decode_linear_forward, pairs5::decode_linear_forward,
+                                  tm1::decode_linear_forward,       tm2b2::decode_linear_forward,
+                                  tm2w4b3::decode_linear_forward,   tm2all::decode_linear_forward,
+                                  tm2allfull::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold", "pairs", "defer", "full",
-           "deferfull", "wch2", "pairs5");
+    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold",
+           "pairs", "defer", "full", "deferfull", "wch2", "pairs5", "tm1", "tm2b2", "tm2w4b3", "tm2all", "tm2allfull");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -702,6 +723,11 @@ int main(int argc, char** argv) {
         time_layer_graph("pairs5", pairs5::decode_linear_forward);
         time_layer_graph("axgemm", axgemm::decode_linear_forward);
         time_layer_graph("narrow0", narrow0::decode_linear_forward);
+        time_layer_graph("tm1", tm1::decode_linear_forward);
+        time_layer_graph("tm2b2", tm2b2::decode_linear_forward);
+        time_layer_graph("tm2w4b3", tm2w4b3::decode_linear_forward);
+        time_layer_graph("tm2all", tm2all::decode_linear_forward);
+        time_layer_graph("tm2allfull", tm2allfull::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,

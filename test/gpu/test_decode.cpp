@@ -633,6 +633,9 @@ TEST_CASE("GPU sampling: the split path draws exactly the one-block kernel's tok
                         case HAS_POS_INF: ok = t == -1; break;
                         default: ok = t >= 0 && t < n; break;
                         }
+                        if (!ok && wrong < 3)
+                            printf("    unexpected: row %d of kind %d drew %d (finished %d)\n", m, kinds[m], t,
+                                   fin[2][m]);
                         wrong += !ok;
                         if (kinds[m] == FLAT) flat_tokens[m].push_back(t);
                     }

@@ -318,6 +318,18 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
     add_linear(wide, 2048, 16384, LinearFormat::NF4, true, true, false, rng);
     check_random_rows(wide, {6, 24, 64}, rng);
 
+    // wide groups, as gate/up: two linears of 1024 rows (multiples of 32: two m-tiles a step, tiles never straddle
+    // the linears), and of 1008 + 1040 rows (not: one m-tile a step, a tile of 16 at the boundary)
+    for (int first : {1024, 1008}) {
+        INFO("wide group " << first << " + " << 2048 - first);
+        DecodeGroup pair;
+        pair.R = group.R;
+        pair.scale = group.scale;
+        add_linear(pair, first, 16384, LinearFormat::NF4, false, true, false, rng);
+        add_linear(pair, 2048 - first, 16384, LinearFormat::NF4, false, true, false, rng);
+        check_random_rows(pair, {24, 64}, rng);
+    }
+
     // in 32768: past what decode_lora_ax_kernel holds in registers (24576), so x A^T takes the other path at M 2
     DecodeGroup long_k;
     long_k.R = group.R;
