@@ -706,8 +706,9 @@ static int train(const TrainOptions& opt) {
         auto t_scored = now();
 
         // 4c. per generation batch: log-probs of the sampled tokens under the reference (LoRA off) for the KL
-        // term, then under the policy, keeping its activations; the loss (already divided by A), its gradient
-        // with respect to every token's log-prob, and the LoRA backward, which adds to the gradients
+        // term, then under the policy with the LoRA backward of the loss's gradient with respect to every token's
+        // log-prob (per micro-batch where the backend has several), which adds to the gradients; then the loss
+        // (already divided by A) and its metrics
         double loss = 0, reference_s = 0, policy_s = 0;
         GrpoLossMetrics metrics;
         std::vector<float> metric_sums(4 * A, 0.0f);  // this rank's kl, clip low, high, region sums per batch
@@ -720,19 +721,32 @@ static int train(const TrainOptions& opt) {
             if (opt.beta != 0.0) backend->completion_logprobs(batch, Tc[a], temperature, false, false, &ref_logp);
             auto tr = now();
             reference_s += secs(tb, tr);
-            backend->completion_logprobs(batch, Tc[a], temperature, true, true, &logp);
-            std::vector<float> dlogp((size_t)NB * Tc[a]);
             float items = num_items;
             GrpoLossConfig batch_cfg = distributed ? data_parallel_loss_config(loss_cfg, dist.world_size,
                                                                               batch_tokens[a], num_items, &items)
                                                    : loss_cfg;
-            GrpoLossResult result = grpo_loss(batch_cfg, NB, Tc[a], logp.data(), nullptr,
-                                              opt.beta != 0.0 ? ref_logp.data() : nullptr, mask[a].data(),
-                                              advantages.data() + a * NB, items, dlogp.data());
+            const float* ref = opt.beta != 0.0 ? ref_logp.data() : nullptr;
+            const bool nan_grad = opt.debug_nan_grad_steps.count(state.step + 1) > 0;
+            // the loss's gradient at some rows, as soon as the backend has their log-probs: grpo_loss over the whole
+            // batch (its normalizers come from the masks, and a row's gradient from its own log-probs alone, so the
+            // rows not yet filled change nothing here), kept at those rows
+            std::vector<float> whole((size_t)NB * Tc[a]);
+            auto dlogp_of = [&](const std::vector<int>& rows, const std::vector<float>& lp, std::vector<float>* dlogp) {
+                grpo_loss(batch_cfg, NB, Tc[a], lp.data(), nullptr, ref, mask[a].data(), advantages.data() + a * NB,
+                          items, whole.data());
+                for (int n : rows)
+                    for (int t = 0; t < Tc[a]; t++) {
+                        const size_t i = (size_t)n * Tc[a] + t;
+                        (*dlogp)[i] = nan_grad ? NAN : whole[i];
+                    }
+            };
+            backend->policy_logprobs_backward(batch, Tc[a], temperature, dlogp_of, &logp);
+            GrpoLossResult result = grpo_loss(batch_cfg, NB, Tc[a], logp.data(), nullptr, ref, mask[a].data(),
+                                              advantages.data() + a * NB, items, nullptr);
             if (!std::isfinite(result.loss)) {
                 skipped = "non-finite loss";
                 loss = result.loss;
-                if (a > 0) backend->discard_gradients();  // the earlier batches' backwards already added theirs
+                backend->discard_gradients();  // this batch's backward (and the earlier batches') added theirs
             } else {
                 loss += result.loss;  // each is divided by A already: their sum is the step's loss, as TRL logs it
                 metrics.has_kl = result.metrics.has_kl;
@@ -748,8 +762,6 @@ static int train(const TrainOptions& opt) {
                 metric_sums[4 * a + 1] = result.metrics.clip_ratio_low_mean * local_tokens;
                 metric_sums[4 * a + 2] = result.metrics.clip_ratio_high_mean * local_tokens;
                 metric_sums[4 * a + 3] = result.metrics.clip_ratio_region_mean * local_tokens;
-                if (opt.debug_nan_grad_steps.count(state.step + 1)) std::fill(dlogp.begin(), dlogp.end(), NAN);
-                backend->backward(dlogp);
             }
             policy_s += secs(tr, now());
         }

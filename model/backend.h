@@ -1,6 +1,7 @@
 // backend.h: what the GRPO loop asks of a compute backend (rollouts, log-probs, the LoRA backward, the optimizer step), so the loop in train_grpo.cu is written once for the CPU reference and the CUDA engine.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,6 +43,27 @@ public:
     // Adds d(sum dlogp * logp)/d(LoRA) to the LoRA gradients, for the rollouts of the last completion_logprobs
     // call made with keep_for_backward. dlogp has the same [N, Tc] layout as logp.
     virtual void backward(const std::vector<float>& dlogp) = 0;
+
+    // The gradient of the loss with respect to the log-probs of some rollouts: rows are rollout indices, logp the
+    // [N, Tc] log-probs (filled at least at those rows), and dlogp ([N, Tc]) is to be filled at those rows.
+    using DlogpFn = std::function<void(const std::vector<int>& rows, const std::vector<float>& logp,
+                                       std::vector<float>* dlogp)>;
+    // The policy's log-probs (as completion_logprobs with LoRA gives them) and the LoRA backward of the loss, in
+    // one pass: for each part of the rollouts the backend runs at once, dlogp_of is asked for that part's gradient
+    // as soon as its log-probs are known, and backward adds it. That needs a row's gradient to depend on its own
+    // log-probs only (GRPO's does: the normalizers come from the masks). The default is completion_logprobs(...,
+    // keep_for_backward), dlogp_of over every row, then backward(); the CUDA backend, whose activations may hold
+    // only a micro-batch of the rollouts, runs each micro-batch's backward right after its forward, where the
+    // two-call form would forward every micro-batch but the last twice.
+    virtual void policy_logprobs_backward(const std::vector<Rollout>& rollouts, int Tc, float temperature,
+                                          const DlogpFn& dlogp_of, std::vector<float>* logp) {
+        completion_logprobs(rollouts, Tc, temperature, true, true, logp);
+        std::vector<int> rows(rollouts.size());
+        for (size_t n = 0; n < rows.size(); n++) rows[n] = (int)n;
+        std::vector<float> dlogp(logp->size(), 0.0f);
+        dlogp_of(rows, *logp, &dlogp);
+        backward(dlogp);
+    }
 
     // Clips the global gradient norm to max_grad_norm, applies one AdamW step at lr, zeroes the gradients.
     // Returns the norm before clipping (what TRL logs as grad_norm). When that norm is not finite (NaN or inf:

@@ -73,6 +73,31 @@ public:
         }
     }
 
+    void policy_logprobs_backward(const std::vector<Rollout>& rollouts, int Tc, float temperature,
+                                  const DlogpFn& dlogp_of, std::vector<float>* logp) override {
+        std::vector<MicroBatch> batches = pack(rollouts, Tc);
+        if (batches.size() <= 1) {  // one micro-batch: its forward stays resident for the backward anyway
+            Backend::policy_logprobs_backward(rollouts, Tc, temperature, dlogp_of, logp);
+            return;
+        }
+        kept_valid_ = false;  // backward() has nothing to run after this
+        logp->assign(rollouts.size() * (size_t)Tc, 0.0f);
+        std::vector<float> dlogp(logp->size(), 0.0f), rows_logp, rows_dlogp;
+        for (const MicroBatch& mb : batches) {
+            gpu_model_forward(model_, mb.batch, true, temperature, &rows_logp);
+            std::vector<int> rows;  // the micro-batch's rollouts, from where their log-probs go
+            for (size_t j = 0; j < rows_logp.size(); j++) {
+                (*logp)[mb.out_index[j]] = rows_logp[j];
+                const int n = (int)(mb.out_index[j] / (size_t)Tc);
+                if (rows.empty() || rows.back() != n) rows.push_back(n);
+            }
+            dlogp_of(rows, *logp, &dlogp);
+            rows_dlogp.resize(mb.out_index.size());
+            for (size_t j = 0; j < rows_dlogp.size(); j++) rows_dlogp[j] = dlogp[mb.out_index[j]];
+            gpu_model_backward(model_, rows_dlogp);
+        }
+    }
+
     float optimizer_step(double lr, double max_grad_norm, const AdamWConfig& adamw) override {
         lora_.adam_step++;  // torch increments state["step"] before the update uses it
         // a non-finite norm makes the fused AdamW kernel a no-op on the device (grad_norm_cuda hands it a NaN clip

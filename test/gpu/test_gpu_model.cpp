@@ -365,6 +365,33 @@ TEST_CASE("gpu backend: varlen rollouts in one or several micro-batches give the
                 expect_close("gradients vs one micro-batch", grads, one_grads, {0.0, 1e-2, 1e-2});
                 printf("  log-probs %s, gradients %s to one micro-batch\n",
                        logp == one_logp ? "bit-identical" : "close", grads == one_grads ? "bit-identical" : "close");
+                // the fused pass (the GRPO loop's): each micro-batch's backward right after its forward. Its
+                // forwards are the same launches, so the same log-probs; dlogp_of must be asked once for every
+                // rollout with a completion, after its log-probs are in; the gradients are the same sums in
+                // another micro-batch order
+                std::unique_ptr<Backend> fused = make_cuda_backend(r.nf4, r.lora, quiet_options(max_tokens));
+                std::vector<int> asked(R, 0);
+                int calls = 0;
+                bool filled = true;
+                std::vector<float> fused_logp;
+                fused->policy_logprobs_backward(
+                    rollouts, Tc, r.temperature,
+                    [&](const std::vector<int>& rows, const std::vector<float>& lp, std::vector<float>* d) {
+                        calls++;
+                        for (int n : rows) {
+                            asked[n]++;
+                            for (int t = 0; t < completion_len[n]; t++)
+                                filled = filled && lp[(size_t)n * Tc + t] == logp[(size_t)n * Tc + t];
+                            for (int t = 0; t < Tc; t++) (*d)[(size_t)n * Tc + t] = dlogp[(size_t)n * Tc + t];
+                        }
+                    },
+                    &fused_logp);
+                CHECK(calls > 1);  // these budgets cut the rollouts into several micro-batches
+                CHECK(filled);
+                for (int n = 0; n < R; n++) CHECK(asked[n] == (completion_len[n] > 0 ? 1 : 0));
+                CHECK(bit_identical("log-probs, fused pass", fused_logp, logp));
+                expect_close("gradients, fused pass vs forward then backward", fused->lora().grads, grads,
+                             {0.0, 1e-3, 1e-3});
             }
         }
     }
