@@ -786,8 +786,9 @@ struct Dl4Tile {
     int next_q = 0;                  // ... and its 8-bit scales: this many on
 };
 
-// One step's loads: CH blocks of both rows, the raw scales of the block this lane converts for its quad (block c of
-// the step; the quad's lanes cover the CH), and the step's linear. CH is DL4_CH, or DL_CFG_V4_WIDE_CH in the wide
+// One step's loads: CH blocks of both rows of each of the TM m-tiles, the raw scales of the piece this lane converts
+// for its quad (piece c: m-tile c / CH, block c % CH; the quad's lanes cover the TM * CH), and the step's linear.
+// With two m-tiles CH is DL4_TM2_CH; with one, DL4_CH, or DL_CFG_V4_WIDE_CH in the wide
 // launches: there a step's 8 n-tiles give each block 8x the mma, enough to hide a smaller step's loads, and half
 // the code registers could end the spills that Nsight Compute counted at 128 registers (session 5; a lab variant
 // until measured).
