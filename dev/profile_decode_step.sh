@@ -29,9 +29,14 @@ for r in csv.DictReader(lines):
     if r.get("Metric Name") == "gpu__time_duration.sum":
         rows.append((r["Kernel Name"], float(r["Metric Value"].replace(",", "")) / 1000.0))  # ns -> us
 starts = [i for i, (name, _) in enumerate(rows) if "embedding_forward_kernel" in name]
-if len(starts) < 3:
-    sys.exit("profile_decode_step: fewer than two whole decode steps in the profile")
-step = rows[starts[-2]:starts[-1]]
+# a whole decode step: between two gathers, with decode kernels and none of the prefill's dequantization (a prefill
+# also starts with the gather)
+steps = [rows[a:b] for a, b in zip(starts, starts[1:])
+         if any("decode_linear" in n for n, _ in rows[a:b]) and not any("nf4_dequantize" in n for n, _ in rows[a:b])]
+if not steps:
+    sys.exit(f"profile_decode_step: no whole decode step among the {len(rows)} kernels profiled "
+             f"({len(starts)} embedding gathers); move --launch-skip")
+step = steps[-1]
 by_name = collections.OrderedDict()
 for name, us in step:
     short = name.replace("void ", "").split("(")[0][:70]
