@@ -323,6 +323,33 @@ TEST_CASE("grpo: an all-masked row counts as a sequence with loss 0 and gets no 
     }
 }
 
+TEST_CASE("a row's gradient depends on its own log-probs and the masks alone", "[grpo]") {
+    // what the fused policy pass relies on (train_grpo.cu's dlogp_of): the loop asks for a micro-batch's rows while
+    // the other rows' log-probs are still zeros (not yet computed) or hold anything else
+    for (LossType type : {LossType::GRPO, LossType::BNPO, LossType::DR_GRPO, LossType::DAPO}) {
+        INFO(loss_type_name(type));
+        HandBatch h;
+        std::vector<float> grad;
+        h.run(hand_config(type), &grad, false);
+        for (int row = 0; row < h.B; row++) {
+            for (int other_values = 0; other_values < 2; other_values++) {
+                HandBatch changed = h;
+                for (int b = 0; b < h.B; b++)
+                    for (int t = 0; b != row && t < h.Tc; t++) {
+                        float& v = changed.logp[(size_t)b * h.Tc + t];
+                        v = other_values == 0 ? 0.0f : v + 0.37f;
+                    }
+                std::vector<float> grad_changed;
+                changed.run(hand_config(type), &grad_changed, false);
+                for (int t = 0; t < h.Tc; t++) {
+                    const size_t i = (size_t)row * h.Tc + t;
+                    CHECK(std::memcmp(&grad[i], &grad_changed[i], sizeof(float)) == 0);
+                }
+            }
+        }
+    }
+}
+
 TEST_CASE("dr_grpo divides the masked sum by B * max_completion_length", "[grpo]") {
     HandBatch h;
     std::vector<float> grad_bnpo, grad_dr;
