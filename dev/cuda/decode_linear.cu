@@ -21,7 +21,9 @@
 //   on its own contiguous range of (16-row tile, 64-block) pairs, codes from HBM into registers a step ahead,
 //   partial tiles added in a fixed order; "prod" reads the codes in decode-tile order (nf4_tile), as the GPU model
 //   holds them. Launches of at most 8 rows read the codes through a table of code-byte pairs and cut ranges of whole
-//   steps (variant narrow0: as the wider launches). Variant: fold (bf16 codes from a pair table, the block scale
+//   steps (variant narrow0: as the wider launches). The wide launches (more than 16 rows, many pairs: gate/up, down)
+//   take two m-tiles a step, so each x load feeds 32 weight rows (variant tm1: one m-tile; tm2b2, tm2w4b3, tm2all,
+//   tm2allfull: other shapes of it). Variant: fold (bf16 codes from a pair table, the block scale
 //   applied once per block: not bitsandbytes' rounding).
 // The adapters' x A^T: at most 8 rows, decode_lora_ax_kernel (A read into registers before the dependency wait, one
 //   programmatic dependent launch a group); more rows, cuBLASLt. Variant axgemm: cuBLASLt at every M.
