@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # profile_decode_linear.sh: Nsight Compute on one launch of the streaming NF4 decode kernel (lab profile mode), with its per-instruction SASS counters, to see where its cycles go.
 # Usage (GPU machine, repo root, after make build/lab_decode_linear): bash dev/profile_decode_linear.sh [LINEAR [VARIANT [M]]]
-#   LINEAR: k, gate or down (default gate); VARIANT: an index of lab_decode_linear's profile table (default 3, the
+#   LINEAR: k, gate, down, q or o (default gate); VARIANT: an index of lab_decode_linear's profile table (default 3, the
 #   production kernel on tiled codes); M: rows of x (default 6). Writes NAME.ncu-rep, NAME.txt (details) and
 #   NAME_sass.csv to $OUT (or /tmp).
 # --clock-control none: the GPU at its own clocks, as the benchmarks run it (ncu would otherwise lock base clocks).

@@ -35,7 +35,7 @@
 // Tuning: the variants side by side (kernels/decode_linear.cu compiled again with other DL_CFG_* knobs).
 // Then a whole 7B decoder layer's seven linears (q/k/v as one group, o, gate/up as one group, down, with LoRA r 32)
 // plus the bf16 lm_head (the decode kernel and cuBLASLt), per decode step, eager and as a CUDA graph.
-// `lab_decode_linear profile [LINEAR [VARIANT [M]]]`: k, gate and down at one M (6 unless given), cold / warm /
+// `lab_decode_linear profile [LINEAR [VARIANT [M]]]`: k, gate, down, q and o at one M (6 unless given), cold / warm /
 // graph timings of each variant on row-major and tiled codes (with a bit-for-bit check that the order changes
 // nothing), and few enough launches for ncu (dev/profile_decode_linear.sh).
 #include <cmath>
@@ -353,6 +353,9 @@ static int profile_main(const char* only_linear, int only_variant, int M) {
     lin.emplace_back(new LabLinear("k", KV, C, true, true, false, rng));
     lin.emplace_back(new LabLinear("gate", I, C, true, false, false, rng));
     lin.emplace_back(new LabLinear("down", C, I, true, false, false, rng));
+    // q and o: the few-pair launches that run "narrow" at M 48-64 (3-7% of their roofline in session 8)
+    lin.emplace_back(new LabLinear("q", C, C, true, true, false, rng));
+    lin.emplace_back(new LabLinear("o", C, C, true, false, false, rng));
     std::vector<float> x_i((size_t)M * I);
     fill_uniform(x_i, rng);
     bf16* x_dev = (bf16*)to_device(to_bf16(x_i));
