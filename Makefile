@@ -179,4 +179,9 @@ bench: $(BENCHES) $(TOKENIZER_JSON)
 clean:
 	rm -rf $(BUILD) $(TOOLS) train_grpo eval_gsm8k
 
+# The dependency files come from the compilers (-MMD) and no rule makes them. Without this empty rule make tries to
+# remake each included .d through its built-in `%: %.o`, and for the lab variants that chain exists (their pattern
+# rule has one fixed source): after an edit to dev/cuda/variants/decode_linear_variant.cu every incremental build
+# compiled a bogus variant per .d file (namespace `fold.d`), printed its errors and went on.
+%.d: ;
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
