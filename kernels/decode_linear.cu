@@ -47,6 +47,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma.cuh"
@@ -1352,14 +1353,28 @@ struct Dl4Plan {
     int64_t stream_rows = 1;
     size_t partial_floats = 0;
 };
-// default_code: every linear of the launch has the standard NF4 code (which the pair table holds); rows32: every
-// linear has a multiple of 32 rows (two m-tiles a step).
-static Dl4Plan dl4_plan(int total_rows, int K, int M, bool default_code, bool rows32) {
+// What dl4_plan needs of a group's linears besides their total size: whether every one has the standard NF4 code
+// (which the pair table holds) and a multiple of 32 rows (two m-tiles a step). linear(g) gives linear g's
+// (rows, whether its code is the default), from whichever description of the group the caller holds.
+struct Dl4Group {
+    bool default_code = true, rows32 = true;
+};
+template <class Linear>
+static Dl4Group dl4_group(int G, Linear linear) {
+    Dl4Group group;
+    for (int g = 0; g < G; g++) {
+        const std::pair<int, bool> rows_code = linear(g);
+        group.rows32 = group.rows32 && rows_code.first % 32 == 0;
+        group.default_code = group.default_code && rows_code.second;
+    }
+    return group;
+}
+static Dl4Plan dl4_plan(int total_rows, int K, int M, const Dl4Group& group) {
     Dl4Plan plan;
     const int NT = decode_linear_n_tiles(M), nkb = K / NF4_BLOCK;
     plan.wide = NT > 2 && (int64_t)(total_rows / 16) * nkb >= DL_CFG_V4_WIDE_PAIRS;
-    plan.narrow = DL_CFG_V4_NARROW != 0 && NT == 1 && nkb % DL4_CH == 0 && (default_code || !DL4_NARROW_PAIRS);
-    plan.TM = plan.wide && rows32 && DL4_TM == 2 ? 2 : 1;
+    plan.narrow = DL_CFG_V4_NARROW != 0 && NT == 1 && nkb % DL4_CH == 0 && (group.default_code || !DL4_NARROW_PAIRS);
+    plan.TM = plan.wide && group.rows32 && DL4_TM == 2 ? 2 : 1;
     plan.kernel = dl4_pick(NT, plan.wide, plan.narrow, plan.TM);
     const int tiles = total_rows / (16 * plan.TM);
     const int64_t F = (int64_t)tiles * nkb;  // the walk's (tile, block) pairs
@@ -1401,17 +1416,15 @@ static size_t dl_ax_bytes(int R) {
 static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int max_M) {
     const int in = (int)linears[0].base->in, adapted = dl_adapted(linears, G);
     const bool nf4 = linears[0].base->format == LinearFormat::NF4;
-    bool default_code = nf4, rows32 = true;
-    for (int g = 0; g < G; g++) {
-        default_code = default_code && linears[g].base->nf4.default_code;
-        rows32 = rows32 && linears[g].base->out % 32 == 0;
-    }
+    const Dl4Group group = dl4_group(G, [&](int g) {
+        return std::make_pair((int)linears[g].base->out, linears[g].base->nf4.default_code);
+    });
     size_t partials = 0;
     for (int M = 1; M <= std::min(max_M, DECODE_LINEAR_MAX_M); M++) {
         DlPlan main_plan = dl_plan(nf4, dl_total_rows(linears, G), in, M);
         partials = std::max(partials, main_plan.partial_floats);
         if (nf4 && in % NF4_BLOCK == 0)
-            partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M, default_code, rows32).partial_floats);
+            partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M, group).partial_floats);
         if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
         if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
     }
@@ -1500,12 +1513,10 @@ static bool dl4_ok(const DecodeParams& p) {  // the kernel's walk counts (row, b
 }
 
 static void dl4_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
-    bool default_code = true, rows32 = true;
-    for (int g = 0; g < p.G; g++) {
-        default_code = default_code && p.nf4[g].default_code;
-        rows32 = rows32 && (p.row_start[g + 1] - p.row_start[g]) % 32 == 0;
-    }
-    const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M, default_code, rows32);
+    const Dl4Group group = dl4_group(p.G, [&](int g) {
+        return std::make_pair(p.row_start[g + 1] - p.row_start[g], p.nf4[g].default_code);
+    });
+    const Dl4Plan plan = dl4_plan(p.total_rows, p.K, p.M, group);
     p.stream_rows = plan.stream_rows;
     p.partials = ws.partials;
     p.counters = ws.counters;

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_linear.cuh"
