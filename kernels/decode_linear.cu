@@ -1409,8 +1409,9 @@ static int dl_total_rows(const LoraLinearGpu* linears, int G) {
     return rows;
 }
 
-static size_t dl_ax_bytes(int R) {
-    return dl_align((size_t)DECODE_LINEAR_MAX_M * DECODE_LINEAR_MAX_G * std::max(R, 1) * sizeof(bf16));
+// x A^T of up to M rows: the streaming passes take 64 rows at a time, cuBLASLt's bf16 groups all M at once
+static size_t dl_ax_bytes(int R, int M) {
+    return dl_align((size_t)std::max(M, DECODE_LINEAR_MAX_M) * DECODE_LINEAR_MAX_G * std::max(R, 1) * sizeof(bf16));
 }
 
 static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int max_M) {
@@ -1428,7 +1429,7 @@ static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int max_M) {
         if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
         if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
     }
-    return DL_MAX_COUNTERS * sizeof(int) + dl_ax_bytes(R) + partials * sizeof(float);
+    return DL_MAX_COUNTERS * sizeof(int) + dl_ax_bytes(R, max_M) + partials * sizeof(float);
 }
 
 size_t decode_linear_workspace_bytes(const LoraLinearGpu* linears, int G, int R, int max_M) {
@@ -1456,7 +1457,7 @@ static DlWorkspace dl_workspace(const LoraLinearGpu* linears, int G, int R, int 
     ws.counters = (int*)at;
     at += DL_MAX_COUNTERS * sizeof(int);
     ws.ax = (bf16*)at;
-    at += dl_ax_bytes(R);
+    at += dl_ax_bytes(R, M);
     ws.partials = (float*)at;
     return ws;
 }
@@ -1646,8 +1647,11 @@ static void dl_forward(const LoraLinearGpu* linears, int G, const bf16* x, int M
                 dl_forward(linears + i, 1, x, M, R, scale, y + i, workspace, workspace_bytes, simple, ctx, stream);
             return;
         }
-    DlWorkspace ws = dl_workspace(linears, G, R, std::min(M, DECODE_LINEAR_MAX_M), workspace, workspace_bytes);
-    if (!simple && M <= DECODE_LINEAR_MAX_M && dl_bf16_cublas(linears, G, x, M, R, scale, y, ws, ctx, stream)) return;
+    DlWorkspace ws = dl_workspace(linears, G, R, M, workspace, workspace_bytes);
+    // bf16 weights go to cuBLASLt at every M: in 64-row passes of the v3 kernel, a decode step of 128 rollouts on the
+    // bf16 copy read every weight twice and took 26 ms against 8 at 64 rows (train_grpo, 16 x 8, session 9); one
+    // GEMM takes 10.2 ms (bench_generate, M 128)
+    if (!simple && dl_bf16_cublas(linears, G, x, M, R, scale, y, ws, ctx, stream)) return;
     const int in = (int)linears[0].base->in;
     for (int m0 = 0; m0 < M; m0 += DECODE_LINEAR_MAX_M) {
         bf16* y_pass[DECODE_LINEAR_MAX_G];

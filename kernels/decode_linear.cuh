@@ -26,9 +26,9 @@ int decode_linear_n_tiles(int M);
 // in a fixed order), so two calls on the same inputs give the same bits.
 //
 // workspace: device memory of at least decode_linear_workspace_bytes(linears, G, R, max_M) for every M <= max_M,
-// set to zero ONCE after allocation (cudaMemset); every call leaves its tile counters zero again. Its layout depends
-// on R alone, so one workspace of the largest size over a model's groups serves them all. One stream at a time may
-// use a workspace. Nothing is allocated.
+// set to zero ONCE after allocation (cudaMemset); every call leaves its tile counters zero again. The counters sit
+// at its start whatever the group, so one workspace of the largest size over a model's groups serves them all. One
+// stream at a time may use a workspace. Nothing is allocated.
 size_t decode_linear_workspace_bytes(const LoraLinearGpu* linears, int G, int R, int max_M);
 // ctx: with a cuBLASLt context, the adapters' x A^T (a GEMM of only G*R columns over a long k, which the decode
 // kernel's split-K handles poorly) runs through matmul, as the training forward computes it; without one, through

@@ -364,7 +364,7 @@ TEST_CASE("decode_linear: bf16 weights with a cuBLASLt context (the GPU model's 
     DeviceArray<uint8_t> workspace(matmul_workspace_bytes());
     MatmulContext* ctx = matmul_create(workspace.ptr, workspace.n);
     group.ctx = ctx;
-    check_random_rows(group, {1, 6, 48, 64}, rng);
+    check_random_rows(group, {1, 6, 48, 64, 100, 130}, rng);  // over 64 rows: one GEMM, not 64-row passes
     // no adapter at all: the base GEMMs alone
     DecodeGroup bare;
     bare.R = 32;
