@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include "data/rng.h"
@@ -43,7 +44,11 @@ int main(int argc, char** argv) {
         lora_init_peft(&lora, 7);
         Qwen2Weights weights = weights_random(cfg, LinearFormat::NF4, 1234);
         GpuOptions options;
-        options.max_tokens = P;  // the prefill runs one prompt at a time
+        // BENCH_GENERATE_PROFILE=1 (dev/profile_decode_step.sh): Nsight Compute sees only the timed generation
+        // (cudaProfilerStart/Stop), whose prefill is then one micro-batch, so that its decode steps come after a
+        // fixed count of kernels whatever M
+        const bool profile = getenv("BENCH_GENERATE_PROFILE") != nullptr;
+        options.max_tokens = profile ? P * max_M : P;  // the prefill runs one prompt at a time
         options.max_rollouts = max_M;
         options.max_sequence_length = P + new_tokens;
         options.bf16_base_copy = copy_min_rows > 0;
@@ -67,8 +72,10 @@ int main(int argc, char** argv) {
             gpu_generate(model, prompts, 1, 8, sampler, {}, 1);  // warm-up: first touches, cuBLASLt heuristics
             cudaCheck(cudaDeviceSynchronize());
             auto t0 = std::chrono::steady_clock::now();
+            if (profile) cudaCheck(cudaProfilerStart());
             std::vector<Rollout> out = gpu_generate(model, prompts, 1, new_tokens, sampler, {}, 2);
             cudaCheck(cudaDeviceSynchronize());
+            if (profile) cudaCheck(cudaProfilerStop());
             double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
             size_t generated = 0;
             for (const Rollout& r : out) generated += r.completion.size();

@@ -13,11 +13,14 @@ out="${OUT:-/tmp}"
 command -v ncu >/dev/null || { echo "profile_decode_step: no ncu on this machine"; exit 1; }
 make -j16 build/bench_generate > "$out/profile_build.log" 2>&1 || { grep error "$out/profile_build.log" | head; exit 1; }
 csv="$out/decode_step_M${M}.csv"
-# --launch-skip / --launch-count: the model's set-up and the warm-up generation's prefill come first (a 4,000-kernel
-# cap, session 7, ended inside that prefill: the set-up takes over 2,500 launches), then its decode steps, 425
-# kernels each at 7B: skipping 4,000 and profiling 1,500 holds three whole steps. ncu takes about 13 ms a profiled
-# kernel; the whole run (18,000 kernels) took over 4 minutes (session 7)
-ncu --clock-control none --launch-skip 4000 --launch-count 1500 --metrics gpu__time_duration.sum --csv --print-units base \
+# Only the timed generation is profiled (BENCH_GENERATE_PROFILE: cudaProfilerStart/Stop, and its prefill in one
+# micro-batch, about 1,200 kernels at 7B): skipping 2,000 kernels of it passes the prefill, and 1,300 more hold two
+# whole decode steps of the NF4 base (370 kernels at M 6, 482 at M 64); on the bf16 copy a step has over 650, so
+# set COUNT=2000. ncu takes about 13 ms a profiled kernel. (Skipping by a count from the program's start, session
+# 8, missed: bench_generate's own prefill runs one prompt at a time, 1,100 kernels a prompt, so where the decode
+# steps start grew with M.)
+BENCH_GENERATE_PROFILE=1 ncu --clock-control none --profile-from-start off --launch-skip 2000 --launch-count "${COUNT:-1300}" \
+    --metrics gpu__time_duration.sum --csv --print-units base \
     ./build/bench_generate 7B 256 8 "$M" "$copy" > "$csv" 2> "$out/profile_ncu.log" ||
     { tail -20 "$out/profile_ncu.log"; echo "profile_decode_step: ncu failed"; exit 1; }
 python3 - "$csv" "$M" <<'PY'
@@ -29,11 +32,13 @@ for r in csv.DictReader(lines):
     if r.get("Metric Name") == "gpu__time_duration.sum":
         rows.append((r["Kernel Name"], float(r["Metric Value"].replace(",", "")) / 1000.0))  # ns -> us
 starts = [i for i, (name, _) in enumerate(rows) if "embedding_forward_kernel" in name]
-# a whole decode step: between two gathers, with decode kernels and none of the prefill's dequantization (a prefill
-# also starts with the gather)
+# a whole decode step: between two gathers, with the decode attention (on the bf16 copy cuBLASLt runs the linears)
+# and none of the prefill's dequantization (a prefill also starts with the gather)
 steps = [rows[a:b] for a, b in zip(starts, starts[1:])
-         if any("decode_linear" in n for n, _ in rows[a:b]) and not any("nf4_dequantize" in n for n, _ in rows[a:b])]
+         if any("decode_attention" in n for n, _ in rows[a:b]) and not any("nf4_dequantize" in n for n, _ in rows[a:b])]
 if not steps:
+    names = collections.Counter(name.split("(")[0][:60] for name, _ in rows)
+    print("\n".join(f"{n:6d} {name}" for name, n in names.most_common(25)))
     sys.exit(f"profile_decode_step: no whole decode step among the {len(rows)} kernels profiled "
              f"({len(starts)} embedding gathers); move --launch-skip")
 step = steps[-1]
