@@ -19,8 +19,8 @@ csv="$out/decode_step_M${M}.csv"
 # set COUNT=2000. ncu takes about 13 ms a profiled kernel. (Skipping by a count from the program's start, session
 # 8, missed: bench_generate's own prefill runs one prompt at a time, 1,100 kernels a prompt, so where the decode
 # steps start grew with M.)
-BENCH_GENERATE_PROFILE=1 ncu --clock-control none --profile-from-start off --launch-skip 2000 --launch-count "${COUNT:-1300}" \
-    --metrics gpu__time_duration.sum --csv --print-units base \
+BENCH_GENERATE_PROFILE=1 ncu --clock-control none --profile-from-start off \
+    --launch-skip 2000 --launch-count "${COUNT:-1300}" --metrics gpu__time_duration.sum --csv --print-units base \
     ./build/bench_generate 7B 256 8 "$M" "$copy" > "$csv" 2> "$out/profile_ncu.log" ||
     { tail -20 "$out/profile_ncu.log"; echo "profile_decode_step: ncu failed"; exit 1; }
 python3 - "$csv" "$M" <<'PY'

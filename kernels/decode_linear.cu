@@ -1649,8 +1649,8 @@ static void dl_forward(const LoraLinearGpu* linears, int G, const bf16* x, int M
         }
     DlWorkspace ws = dl_workspace(linears, G, R, M, workspace, workspace_bytes);
     // bf16 weights go to cuBLASLt at every M: in 64-row passes of the v3 kernel, a decode step of 128 rollouts on the
-    // bf16 copy read every weight twice and took 26 ms against 8 at 64 rows (train_grpo, 16 x 8, session 9); one
-    // GEMM takes 10.2 ms (bench_generate, M 128)
+    // bf16 copy read every weight twice and took 26 ms against 8 at 64 rows (train_grpo, 16 x 8, session 9); with
+    // one GEMM a group the step takes 10.2 ms (bench_generate, M 128)
     if (!simple && dl_bf16_cublas(linears, G, x, M, R, scale, y, ws, ctx, stream)) return;
     const int in = (int)linears[0].base->in;
     for (int m0 = 0; m0 < M; m0 += DECODE_LINEAR_MAX_M) {
