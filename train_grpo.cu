@@ -727,18 +727,13 @@ static int train(const TrainOptions& opt) {
                                                    : loss_cfg;
             const float* ref = opt.beta != 0.0 ? ref_logp.data() : nullptr;
             const bool nan_grad = opt.debug_nan_grad_steps.count(state.step + 1) > 0;
-            // the loss's gradient at some rows, as soon as the backend has their log-probs: grpo_loss over the whole
-            // batch (its normalizers come from the masks, and a row's gradient from its own log-probs alone, so the
-            // rows not yet filled change nothing here), kept at those rows
-            std::vector<float> whole((size_t)NB * Tc[a]);
+            // the loss's gradient at some rows, as soon as the backend has their log-probs (a row's gradient needs
+            // its own log-probs and the masks alone: the rows not yet filled are not read)
             auto dlogp_of = [&](const std::vector<int>& rows, const std::vector<float>& lp, std::vector<float>* dlogp) {
-                grpo_loss(batch_cfg, NB, Tc[a], lp.data(), nullptr, ref, mask[a].data(), advantages.data() + a * NB,
-                          items, whole.data());
-                for (int n : rows)
-                    for (int t = 0; t < Tc[a]; t++) {
-                        const size_t i = (size_t)n * Tc[a] + t;
-                        (*dlogp)[i] = nan_grad ? NAN : whole[i];
-                    }
+                grpo_loss_grad_rows(batch_cfg, NB, Tc[a], lp.data(), nullptr, ref, mask[a].data(),
+                                    advantages.data() + a * NB, items, rows, dlogp->data());
+                if (nan_grad)
+                    for (int n : rows) std::fill_n(dlogp->begin() + (size_t)n * Tc[a], Tc[a], NAN);
             };
             backend->policy_logprobs_backward(batch, Tc[a], temperature, dlogp_of, &logp);
             GrpoLossResult result = grpo_loss(batch_cfg, NB, Tc[a], logp.data(), nullptr, ref, mask[a].data(),

@@ -168,118 +168,189 @@ void check_loss_arguments(const char* caller, const GrpoLossConfig& config, int 
                         "accumulated batch), which must be > 0, got " + std::to_string(num_items_in_batch));
 }
 
+namespace {
+
+// The masks' token counts: per row, and of the whole batch (each row summed in double, then the rows in order).
+struct MaskCounts {
+    std::vector<float> row_tokens;
+    double tokens = 0.0;
+};
+MaskCounts mask_counts(int B, int Tc, const float* mask) {
+    MaskCounts c;
+    c.row_tokens.resize(B);
+    for (int b = 0; b < B; b++) {
+        double row = 0.0;
+        for (int t = 0; t < Tc; t++) row += mask[(size_t)b * Tc + t];
+        c.row_tokens[b] = (float)row;
+        c.tokens += row;
+    }
+    return c;
+}
+
+// completion_mask.sum().clamp(min=1)
+float token_count(const MaskCounts& c) { return std::max((float)c.tokens, 1.0f); }
+// dr_grpo's constant divisor
+float dr_grpo_normalizer(const GrpoLossConfig& config, int B) {
+    return (float)((double)B * config.max_completion_length);
+}
+
+// d loss / d per_token_loss[b, t] = row_scale[b] * mask[b, t], in torch's backward order: the aggregation's scale of
+// each row, which depends on the masks (and the config) alone
+std::vector<float> row_scales(const GrpoLossConfig& config, int B, const MaskCounts& counts, float num_items) {
+    const float GA = (float)config.grad_accum_steps;
+    std::vector<float> scale(B);
+    switch (config.loss_type) {
+        case LossType::GRPO:
+            for (int b = 0; b < B; b++) scale[b] = 1.0f / GA / (float)B / std::max(counts.row_tokens[b], 1.0f);
+            break;
+        case LossType::BNPO:
+            std::fill(scale.begin(), scale.end(), 1.0f / GA / token_count(counts));
+            break;
+        case LossType::DR_GRPO:
+            std::fill(scale.begin(), scale.end(), 1.0f / GA / dr_grpo_normalizer(config, B));
+            break;
+        case LossType::DAPO:
+            std::fill(scale.begin(), scale.end(), 1.0f / num_items);
+            break;
+    }
+    return scale;
+}
+
+// The elementwise constants, as TRL casts them
+struct TokenLoss {
+    bool use_kl;
+    float beta, clip_low, clip_high;
+    explicit TokenLoss(const GrpoLossConfig& config)
+        : use_kl(config.beta != 0.0),
+          beta((float)config.beta),
+          clip_low((float)(1.0 - config.epsilon_low)),    // Python computes 1 - eps in double,
+          clip_high((float)(1.0 + config.epsilon_high)) {}  // torch casts the bound to fp32
+};
+
+// Token i's importance ratio exp(logp - old_logp) (old_logp nullptr: logp itself, detached) and its clipped copy
+struct TokenRatio {
+    float lp, coef_1, coef_2;
+};
+TokenRatio token_ratio(const TokenLoss& k, size_t i, const float* logp, const float* old_logp) {
+    TokenRatio r;
+    r.lp = logp[i];
+    const float old = old_logp ? old_logp[i] : r.lp;
+    r.coef_1 = std::exp(r.lp - old);
+    r.coef_2 = std::min(std::max(r.coef_1, k.clip_low), k.clip_high);
+    return r;
+}
+
+// d loss / d logp of row b, given its scale: recomputing the cheap forward values rather than storing them
+void backward_row(const TokenLoss& k, int b, int Tc, const float* logp, const float* old_logp, const float* ref_logp,
+                  const float* mask, float A, float row_scale, float* dloss_dlogp) {
+    for (int t = 0; t < Tc; t++) {
+        size_t i = (size_t)b * Tc + t;
+        const TokenRatio r = token_ratio(k, i, logp, old_logp);
+        const float lp = r.lp, coef_1 = r.coef_1;
+        float loss1 = coef_1 * A, loss2 = r.coef_2 * A;
+        float d_per_token_loss = row_scale * mask[i];
+        // per_token_loss = -min(loss1, loss2) + beta * kl
+        float d_min = -d_per_token_loss;
+        float d_loss1 = loss1 < loss2 ? d_min : loss1 > loss2 ? 0.0f : d_min / 2.0f;
+        float d_loss2 = loss2 < loss1 ? d_min : loss2 > loss1 ? 0.0f : d_min / 2.0f;
+        // coef_2 = clamp(coef_1): the gradient passes only inside the bounds (inclusive, as torch's clamp)
+        bool inside = coef_1 >= k.clip_low && coef_1 <= k.clip_high;
+        float d_coef_1 = d_loss1 * A + (inside ? d_loss2 * A : 0.0f);
+        // coef_1 = exp(logp - old): old is detached, so logp gets all of it
+        float d_logp = d_coef_1 * coef_1;
+        if (k.use_kl) {
+            // kl = exp(ref - logp) - (ref - logp) - 1
+            float d_kl = d_per_token_loss * k.beta;
+            float exp_term = std::exp(ref_logp[i] - lp);
+            d_logp = d_logp + (-(d_kl * exp_term)) + d_kl;
+        }
+        dloss_dlogp[i] = d_logp;
+    }
+}
+
+}  // namespace
+
 GrpoLossResult grpo_loss(const GrpoLossConfig& config, int B, int Tc, const float* logp, const float* old_logp,
                          const float* ref_logp, const float* mask, const float* advantages,
                          float num_items_in_batch, float* dloss_dlogp) {
     check_loss_arguments("grpo_loss", config, B, Tc, ref_logp, num_items_in_batch);
-    const bool use_kl = config.beta != 0.0;
-    const float beta = (float)config.beta;
-    const float clip_low = (float)(1.0 - config.epsilon_low);    // Python computes 1 - eps in double,
-    const float clip_high = (float)(1.0 + config.epsilon_high);  // torch casts the bound to fp32
+    const TokenLoss k(config);
     const float GA = (float)config.grad_accum_steps;
 
     // forward: the per-token loss, its masked sums per row, and the metric sums
     std::vector<double> row_loss_sum(B, 0.0);
-    std::vector<float> row_tokens(B, 0.0f);
-    double loss_sum = 0.0, tokens = 0.0, kl_sum = 0.0, low_sum = 0.0, high_sum = 0.0, region_sum = 0.0;
+    double loss_sum = 0.0, kl_sum = 0.0, low_sum = 0.0, high_sum = 0.0, region_sum = 0.0;
     for (int b = 0; b < B; b++) {
         const float A = advantages[b];
-        double row_tokens_exact = 0.0;
         for (int t = 0; t < Tc; t++) {
             size_t i = (size_t)b * Tc + t;
-            float lp = logp[i];
-            float old = old_logp ? old_logp[i] : lp;
-            float coef_1 = std::exp(lp - old);
-            float coef_2 = std::min(std::max(coef_1, clip_low), clip_high);
-            float per_token_loss = -std::min(coef_1 * A, coef_2 * A);
+            const TokenRatio r = token_ratio(k, i, logp, old_logp);
+            const float lp = r.lp, coef_1 = r.coef_1;
+            float per_token_loss = -std::min(coef_1 * A, r.coef_2 * A);
             float kl = 0.0f;
-            if (use_kl) {
+            if (k.use_kl) {
                 float ref_minus_logp = ref_logp[i] - lp;
                 kl = std::exp(ref_minus_logp) - ref_minus_logp - 1.0f;
-                per_token_loss = per_token_loss + beta * kl;
+                per_token_loss = per_token_loss + k.beta * kl;
             }
             float m = mask[i];
             row_loss_sum[b] += per_token_loss * m;
-            row_tokens_exact += m;
             kl_sum += kl * m;
-            bool low_clipped = coef_1 < clip_low && A < 0.0f;
-            bool high_clipped = coef_1 > clip_high && A > 0.0f;
+            bool low_clipped = coef_1 < k.clip_low && A < 0.0f;
+            bool high_clipped = coef_1 > k.clip_high && A > 0.0f;
             low_sum += low_clipped * m;
             high_sum += high_clipped * m;
             region_sum += (low_clipped || high_clipped) * m;
         }
-        row_tokens[b] = (float)row_tokens_exact;
         loss_sum += row_loss_sum[b];
-        tokens += row_tokens_exact;
     }
-    const float token_count = std::max((float)tokens, 1.0f);  // completion_mask.sum().clamp(min=1)
+    const MaskCounts counts = mask_counts(B, Tc, mask);
+    const float tokens = token_count(counts);
 
-    // aggregation; d loss / d per_token_loss[b, t] = row_scale[b] * mask[b, t], in torch's backward order
+    // aggregation
     GrpoLossResult result;
-    std::vector<float> row_scale(B);
     switch (config.loss_type) {
         case LossType::GRPO: {
             double mean_sum = 0.0;
-            for (int b = 0; b < B; b++) {
-                float n = std::max(row_tokens[b], 1.0f);  // an all-masked row contributes 0, not 0/0
-                mean_sum += (float)row_loss_sum[b] / n;
-                row_scale[b] = 1.0f / GA / (float)B / n;
-            }
+            for (int b = 0; b < B; b++)  // an all-masked row contributes 0, not 0/0
+                mean_sum += (float)row_loss_sum[b] / std::max(counts.row_tokens[b], 1.0f);
             result.loss = (float)mean_sum / (float)B / GA;
             break;
         }
         case LossType::BNPO:
-            result.loss = (float)loss_sum / token_count / GA;
-            std::fill(row_scale.begin(), row_scale.end(), 1.0f / GA / token_count);
+            result.loss = (float)loss_sum / tokens / GA;
             break;
-        case LossType::DR_GRPO: {
-            float normalizer = (float)((double)B * config.max_completion_length);
-            result.loss = (float)loss_sum / normalizer / GA;
-            std::fill(row_scale.begin(), row_scale.end(), 1.0f / GA / normalizer);
+        case LossType::DR_GRPO:
+            result.loss = (float)loss_sum / dr_grpo_normalizer(config, B) / GA;
             break;
-        }
         case LossType::DAPO:
             result.loss = (float)loss_sum / num_items_in_batch;
-            std::fill(row_scale.begin(), row_scale.end(), 1.0f / num_items_in_batch);
             break;
     }
 
     GrpoLossMetrics& metrics = result.metrics;
-    metrics.has_kl = use_kl;
-    metrics.kl = use_kl ? (float)kl_sum / token_count : 0.0f;
-    metrics.clip_ratio_low_mean = (float)low_sum / token_count;
-    metrics.clip_ratio_high_mean = (float)high_sum / token_count;
-    metrics.clip_ratio_region_mean = (float)region_sum / token_count;
+    metrics.has_kl = k.use_kl;
+    metrics.kl = k.use_kl ? (float)kl_sum / tokens : 0.0f;
+    metrics.clip_ratio_low_mean = (float)low_sum / tokens;
+    metrics.clip_ratio_high_mean = (float)high_sum / tokens;
+    metrics.clip_ratio_region_mean = (float)region_sum / tokens;
 
     if (dloss_dlogp == nullptr) return result;
-    // backward, recomputing the cheap forward values rather than storing them
-    for (int b = 0; b < B; b++) {
-        const float A = advantages[b];
-        for (int t = 0; t < Tc; t++) {
-            size_t i = (size_t)b * Tc + t;
-            float lp = logp[i];
-            float old = old_logp ? old_logp[i] : lp;
-            float coef_1 = std::exp(lp - old);
-            float coef_2 = std::min(std::max(coef_1, clip_low), clip_high);
-            float loss1 = coef_1 * A, loss2 = coef_2 * A;
-            float d_per_token_loss = row_scale[b] * mask[i];
-            // per_token_loss = -min(loss1, loss2) + beta * kl
-            float d_min = -d_per_token_loss;
-            float d_loss1 = loss1 < loss2 ? d_min : loss1 > loss2 ? 0.0f : d_min / 2.0f;
-            float d_loss2 = loss2 < loss1 ? d_min : loss2 > loss1 ? 0.0f : d_min / 2.0f;
-            // coef_2 = clamp(coef_1): the gradient passes only inside the bounds (inclusive, as torch's clamp)
-            bool inside = coef_1 >= clip_low && coef_1 <= clip_high;
-            float d_coef_1 = d_loss1 * A + (inside ? d_loss2 * A : 0.0f);
-            // coef_1 = exp(logp - old): old is detached, so logp gets all of it
-            float d_logp = d_coef_1 * coef_1;
-            if (use_kl) {
-                // kl = exp(ref - logp) - (ref - logp) - 1
-                float d_kl = d_per_token_loss * beta;
-                float exp_term = std::exp(ref_logp[i] - lp);
-                d_logp = d_logp + (-(d_kl * exp_term)) + d_kl;
-            }
-            dloss_dlogp[i] = d_logp;
-        }
-    }
+    const std::vector<float> scale = row_scales(config, B, counts, num_items_in_batch);
+    for (int b = 0; b < B; b++)
+        backward_row(k, b, Tc, logp, old_logp, ref_logp, mask, advantages[b], scale[b], dloss_dlogp);
     return result;
+}
+
+void grpo_loss_grad_rows(const GrpoLossConfig& config, int B, int Tc, const float* logp, const float* old_logp,
+                         const float* ref_logp, const float* mask, const float* advantages, float num_items_in_batch,
+                         const std::vector<int>& rows, float* dloss_dlogp) {
+    check_loss_arguments("grpo_loss_grad_rows", config, B, Tc, ref_logp, num_items_in_batch);
+    for (int b : rows)
+        if (b < 0 || b >= B)
+            throw GrpoError("grpo_loss_grad_rows: row " + std::to_string(b) + " is outside the batch's " +
+                            std::to_string(B) + " rows");
+    const TokenLoss k(config);
+    const std::vector<float> scale = row_scales(config, B, mask_counts(B, Tc, mask), num_items_in_batch);
+    for (int b : rows) backward_row(k, b, Tc, logp, old_logp, ref_logp, mask, advantages[b], scale[b], dloss_dlogp);
 }

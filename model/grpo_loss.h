@@ -111,6 +111,15 @@ GrpoLossResult grpo_loss(const GrpoLossConfig& config, int B, int Tc, const floa
                          const float* ref_logp, const float* mask, const float* advantages,
                          float num_items_in_batch, float* dloss_dlogp);
 
+// d loss / d logp at the given rows only, the same bits as grpo_loss's dloss_dlogp there; the other rows of
+// dloss_dlogp are not touched. A row's gradient needs its own log-probs, its advantage and the masks (the loss's
+// normalizers count the masks' tokens), so the other rows of logp, old_logp and ref_logp are never read: a backend
+// can ask for a micro-batch's rows as soon as it has their log-probs (train_grpo.cu's fused policy pass), in time
+// proportional to those rows. Throws GrpoError on grpo_loss's bad arguments and on a row outside [0, B).
+void grpo_loss_grad_rows(const GrpoLossConfig& config, int B, int Tc, const float* logp, const float* old_logp,
+                         const float* ref_logp, const float* mask, const float* advantages, float num_items_in_batch,
+                         const std::vector<int>& rows, float* dloss_dlogp);
+
 // The arguments grpo_loss rejects, checked by every implementation of it (the GPU's grpo_loss_cuda too): throws
 // GrpoError, its message starting with `caller`, when B or Tc < 1, beta != 0 without ref_logp,
 // grad_accum_steps < 1, dr_grpo with max_completion_length < 1, or dapo with num_items_in_batch <= 0.

@@ -350,6 +350,49 @@ TEST_CASE("a row's gradient depends on its own log-probs and the masks alone", "
     }
 }
 
+TEST_CASE("grpo_loss_grad_rows gives grpo_loss's gradient at the rows asked for and reads or writes no other", "[grpo]") {
+    const float untouched = 12345.0f;
+    for (LossType type : {LossType::GRPO, LossType::BNPO, LossType::DR_GRPO, LossType::DAPO})
+        for (bool with_old : {false, true}) {
+            INFO(loss_type_name(type) << (with_old ? ", with old log-probs" : ", old = logp"));
+            HandBatch h;
+            const GrpoLossConfig config = hand_config(type);
+            std::vector<float> whole;
+            h.run(config, &whole, with_old);
+            for (const std::vector<int>& rows : std::vector<std::vector<int>>{{0}, {2}, {1, 0}, {0, 1, 2}, {}}) {
+                // the other rows' log-probs are NaN: a gradient that read them would not be finite
+                HandBatch part = h;
+                for (int b = 0; b < h.B; b++)
+                    if (std::find(rows.begin(), rows.end(), b) == rows.end())
+                        for (int t = 0; t < h.Tc; t++) {
+                            part.logp[(size_t)b * h.Tc + t] = NAN;
+                            part.old_logp[(size_t)b * h.Tc + t] = NAN;
+                            part.ref_logp[(size_t)b * h.Tc + t] = NAN;
+                        }
+                std::vector<float> got(whole.size(), untouched);
+                grpo_loss_grad_rows(config, h.B, h.Tc, part.logp.data(), with_old ? part.old_logp.data() : nullptr,
+                                    part.ref_logp.data(), h.mask.data(), h.advantages.data(), 7.0f, rows, got.data());
+                for (int b = 0; b < h.B; b++) {
+                    const bool asked = std::find(rows.begin(), rows.end(), b) != rows.end();
+                    for (int t = 0; t < h.Tc; t++) {
+                        const size_t i = (size_t)b * h.Tc + t;
+                        INFO("row " << b << ", token " << t);
+                        if (asked)
+                            CHECK(std::memcmp(&got[i], &whole[i], sizeof(float)) == 0);
+                        else
+                            CHECK(got[i] == untouched);
+                    }
+                }
+            }
+        }
+    HandBatch h;
+    std::vector<float> grad(h.logp.size());
+    CHECK_THROWS_WITH(grpo_loss_grad_rows(hand_config(LossType::GRPO), h.B, h.Tc, h.logp.data(), nullptr,
+                                          h.ref_logp.data(), h.mask.data(), h.advantages.data(), 7.0f, {3},
+                                          grad.data()),
+                      Catch::Contains("row 3 is outside the batch's 3 rows"));
+}
+
 TEST_CASE("dr_grpo divides the masked sum by B * max_completion_length", "[grpo]") {
     HandBatch h;
     std::vector<float> grad_bnpo, grad_dr;
