@@ -150,12 +150,6 @@ static void print_usage(FILE* out) {
         DEFAULT_TOKENIZER_PATH, GSM8K_TRAIN_PATH, MAX_SKIPPED_IN_A_ROW);
 }
 
-static int parse_int_option(const std::string& name, const char* value, long min, long max) {
-    double v = parse_number_option(name, value, (double)min, (double)max);
-    if (v != std::floor(v)) throw GrpoError("option " + name + ": expected an integer, got '" + value + "'");
-    return (int)v;
-}
-
 static TrainOptions parse_options(int argc, char** argv) {
     TrainOptions o;
     for (int i = 1; i < argc; i++) {

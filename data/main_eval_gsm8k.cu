@@ -54,15 +54,6 @@ static void usage(FILE* out) {
         DEFAULT_TOKENIZER_PATH, GSM8K_TEST_PATH);
 }
 
-static int int_option(const std::string& name, const char* value, int min) {
-    char* end = nullptr;
-    errno = 0;
-    long v = strtol(value, &end, 10);
-    if (errno || end == value || *end || v < min || v > (1 << 30))
-        throw GrpoError("option " + name + ": expected an integer >= " + std::to_string(min) + ", got '" + value + "'");
-    return (int)v;
-}
-
 static EvalOptions parse(int argc, char** argv) {
     EvalOptions o;
     for (int i = 1; i < argc; i++) {
@@ -76,10 +67,10 @@ static EvalOptions parse(int argc, char** argv) {
         else if (a == "-t") o.tokenizer_path = v;
         else if (a == "-d") o.data_path = v;
         else if (a == "--out") o.out_path = v;
-        else if (a == "--limit") o.limit = int_option(a, v, 0);
-        else if (a == "--batch") o.batch = int_option(a, v, 1);
-        else if (a == "--max-new-tokens") o.max_new_tokens = int_option(a, v, 1);
-        else if (a == "--max-prompt-length") o.max_prompt_length = (size_t)int_option(a, v, 0);
+        else if (a == "--limit") o.limit = parse_int_option(a, v, 0, 1 << 30);
+        else if (a == "--batch") o.batch = parse_int_option(a, v, 1, 1 << 30);
+        else if (a == "--max-new-tokens") o.max_new_tokens = parse_int_option(a, v, 1, 1 << 30);
+        else if (a == "--max-prompt-length") o.max_prompt_length = (size_t)parse_int_option(a, v, 0, 1 << 30);
         else if (a == "--gpu-memory-utilization") o.gpu_memory.utilization = parse_number_option(a, v, 0.01, 1);
         else if (a == "--max-gpu-memory") o.gpu_memory.max_gib = parse_number_option(a, v, 0.01, 1e6);
         else if (a == "--bf16-base-copy") o.gpu_memory.bf16_base_copy = parse_bf16_base_copy(v);

@@ -5,6 +5,7 @@
 #pragma once
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
@@ -82,6 +83,13 @@ inline double parse_number_option(const std::string& name, const char* value, do
         throw GrpoError("option " + name + ": expected a number in [" + json_number(min) + ", " + json_number(max) +
                         "], got '" + value + "'");
     return v;
+}
+
+// A command-line integer in [min, max] (written as any number: 1e3 is 1000), or one GrpoError naming the option.
+inline int parse_int_option(const std::string& name, const char* value, long min, long max) {
+    double v = parse_number_option(name, value, (double)min, (double)max);
+    if (v != std::floor(v)) throw GrpoError("option " + name + ": expected an integer, got '" + value + "'");
+    return (int)v;
 }
 
 // --bf16-base-copy's value as GpuMemoryLimits::bf16_base_copy.

@@ -58,6 +58,15 @@ TEST_CASE("eval_gsm8k scores greedy completions, the same whatever the batch", "
             CHECK(refused.output.find(std::string(bad).substr(1, std::string(bad).find(' ', 1) - 1)) != std::string::npos);
         }
     }
+    SECTION("integer options are checked as train_grpo checks them") {
+        for (const char* bad : {" --batch 0", " --limit 2.5", " --max-new-tokens many"}) {
+            CommandResult refused = run_shell(common + bad + " 2>&1");
+            INFO(bad << " -> " << refused.output);
+            CHECK(refused.exit_code != 0);
+            const std::string option = std::string(bad).substr(1, std::string(bad).find(' ', 1) - 1);
+            CHECK(refused.output.find("option " + option + ": expected a") != std::string::npos);
+        }
+    }
     SECTION("an adapter for another model is refused with the shapes") {
         CommandResult wrong = run_shell(common + " --adapter " + REF_DIR + "tiny_untied/adapter 2>&1");
         INFO(wrong.output);
