@@ -711,9 +711,11 @@ constexpr bool DL4_NARROW_PAIRS = DL_CFG_V4_NARROW != 0 && !DL4_FOLD;  // the fo
 // latency is what bounds the wide shape, above). The price is registers: twice the accumulators (64 at M 64) and
 // the dequantized weights of both tiles, so a step holds DL4_TM2_CH blocks of each tile (the same 4 pieces of codes
 // as a step of one tile), and the launch bounds ask for DL_CFG_V4_TM2_BLOCKS_SM blocks an SM. It needs every linear
-// of the group to have a multiple of 32 rows (every Qwen2.5 linear has), or the launch keeps one m-tile. The sums
-// are cut among warps elsewhere than with one m-tile, so the outputs may differ from TM 1 in the last bit (fp32
-// order); they never depend on timing.
+// of the group to have a multiple of 32 rows (every Qwen2.5 linear has) and an even number of 64-blocks in a row,
+// or the launch keeps one m-tile: two m-tiles always run whole steps (ranges cut at multiples of DL4_CH blocks, so
+// no step checks its size; lab, session 8, variant full: 2% on gate and down at M 48-64). The sums are cut among
+// warps elsewhere than with one m-tile, so the outputs may differ from TM 1 in the last bit (fp32 order); they
+// never depend on timing.
 constexpr int DL4_TM = DL_CFG_V4_TM, DL4_TM2_CH = 2;
 static_assert(DL4_TM == 1 || DL4_TM == 2, "one or two m-tiles a step");
 
@@ -1333,7 +1335,7 @@ static Dl4Kernel dl4_pick(int NT, bool wide, bool narrow, int TM) {
     dl_with_n_tiles(NT, [&](auto nt) {
         if constexpr (nt() > 2 && DL4_TM == 2)
             if (TM == 2) {
-                k = dl4_kernel<nt(), true, DL4_PAIRS, DL4_FULL, 2>();
+                k = dl4_kernel<nt(), true, DL4_PAIRS, true, 2>();
                 return;
             }
         k = wide ? dl4_kernel<nt(), true, DL4_PAIRS, DL4_FULL>() : dl4_kernel<nt(), false, DL4_PAIRS, DL4_FULL>();
@@ -1374,7 +1376,7 @@ static Dl4Plan dl4_plan(int total_rows, int K, int M, const Dl4Group& group) {
     const int NT = decode_linear_n_tiles(M), nkb = K / NF4_BLOCK;
     plan.wide = NT > 2 && (int64_t)(total_rows / 16) * nkb >= DL_CFG_V4_WIDE_PAIRS;
     plan.narrow = DL_CFG_V4_NARROW != 0 && NT == 1 && nkb % DL4_CH == 0 && (group.default_code || !DL4_NARROW_PAIRS);
-    plan.TM = plan.wide && group.rows32 && DL4_TM == 2 ? 2 : 1;
+    plan.TM = plan.wide && group.rows32 && DL4_TM == 2 && nkb % DL4_TM2_CH == 0 ? 2 : 1;
     plan.kernel = dl4_pick(NT, plan.wide, plan.narrow, plan.TM);
     const int tiles = total_rows / (16 * plan.TM);
     const int64_t F = (int64_t)tiles * nkb;  // the walk's (tile, block) pairs
@@ -1382,7 +1384,7 @@ static Dl4Plan dl4_plan(int total_rows, int K, int M, const Dl4Group& group) {
         1, std::min<int64_t>((int64_t)plan.kernel.per_sm * cuda_sm_count() * DL4_WARPS, F / (2 * DL4_CH / plan.TM)));
     plan.grid = (int)((warps + DL4_WARPS - 1) / DL4_WARPS);
     plan.stream_rows = (F + (int64_t)plan.grid * DL4_WARPS - 1) / ((int64_t)plan.grid * DL4_WARPS);
-    if (DL4_FULL || plan.narrow) {  // whole steps: ranges of whole steps, and the warps that then cover F
+    if (DL4_FULL || plan.narrow || plan.TM == 2) {  // whole steps: ranges of whole steps, and the warps that cover F
         plan.stream_rows = (plan.stream_rows + DL4_CH - 1) / DL4_CH * DL4_CH;
         const int64_t busy = (F + plan.stream_rows - 1) / plan.stream_rows;
         plan.grid = (int)((busy + DL4_WARPS - 1) / DL4_WARPS);
