@@ -137,6 +137,17 @@ __device__ __forceinline__ float dl_block_scale(const NF4View& t, const float* n
                                  __ldg(t.nested_absmax + block / NF4_NESTED_BLOCK));
 }
 
+// Sets every element of a [TM][NT][4] register tile (accumulators, sums) to zero.
+template <int TM, int NT>
+__device__ __forceinline__ void dl_zero_tiles(float (&v)[TM][NT][4]) {
+#pragma unroll
+    for (int mt = 0; mt < TM; mt++)
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) v[mt][t][e] = 0.0f;
+}
+
 // The NF4 code tables of a launch's linears, in shared memory: linear g's 16 fp32 codes at byte 64 g. Aligned to
 // 256 bytes, so that a code's shared address is the table's address with its low byte replaced (dl_nf4_word).
 __shared__ __align__(256) float dl_code_table[DECODE_LINEAR_MAX_G][16];
@@ -422,12 +433,7 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
     }
 
     float acc[DL_MT][NT][4];
-#pragma unroll
-    for (int mt = 0; mt < DL_MT; mt++)
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[mt][t][e] = 0.0f;
+    dl_zero_tiles(acc);
 
     for (int i = 0; i < n_chunks; i++) {
         // chunk i+S-1 into the stage chunk i-1 used (every warp left it at the last barrier); an empty group at
@@ -713,9 +719,9 @@ constexpr bool DL4_NARROW_PAIRS = DL_CFG_V4_NARROW != 0 && !DL4_FOLD;  // the fo
 // as a step of one tile), and the launch bounds ask for DL_CFG_V4_TM2_BLOCKS_SM blocks an SM. It needs every linear
 // of the group to have a multiple of 32 rows (every Qwen2.5 linear has) and an even number of 64-blocks in a row,
 // or the launch keeps one m-tile: two m-tiles always run whole steps (ranges cut at multiples of DL4_CH blocks, so
-// no step checks its size; lab, session 8, variant full: 2% on gate and down at M 48-64). The sums are cut among
-// warps elsewhere than with one m-tile, so the outputs may differ from TM 1 in the last bit (fp32 order); they
-// never depend on timing.
+// no step checks its size; lab, session 8, variant full: 2% on gate and down at M 48-64; bench_generate, session 10:
+// 1.6% a decode step at M 48, 1.0% at M 64). The sums are cut among warps elsewhere than with one m-tile, so the
+// outputs may differ from TM 1 in the last bit (fp32 order); they never depend on timing.
 constexpr int DL4_TM = DL_CFG_V4_TM, DL4_TM2_CH = 2;
 static_assert(DL4_TM == 1 || DL4_TM == 2, "one or two m-tiles a step");
 
@@ -924,12 +930,7 @@ __global__ void __launch_bounds__(DL4_THREADS, TM == 2 ? DL_CFG_V4_TM2_BLOCKS_SM
     };
 
     float acc[TM][NT][4];
-#pragma unroll
-    for (int mt = 0; mt < TM; mt++)
-#pragma unroll
-        for (int t = 0; t < NT; t++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[mt][t][e] = 0.0f;
+    dl_zero_tiles(acc);
 
     // x of this lane: row gq of each n-tile, the 16 k from c * 16 of each block (an offset, one register)
     const int x_lane = gq * K + c * 16;
@@ -1037,12 +1038,7 @@ __global__ void __launch_bounds__(DL4_THREADS, TM == 2 ? DL_CFG_V4_TM2_BLOCKS_SM
         if (arrived != last - first) return;
         __threadfence();
         float sum[TM][NT][4];
-#pragma unroll
-        for (int mt = 0; mt < TM; mt++)
-#pragma unroll
-            for (int tt = 0; tt < NT; tt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) sum[mt][tt][e] = 0.0f;
+        dl_zero_tiles(sum);
         for (int w = first; w <= last; w++)
 #pragma unroll
             for (int mt = 0; mt < TM; mt++)
@@ -1076,12 +1072,7 @@ __global__ void __launch_bounds__(DL4_THREADS, TM == 2 ? DL_CFG_V4_TM2_BLOCKS_SM
                     __stcg(slot(tile, warp, mt, tt),
                            make_float4(acc[mt][tt][0], acc[mt][tt][1], acc[mt][tt][2], acc[mt][tt][3]));
         }
-#pragma unroll
-        for (int mt = 0; mt < TM; mt++)
-#pragma unroll
-            for (int tt = 0; tt < NT; tt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) acc[mt][tt][e] = 0.0f;
+        dl_zero_tiles(acc);
         if (DL4_DEFER && !range_done) {
             if (!whole) deferred = tile;
             return;
@@ -1416,22 +1407,34 @@ static size_t dl_ax_bytes(int R, int M) {
     return dl_align((size_t)std::max(M, DECODE_LINEAR_MAX_M) * DECODE_LINEAR_MAX_G * std::max(R, 1) * sizeof(bf16));
 }
 
-static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int max_M) {
+// The partial sums (floats) a launch of exactly M rows needs: the main kernel's plan and the adapters' x A^T.
+static size_t dl_partial_floats(const LoraLinearGpu* linears, int G, int R, int M) {
     const int in = (int)linears[0].base->in, adapted = dl_adapted(linears, G);
     const bool nf4 = linears[0].base->format == LinearFormat::NF4;
     const Dl4Group group = dl4_group(G, [&](int g) {
         return std::make_pair((int)linears[g].base->out, linears[g].base->nf4.default_code);
     });
+    const DlPlan main_plan = dl_plan(nf4, dl_total_rows(linears, G), in, M);
+    size_t partials = main_plan.partial_floats;
+    if (nf4 && in % NF4_BLOCK == 0)
+        partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M, group).partial_floats);
+    if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
+    if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
+    return partials;
+}
+
+// The workspace of a launch of `rows` rows, or (decode_linear_workspace_bytes) of every row count up to it: plans do
+// not grow monotonically with M. A launch runs passes of at most DECODE_LINEAR_MAX_M rows, whole ones and the rest.
+static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int rows, bool every_m_up_to_rows) {
     size_t partials = 0;
-    for (int M = 1; M <= std::min(max_M, DECODE_LINEAR_MAX_M); M++) {
-        DlPlan main_plan = dl_plan(nf4, dl_total_rows(linears, G), in, M);
-        partials = std::max(partials, main_plan.partial_floats);
-        if (nf4 && in % NF4_BLOCK == 0)
-            partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M, group).partial_floats);
-        if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
-        if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
+    auto need = [&](int M) { partials = std::max(partials, dl_partial_floats(linears, G, R, M)); };
+    if (every_m_up_to_rows) {
+        for (int M = 1; M <= std::min(rows, DECODE_LINEAR_MAX_M); M++) need(M);
+    } else {
+        need(std::min(rows, DECODE_LINEAR_MAX_M));
+        if (rows > DECODE_LINEAR_MAX_M && rows % DECODE_LINEAR_MAX_M != 0) need(rows % DECODE_LINEAR_MAX_M);
     }
-    return DL_MAX_COUNTERS * sizeof(int) + dl_ax_bytes(R, max_M) + partials * sizeof(float);
+    return DL_MAX_COUNTERS * sizeof(int) + dl_ax_bytes(R, rows) + partials * sizeof(float);
 }
 
 size_t decode_linear_workspace_bytes(const LoraLinearGpu* linears, int G, int R, int max_M) {
@@ -1440,15 +1443,15 @@ size_t decode_linear_workspace_bytes(const LoraLinearGpu* linears, int G, int R,
     bool mixed = false;
     for (int g = 1; g < G; g++) mixed |= linears[g].base->format != linears[0].base->format;
     if (mixed)  // each linear on its own (see decode_linear_forward)
-        for (int g = 0; g < G; g++) bytes = std::max(bytes, dl_sizes(linears + g, 1, R, max_M));
+        for (int g = 0; g < G; g++) bytes = std::max(bytes, dl_sizes(linears + g, 1, R, max_M, true));
     else
-        bytes = dl_sizes(linears, G, R, max_M);
+        bytes = dl_sizes(linears, G, R, max_M, true);
     return bytes;
 }
 
 static DlWorkspace dl_workspace(const LoraLinearGpu* linears, int G, int R, int M, void* workspace,
                                 size_t workspace_bytes) {
-    size_t need = dl_sizes(linears, G, R, M);
+    const size_t need = dl_sizes(linears, G, R, M, false);
     if (workspace_bytes < need || workspace == nullptr) {
         fprintf(stderr, "error: decode_linear: the workspace has %zu bytes, the group needs %zu "
                 "(decode_linear_workspace_bytes)\n", workspace_bytes, need);
