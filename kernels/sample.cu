@@ -27,6 +27,7 @@ typedef unsigned long long u64;
 #define SPLIT_THREADS 256
 #define SPLIT_WARPS (SPLIT_THREADS / 32)
 #define SPLIT_CHUNK (SPLIT_THREADS * 8)
+#define SPLIT_MAX_ROWS 65535  // a grid dimension: the split path's grid is (chunks, M)
 
 struct SampleShared {
     u64 hist[1 << RADIX_BITS];
@@ -532,19 +533,14 @@ size_t sample_tokens_workspace_bytes(int M, int V) {
     return split_workspace_bytes(M, split_chunks(V));  // vocab_limit <= V: never more chunks than V's
 }
 
-// The rows from which one block per row fills the GPU: as many as blocks of sample_kernel fit on it at once (2 per
-// SM on the H200: 264 rows). Below it, the one-block kernel leaves SMs idle and the split path uses them.
-// Measured (dev/cuda/decode_sample.cu, H200, session 8): the split path is faster at every M tried, 0.012 / 0.014 /
-// 0.040 / 0.072 ms against 0.098 / 0.116 / 0.117 / 0.124 at M 1 / 6 / 64 / 132, and at M 264 too (0.132 against
-// 0.199), where this rule still takes the one-block kernel; larger M has not been timed, so the rule stays.
-static int rows_filling_gpu() {
-    static int rows = 0;
-    if (rows == 0) {
-        int per_sm = 0;
-        cudaCheck(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sample_kernel, SAMPLE_THREADS, 0));
-        rows = std::max(per_sm, 1) * cuda_sm_count();
-    }
-    return rows;
+// The split path takes every row count it can draw. Measured (dev/cuda/decode_sample.cu, H200, session 8): faster
+// at every M tried, 0.012 / 0.014 / 0.040 / 0.072 / 0.132 ms against the one-block kernel's 0.098 / 0.116 / 0.117 /
+// 0.124 / 0.199 at M 1 / 6 / 64 / 132 / 264 (where one block a row fills the GPU); session 10: M 528 and 1056, see
+// the lab. (Before, the one-block kernel took M >= 264, untimed above it.)
+bool sample_split_path_draws(const SamplerConfig& config, int V) {
+    const int n = config.vocab_limit > 0 ? config.vocab_limit : V;
+    // sample_kernel's own tests: greedy when the fp32 temperature is 0, a selection pass when top-k cuts the row
+    return (float)config.temperature != 0.0f && !(config.top_k > 0 && config.top_k < n) && !(config.top_p < 1.0);
 }
 
 void sample_tokens_version(int version, int* tokens, int* finished, const bf16* logits, int M, int V,
@@ -563,9 +559,8 @@ void sample_tokens_version(int version, int* tokens, int* finished, const bf16* 
     const float temperature = (float)config.temperature;
     const float remove_frac = (float)(1.0 - config.top_p);
     const int top_p_on = config.top_p < 1.0 ? 1 : 0;
-    // sample_kernel's own tests: greedy when the fp32 temperature is 0, a selection pass when top-k cuts the row
-    const bool splittable = temperature != 0.0f && !(config.top_k > 0 && config.top_k < n) && !top_p_on;
-    if (version == 0) version = splittable && workspace && M < rows_filling_gpu() ? 2 : 1;
+    const bool splittable = sample_split_path_draws(config, V);
+    if (version == 0) version = splittable && workspace && M <= SPLIT_MAX_ROWS ? 2 : 1;
     const int chunks = split_chunks(n);
     if (version == 2) {
         if (!splittable)
@@ -576,8 +571,9 @@ void sample_tokens_version(int version, int* tokens, int* finished, const bf16* 
                             " bytes for M = " + std::to_string(M) + " rows of " + std::to_string(n) + " ids, got " +
                             std::to_string(workspace ? workspace_bytes : 0));
         if ((uintptr_t)workspace % 8 != 0) throw GrpoError("sample_tokens: the workspace must be 8-byte aligned");
-        if (M > 65535)
-            throw GrpoError("sample_tokens: the split path takes at most 65535 rows (a grid dimension), got " +
+        if (M > SPLIT_MAX_ROWS)
+            throw GrpoError("sample_tokens: the split path takes at most " + std::to_string(SPLIT_MAX_ROWS) +
+                            " rows (a grid dimension), got " +
                             std::to_string(M));
     }
     if (M == 0) return;

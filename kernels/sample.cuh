@@ -28,11 +28,11 @@
 // when one is +inf: exp(inf - inf) leaves the row no mass). A NaN logit is never drawn nor taken as the max.
 // V must be < 2^20. Nothing is allocated.
 //
-// How the rows are drawn: greedy, top-k or top-p, or M at least the rows that fill the GPU with one block each
-// (264 on the H200), or no workspace: one 1024-thread block per row (sample_kernel). Otherwise (temperature > 0,
-// no top-k, no top-p: the training default) the split path: each row cut into chunks of 2048 ids, a block each, in
-// two launches (the chunks' max scores; then their masses, the row's last block drawing). It draws exactly the
-// tokens the one-block kernel would: the max and the fixed-point masses do not depend on how the row is cut.
+// How the rows are drawn: greedy, top-k or top-p, no workspace, or more than 65535 rows: one 1024-thread block per
+// row (sample_kernel). Otherwise (temperature > 0, no top-k, no top-p: the training default) the split path: each
+// row cut into chunks of 2048 ids, a block each, in two launches (the chunks' max scores; then their masses, the
+// row's last block drawing). It draws exactly the tokens the one-block kernel would: the max and the fixed-point
+// masses do not depend on how the row is cut.
 // workspace: device memory of at least sample_tokens_workspace_bytes(M, V) bytes, 8-byte aligned, or nullptr
 // (then never the split path). It needs no initialization and holds nothing between calls; one stream at a time
 // may use it. A workspace too small for the split path is a GrpoError, not a silent fallback.
@@ -40,6 +40,10 @@ size_t sample_tokens_workspace_bytes(int M, int V);
 void sample_tokens(int* tokens, int* finished, const __nv_bfloat16* logits, int M, int V, const SamplerConfig& config,
                    uint64_t seed, const int* seq_ids, const int* steps, const int* stop_ids, int num_stop, int pad_id,
                    void* workspace, size_t workspace_bytes, cudaStream_t stream, int seq_offset = 0);
+
+// Whether the split path can draw this configuration's rows (temperature > 0, no top-k that cuts the row, no top-p):
+// sample_tokens' rule, for the lab and the tests.
+bool sample_split_path_draws(const SamplerConfig& config, int V);
 
 // The same with the path chosen, for the lab and the tests: version 1 the one-block kernel (any configuration; the
 // workspace is not used), version 2 the split path (GrpoError when the configuration is greedy or has top-k or

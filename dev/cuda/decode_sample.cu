@@ -18,9 +18,9 @@
 //   says how far the passes and the launches are from a streaming kernel.
 // Validation: greedy tokens equal sample_token's exactly; every sampled token is in sampler_warp's kept set of its
 //   row (the frequency and coverage checks are in test/gpu/test_decode.cpp); version 2's tokens equal version 1's.
-// The split path's rows at M = 132 and 264 (one and two rows per SM of the H200; version 1 fills the GPU at 264)
-// are there to set sample.cu's rows_filling_gpu threshold: in session 8 version 2 won at every M here, 264
-// included.
+// The split path's rows at M = 132 to 1056 (one to eight rows per SM of the H200; version 1 fills the GPU at 264)
+// are there to check sample.cu's rule, the split path at every M: in session 8 version 2 won at every M up to 264;
+// session 10 added 528 and 1056.
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -35,7 +35,7 @@ struct Named { const char* name; SamplerConfig cfg; };
 
 int main() {
     setvbuf(stdout, nullptr, _IONBF, 0);  // every line out even if a case aborts
-    const int V = 152064, limit = 151665, M_MAX = 64, M_BENCH = 264;
+    const int V = 152064, limit = 151665, M_MAX = 64, M_BENCH = 1056;
     Rng rng(77);
     // logit-like rows: a broad body and a few dozen strong candidates, so top-p keeps a few hundred ids
     std::vector<float> logits((size_t)M_MAX * V);
@@ -81,7 +81,7 @@ int main() {
     bool all_ok = true;
     for (const Named& nc : configs) {
         printf("%s (V %d, vocab_limit %d)\n", nc.name, V, limit);
-        const bool split = nc.cfg.temperature > 0.0 && nc.cfg.top_k == 0 && nc.cfg.top_p == 1.0;
+        const bool split = sample_split_path_draws(nc.cfg, V);
         // validation on all 64 rows
         run(1, nc.cfg, M_MAX, 0);
         std::vector<int> got = to_host(d_tokens, M_MAX);
@@ -131,7 +131,7 @@ int main() {
                 report(label.c_str(), ms, (double)M * V * 2, 0);
             }
         else  // both versions, alone and as a one-call CUDA graph (what a decode step replays)
-            for (int M : {1, 6, 48, 64, 132, 264}) {
+            for (int M : {1, 6, 48, 64, 132, 264, 528, 1056}) {
                 const double bytes = (double)M * V * 2;
                 const std::string m = " M " + std::to_string(M);
                 report(("v1" + m).c_str(), time_kernel_ms([&]() { run(1, nc.cfg, M, 0); }), bytes, 0);
