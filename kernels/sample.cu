@@ -535,8 +535,8 @@ size_t sample_tokens_workspace_bytes(int M, int V) {
 
 // The split path takes every row count it can draw. Measured (dev/cuda/decode_sample.cu, H200, session 8): faster
 // at every M tried, 0.012 / 0.014 / 0.040 / 0.072 / 0.132 ms against the one-block kernel's 0.098 / 0.116 / 0.117 /
-// 0.124 / 0.199 at M 1 / 6 / 64 / 132 / 264 (where one block a row fills the GPU); session 10: M 528 and 1056, see
-// the lab. (Before, the one-block kernel took M >= 264, untimed above it.)
+// 0.124 / 0.199 at M 1 / 6 / 64 / 132 / 264 (where one block a row fills the GPU); session 10: 0.252 / 0.489 against
+// 0.371 / 0.702 at M 528 / 1056. (Before, the one-block kernel took M >= 264, untimed above it.)
 bool sample_split_path_draws(const SamplerConfig& config, int V) {
     const int n = config.vocab_limit > 0 ? config.vocab_limit : V;
     // sample_kernel's own tests: greedy when the fp32 temperature is 0, a selection pass when top-k cuts the row
