@@ -139,9 +139,9 @@ test-gpu: $(BUILD)/test_gpu
 $(BUILD)/lab_%: dev/cuda/%.cu $(KERNEL_OBJS) $(BUILD)/libgrpo.a
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP $< $(filter %.o,$^) $(BUILD)/libgrpo.a -o $@ -lcublasLt
-# wgmma is an architecture-specific feature of sm_90: its probe lab alone is built for sm_90a (private: not the
+# wgmma is an architecture-specific feature of sm_90: its two labs alone are built for sm_90a (private: not the
 # objects it links, which stay sm_90; nvcc 13's -arch=sm_90a still assembles compute_90 PTX, so -gencode)
-$(BUILD)/lab_wgmma_probe: private CUDA_ARCH_FLAGS := -gencode arch=compute_90a,code=sm_90a
+$(BUILD)/lab_wgmma_probe $(BUILD)/lab_decode_wgmma: private CUDA_ARCH_FLAGS := -gencode arch=compute_90a,code=sm_90a
 # lab_decode_linear's variants: kernels/decode_linear.cu compiled again with other DL_CFG_* knobs, each in its own
 # namespace and object, so that they build in parallel (dev/cuda/variants/decode_linear_variant.cu)
 DL_VARIANTS := v3 fold pairs defer full deferfull wch2 pairs5 axgemm narrow0 tm1 tm2b2 tm2w4b3 tm2all tm2allfull
