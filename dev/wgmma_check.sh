@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
-# wgmma_check.sh: on the GPU machine, the two wgmma labs (branch next/wgmma-probe): the instruction rates and the descriptor convention (lab_wgmma_probe), then the draft batch-64 NF4 decode linear against the CPU and beside the production kernel (lab_decode_wgmma).
-# Usage (repo root): bash dev/wgmma_check.sh   (about a minute with the build)
+# wgmma_check.sh: on the GPU machine, the wgmma path of decode_linear (branch next/wgmma-decode, NOT yet run on a GPU): the instruction probe, the decode_linear GPU tests (whose groups at 17-64 rows now take the wgmma path), and generation at batch 48 / 64 with the path and without it (the same tree built with -DDL_CFG_WGMMA=0), last a short table.
+# Usage (repo root, carry dev/carry for the Catch2 header): bash dev/wgmma_check.sh   (about 3 minutes with the build)
 set -uo pipefail
-make -j16 build/lab_wgmma_probe build/lab_decode_wgmma > "${OUT:-/tmp}/wgmma_build.log" 2>&1 ||
-    { grep -E "error" "${OUT:-/tmp}/wgmma_build.log" | head -20; exit 1; }
+out="${OUT:-/tmp}"
+make -j16 CATCH_INC=dev/carry build/lab_wgmma_probe build/test_gpu build/bench_generate > "$out/wgmma_build.log" 2>&1 ||
+    { grep -E "error" "$out/wgmma_build.log" | head -20; exit 1; }
 timeout 120 ./build/lab_wgmma_probe; echo "lab_wgmma_probe rc $?"
-timeout 240 ./build/lab_decode_wgmma; echo "lab_decode_wgmma rc $?"
+timeout 200 ./build/test_gpu "[decode_linear],[gpu_generate],[gpu_model]" > "$out/wgmma_tests.log" 2>&1
+echo "GPU tests rc $?"; grep -E "FAILED|failed" -A3 "$out/wgmma_tests.log" | head -20; tail -2 "$out/wgmma_tests.log"
+# the same bench_generate without the wgmma path
+objs=$(ls build/kernels/*.o build/model/*.o | grep -v "kernels/decode_linear.o")
+nvcc -O2 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1 -DDL_CFG_WGMMA=0 -I. -c kernels/decode_linear.cu \
+    -o /tmp/dl_wgmma0.o && nvcc -O2 -std=c++17 -arch=sm_90 -I. dev/bench_generate.cu $objs /tmp/dl_wgmma0.o \
+    build/libgrpo.a -o /tmp/bench_generate_wgmma0 -lcublasLt || exit 1
+row() { timeout 60 "$2" 7B 256 512 48,64 2>&1 | grep RESULT | sed -E \
+    "s/.*\"M\": ([0-9]+).*\"tokens_per_s\": ([0-9]+), \"step_ms\": ([0-9.]+).*/$1 M=\1 tokens_per_s=\2 step_ms=\3/"; }
+row wgmma ./build/bench_generate
+row streaming /tmp/bench_generate_wgmma0
+row wgmma ./build/bench_generate

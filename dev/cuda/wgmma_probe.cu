@@ -28,7 +28,7 @@
 
 #include "dev/cuda/lab_common.cuh"
 #include "kernels/mma.cuh"
-#include "dev/cuda/wgmma.cuh"
+#include "kernels/wgmma.cuh"
 
 typedef __nv_bfloat16 bf16;
 

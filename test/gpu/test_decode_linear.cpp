@@ -229,11 +229,25 @@ void check_random_rows(DecodeGroup& group, std::initializer_list<int> Ms, Rng& r
     size_t i = 0;
     for (int M : Ms) {
         std::vector<std::vector<float>> tiled = group.run(xs[i], M, false);
+        std::vector<std::vector<float>> again = group.run(xs[i], M, false);
+        // the wgmma path (decode-tile order only) sums in its own order: against the reference as above, else the
+        // same bits as the row-major codes
+        const bool wgmma = decode_linear_wgmma_path(group.gpu_linears().data(), (int)group.linears.size(), M);
         for (size_t g = 0; g < group.linears.size(); g++) {
-            INFO("tiled weights, M " << M << ", linear " << g);
-            size_t differ = 0;
-            for (size_t e = 0; e < tiled[g].size(); e++) differ += !(tiled[g][e] == row_major[i][g][e]);
-            CHECK(differ == 0);
+            INFO("tiled weights, M " << M << ", linear " << g << (wgmma ? ", wgmma path" : ""));
+            size_t differ = 0, differ_again = 0;
+            for (size_t e = 0; e < tiled[g].size(); e++) {
+                differ += !(tiled[g][e] == row_major[i][g][e]);
+                differ_again += !(tiled[g][e] == again[g][e]);
+            }
+            CHECK(differ_again == 0);
+            if (wgmma) {
+                std::vector<float> ref = group.reference((int)g, xs[i], M);
+                check_close("y wgmma", tiled[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128,
+                            group.adapters[g] ? 1.0 : 0.01);
+            } else {
+                CHECK(differ == 0);
+            }
         }
         i++;
     }

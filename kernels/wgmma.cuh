@@ -1,5 +1,4 @@
-// wgmma.cuh: Hopper's warpgroup MMA (wgmma m64n64k16, bf16 in, fp32 accumulate, A from registers, B from shared
-// memory through a descriptor), its fences, and the shared-memory layout of B the labs use (sm_90a only).
+// wgmma.cuh: Hopper's warpgroup MMA (wgmma m64n64k16, bf16 in, fp32 accumulate, A from registers, B from shared memory through a descriptor), its fences, and the shared-memory layout of B (sm_90a only).
 #pragma once
 #include <cstdint>
 
