@@ -1614,10 +1614,26 @@ static bool dlw_params_ok(const DecodeParams& p) {
 }
 #endif
 
-// The k splits: about 4 blocks an SM (the kernel's registers hold 4), at least 2 blocks of k a split.
+#ifndef DL_CFG_WGMMA_WAVES
+#define DL_CFG_WGMMA_WAVES 0  // 1: splits for whole waves of blocks (lab variant wgwave), 0: at least one wave
+#endif
+// The k splits. The kernel's registers hold 4 blocks an SM, a wave of 4 x SMs blocks; the splits make at least a
+// wave, with at least 2 blocks of k a split. DL_CFG_WGMMA_WAVES: more splits, up to 4 blocks of k a split, until the
+// last wave is at least 85% full (gate/up at 7B: 592 slabs, one split is 1.12 waves; down: 56 slabs, 10 splits
+// 1.06 waves), at the price of more partials.
 static int dlw_splits(int total_rows, int K) {
-    const int slabs = total_rows / 64, nkb = K / NF4_BLOCK;
-    return std::max(1, std::min({(4 * cuda_sm_count() + slabs - 1) / slabs, nkb / 2, DLW_MAX_SPLITS}));
+    const int slabs = total_rows / 64, nkb = K / NF4_BLOCK, wave = 4 * cuda_sm_count();
+    const int least = std::max(1, std::min({(wave + slabs - 1) / slabs, nkb / 2, DLW_MAX_SPLITS}));
+    if (!DL_CFG_WGMMA_WAVES) return least;
+    int best = least;
+    double best_fill = 0.0;
+    for (int s = least; s <= std::min(nkb / 4, DLW_MAX_SPLITS); s++) {
+        const int64_t blocks = (int64_t)slabs * s, waves = (blocks + wave - 1) / wave;
+        const double fill = (double)blocks / (double)(waves * wave);
+        if (fill > best_fill + 1e-9) best = s, best_fill = fill;
+        if (fill >= 0.85) break;
+    }
+    return best;
 }
 static size_t dlw_partial_floats(int total_rows, int K) {
     return (size_t)(total_rows / 64) * dlw_splits(total_rows, K) * 64 * 64;
