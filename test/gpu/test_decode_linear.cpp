@@ -322,7 +322,8 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         check_close("y simple", simple[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128,
                     group.adapters[g] ? 1.0 : 0.01);
     }
-    check_random_rows(group, {1, 3, 6, 7, 48, 64, 70}, rng);  // 3 and 7: the ax kernel's rounded-up row counts
+    // 3 and 7: the ax kernel's rounded-up row counts; 17 and 33: the wgmma path's fewest rows and an odd count
+    check_random_rows(group, {1, 3, 6, 7, 17, 33, 48, 64, 70}, rng);
 
     // one linear of 2048 rows over in 16384: 128 tiles x 256 blocks = 32768 pairs, the least that the streaming
     // kernel runs "wide" (one n-tile of x at a time, two blocks an SM) above 16 rows of x; narrow at M 6
