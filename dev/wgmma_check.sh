@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# wgmma_check.sh: on the GPU machine, the wgmma path of decode_linear (branch next/wgmma-decode, NOT yet run on a GPU): the instruction probe, the decode_linear GPU tests (whose groups at 17-64 rows now take the wgmma path), the decode_linear lab's layer graphs, and generation at batch 48 / 64 with the path and without it (the same tree built with -DDL_CFG_WGMMA=0), last a short table.
+# wgmma_check.sh: on the GPU machine, the wgmma path of decode_linear: the instruction probe, the decode_linear GPU tests (whose wide groups at 49-64 rows take the wgmma path), the decode_linear lab's layer graphs (production, wgmma0, wgwave, wgp4b4, wgall), and generation at batch 48 / 64 with the path and without it (the same tree built with -DDL_CFG_WGMMA=0), last a short table.
 # Usage (repo root, carry dev/carry for the Catch2 header): bash dev/wgmma_check.sh   (about 5 minutes with the build)
 set -uo pipefail
 out="${OUT:-/tmp}"
-make -j16 CATCH_INC=dev/carry build/lab_wgmma_probe build/test_gpu build/bench_generate build/lab_decode_linear \
+make -j16 CATCH_INC=dev/carry build/lab_wgmma_probe build/test_gpu build/bench_generate build/lab_decode_linear train_grpo \
     > "$out/wgmma_build.log" 2>&1 ||
     { grep -E "error" "$out/wgmma_build.log" | head -20; exit 1; }
 timeout 120 ./build/lab_wgmma_probe; echo "lab_wgmma_probe rc $?"
 timeout 200 ./build/test_gpu "[decode_linear],[gpu_generate],[gpu_model]" > "$out/wgmma_tests.log" 2>&1
 echo "GPU tests rc $?"; grep -E "FAILED|failed" -A3 "$out/wgmma_tests.log" | head -20; tail -2 "$out/wgmma_tests.log"
-# a 7B layer's linears as a CUDA graph: production (wgmma at M 48-64) against variants wgmma0 and wgwave
+# a 7B layer's linears as a CUDA graph: production (wide groups on wgmma at M 49-64) against the variants
 timeout 240 ./build/lab_decode_linear > "$out/lab_decode_linear.txt" 2>&1; echo "lab_decode_linear rc $?"
-grep -E "validation|layer M=(48|64) graph|FAIL" "$out/lab_decode_linear.txt" | grep -E "validation|prod|wgmma0|wgwave|graph +[0-9]|FAIL" | head -20
+grep -E "validation|FAIL" "$out/lab_decode_linear.txt" | head -5
+grep -E "layer M=(48|64) graph(, (wgmma0|wgwave|wgp4b4|wgall))? " "$out/lab_decode_linear.txt"
 # the same bench_generate without the wgmma path
 objs=$(ls build/kernels/*.o build/model/*.o | grep -v "kernels/decode_linear.o")
 nvcc -O2 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1 -DDL_CFG_WGMMA=0 -I. -c kernels/decode_linear.cu \

@@ -1411,7 +1411,7 @@ static size_t dl_ax_bytes(int R, int M) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The wgmma path (DL_CFG_WGMMA, branch next/wgmma-decode, NOT yet run on a GPU): NF4 groups at 16 < M <= 64 rows.
+// The wgmma path (DL_CFG_WGMMA): NF4 groups of at least DL_CFG_WGMMA_MIN_ROWS rows at 48 < M <= 64 rows of x.
 //
 // Why (README, "What bounds batch 64"): the streaming kernel multiplies with mma.sync one warp at a time, and every
 // warp reads x for itself (8x the code bytes at two m-tiles a step). Here a warpgroup (one block of 4 warps) owns a
@@ -1422,27 +1422,45 @@ static size_t dl_ax_bytes(int R, int M) {
 // k: physical k 16c + 4s + j of a 64-block is logical k 2c + j (j < 2) or 2c + 8 + j - 2 of k-step s. x is written
 // once per launch in that order and in wgmma's core-matrix layout (dlw_permute_x_kernel: per 64-block, 4 k-steps of
 // 64 rows x 16 k, rows past M zero), then staged into shared memory by cp.async, DLW_STAGES - 1 blocks ahead. The
-// layouts were checked by a CPU emulation of the fragment semantics (session 10, not committed).
+// descriptor's byte offsets (DLW_LEADING, DLW_STRIDE) are the convention dev/cuda/wgmma_probe.cu found on the H200.
 // Per 64-block a warpgroup dequantizes its codes (loaded DLW_PREF blocks ahead), issues 4 wgmma as a group and waits
 // for it: ptxas serializes every wgmma of a kernel (C7513) that writes a wgmma's input registers while one is in
 // flight, even into a second register set, so a warpgroup does not overlap the two itself; the SM's other blocks do.
 // Split-K over blocks with a counter per slab as elsewhere in this file: each block writes its fp32 partial, the last
-// of a slab adds the partials in split order (the bits never depend on timing) and applies bias, the rounding, the
-// adapter term (fp32, r in order) and the second rounding (dl_output).
+// of a slab adds the partials in split order (the bits never depend on timing) and ends the slab as the streaming
+// kernel ends a tile (dl_tile_epilogue: the adapter term on the tensor cores, bias and the two roundings). An end with
+// the adapter term as a loop over r per output made the first GPU run 2.7x slower than the streaming kernel.
 #ifndef DL_SM90A
 #define DL_SM90A 0  // 1 where the Makefile builds this file for sm_90a (wgmma is an sm_90a feature)
 #endif
 #ifndef DL_CFG_WGMMA
-#define DL_CFG_WGMMA DL_SM90A  // route NF4 groups at 16 < M <= 64 to the wgmma kernel (lab variant wgmma0: off)
+#define DL_CFG_WGMMA DL_SM90A  // route wide NF4 groups at 48 < M <= 64 to the wgmma kernel (lab variant wgmma0: off)
+#endif
+// Which launches take it (session 11, call 3, lab_decode_linear and bench_generate at 7B shapes, every NF4 group on
+// the path from 17 rows): faster for gate/up at 64 rows (0.054 against 0.064 ms a linear; the step 10.62 against
+// 11.75 ms), slower for q/k/v and o at 48 and 64 rows (0.031-0.033 against 0.021-0.025 ms: too few slabs to fill the
+// GPU without many k splits) and for the step at 48 rows (9.81 against 9.66 ms), where the streaming kernel needs
+// three m-tiles, not four. Lab variant wgall: every NF4 group from 17 rows, as measured.
+#ifndef DL_CFG_WGMMA_MIN_M
+#define DL_CFG_WGMMA_MIN_M 48  // rows of x the path needs more than
+#endif
+#ifndef DL_CFG_WGMMA_MIN_ROWS
+#define DL_CFG_WGMMA_MIN_ROWS 8192  // weight rows a group needs at least (7B: gate/up 37,888; q/k/v 4,608; o, down 3,584)
 #endif
 #if DL_CFG_WGMMA && !DL_SM90A
 #error "DL_CFG_WGMMA needs this file built for sm_90a (-gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1)"
 #endif
 
 constexpr int DLW_MAX_SPLITS = 32;
+#ifndef DL_CFG_WGMMA_BLOCKS_SM
+#define DL_CFG_WGMMA_BLOCKS_SM 5  // blocks an SM the registers must allow (at most 102 a thread; 4: 128)
+#endif
 
 #if DL_CFG_WGMMA
-constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = 4;
+#ifndef DL_CFG_WGMMA_PREF
+#define DL_CFG_WGMMA_PREF 2  // k-blocks of codes loaded ahead (8 registers each; 4 with 4 blocks an SM: lab wgp4b4)
+#endif
+constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = DL_CFG_WGMMA_PREF;
 constexpr int DLW_XBLOCK_BYTES = 64 * 64 * 2;  // x of one 64-block: 4 k-steps of 64 rows x 16 k
 constexpr uint32_t DLW_LEADING = 128, DLW_STRIDE = 256;  // descriptor: bytes between the k halves, the row groups
 
@@ -1456,7 +1474,7 @@ __global__ void dlw_permute_x_kernel(bf16* xw, const bf16* x, int M, int K) {
         n < M ? x[(int64_t)n * K + k] : __float2bfloat16(0.0f);
 }
 
-__global__ void __launch_bounds__(DLW_THREADS) dlw_kernel(const __grid_constant__ DecodeParams p) {
+__global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kernel(const __grid_constant__ DecodeParams p) {
     extern __shared__ __align__(128) unsigned char dlw_x_stages[];  // DLW_STAGES x 8 KB
     __shared__ float nested_code[256];
     __shared__ int last_block;
@@ -1556,14 +1574,23 @@ __global__ void __launch_bounds__(DLW_THREADS) dlw_kernel(const __grid_constant_
     }
     dl_cp_async_wait_all_but<0>();
 
-    // the partial, [m][r]: acc[4j + e] is (weight row 16 warp + gq + 8 (e / 2), x row 8j + 2c + e % 2)
-    auto partial = [&](int sp) { return p.partials + ((int64_t)slab * p.splits + sp) * 64 * 64; };
-    float* mine = partial(split);
+    // acc[4j + e] is (weight row 16 warp + gq + 8 (e / 2), x row 8j + 2c + e % 2): dl_tile_epilogue's acc[j][e].
+    // With k split, each block writes its fp32 partial ([m][r] of the slab) and the last of the slab adds them all in
+    // split order (its own too, so that the bits never depend on which block came last).
+    float sum[8][4];
 #pragma unroll
     for (int j = 0; j < 8; j++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) __stcg(mine + (8 * j + 2 * c + e % 2) * 64 + 16 * warp + gq + 8 * (e / 2), acc[4 * j + e]);
+        for (int e = 0; e < 4; e++) sum[j][e] = acc[4 * j + e];
     if (p.splits > 1) {
+        auto at = [&](int sp, int j, int e) {
+            return p.partials + ((int64_t)slab * p.splits + sp) * 64 * 64 + (8 * j + 2 * c + e % 2) * 64 + 16 * warp +
+                   gq + 8 * (e / 2);
+        };
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) __stcg(at(split, j, e), acc[4 * j + e]);
         __threadfence();
         __syncthreads();
         if (t == 0) last_block = atomicAdd(&p.counters[slab], 1) == p.splits - 1;
@@ -1571,43 +1598,39 @@ __global__ void __launch_bounds__(DLW_THREADS) dlw_kernel(const __grid_constant_
         if (!last_block) return;
         __threadfence();
         if (t == 0) p.counters[slab] = 0;  // ready for the next launch
-    } else {
-        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sum[j][e] = 0.0f;
+        // not unrolled over the splits: an unrolled sum made this cold code most of the kernel's SASS (ncu, call 2:
+        // a third of the stall samples were instruction-cache misses and loads in it)
+#pragma unroll 1
+        for (int sp = 0; sp < p.splits; sp++)
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sum[j][e] += __ldcg(at(sp, j, e));
     }
-    // the last block of the slab: outputs (m, row) with row fastest, the partials added in split order
-    const bool lora = p.ax != nullptr && p.B[g] != nullptr;
-    for (int i = t; i < 64 * 64; i += DLW_THREADS) {
-        const int m = i / 64, r = i % 64, row = local + r;
-        if (m >= p.M) break;  // i only grows
-        float sum = 0.0f;
-        for (int sp = 0; sp < p.splits; sp++) sum += __ldcg(partial(sp) + i);
-        float lora_sum = 0.0f;
-        if (lora) {
-            const bf16* ax_row = p.ax + (int64_t)m * p.ld_ax + p.ax_col[g];
-            const bf16* b_row = p.B[g] + (int64_t)row * p.R;
-            for (int q = 0; q < p.R; q++)
-                lora_sum = fmaf(__bfloat162float(ax_row[q]), __bfloat162float(b_row[q]), lora_sum);
-        }
-        p.y[g][(int64_t)m * p.ldy[g] + row] = dl_output(sum, p.bias[g], row, lora, lora_sum, p.scale);
-    }
+    // the adapter term on the tensor cores, bias and the two roundings, as the streaming kernel ends a tile
+    dl_tile_epilogue<8>(p, sum, g, local + 16 * warp, gq, c);
 }
 #endif  // DL_CFG_WGMMA
 
-// Whether the wgmma path takes a group of these shapes (at some M in 16 < M <= 64): NF4 in decode-tile order, every
-// linear a multiple of 64 rows, k a multiple of 64.
+// Whether the wgmma path takes a group of these shapes (at some M): NF4 in decode-tile order, every linear a multiple
+// of 64 rows, k a multiple of 64, and at least DL_CFG_WGMMA_MIN_ROWS rows in all.
 static bool dlw_shapes_ok(const LoraLinearGpu* linears, int G) {
-    bool ok = DL_CFG_WGMMA != 0;
+    bool ok = DL_CFG_WGMMA != 0 && dl_total_rows(linears, G) >= DL_CFG_WGMMA_MIN_ROWS;
     for (int g = 0; ok && g < G; g++) {
         const LinearWeight& b = *linears[g].base;
         ok = b.format == LinearFormat::NF4 && b.nf4.tiled && b.out % 64 == 0 && b.in % 64 == 0;
     }
     return ok;
 }
-static bool dlw_rows_ok(int M) { return M > 16 && M <= 64; }
+static bool dlw_rows_ok(int M) { return M > DL_CFG_WGMMA_MIN_M && M <= 64; }
 #if DL_CFG_WGMMA
 // The same on a launch's parameters, where the group's rows, k and the counters are known.
 static bool dlw_params_ok(const DecodeParams& p) {
-    bool ok = DL_CFG_WGMMA != 0 && dlw_rows_ok(p.M) && p.K % NF4_BLOCK == 0 &&
+    bool ok = DL_CFG_WGMMA != 0 && dlw_rows_ok(p.M) && p.total_rows >= DL_CFG_WGMMA_MIN_ROWS && p.K % NF4_BLOCK == 0 &&
               (size_t)(p.total_rows / 64) <= DL_MAX_COUNTERS;
     for (int g = 0; ok && g < p.G; g++) ok = p.nf4[g].tiled && (p.row_start[g + 1] - p.row_start[g]) % 64 == 0;
     return ok;
@@ -1617,12 +1640,12 @@ static bool dlw_params_ok(const DecodeParams& p) {
 #ifndef DL_CFG_WGMMA_WAVES
 #define DL_CFG_WGMMA_WAVES 0  // 1: splits for whole waves of blocks (lab variant wgwave), 0: at least one wave
 #endif
-// The k splits. The kernel's registers hold 4 blocks an SM, a wave of 4 x SMs blocks; the splits make at least a
-// wave, with at least 2 blocks of k a split. DL_CFG_WGMMA_WAVES: more splits, up to 4 blocks of k a split, until the
+// The k splits. The kernel's registers hold DL_CFG_WGMMA_BLOCKS_SM blocks an SM, a wave of that many x SMs blocks;
+// the splits make at least a wave, with at least 2 blocks of k a split. DL_CFG_WGMMA_WAVES: more splits, up to 4 blocks of k a split, until the
 // last wave is at least 85% full (gate/up at 7B: 592 slabs, one split is 1.12 waves; down: 56 slabs, 10 splits
 // 1.06 waves), at the price of more partials.
 static int dlw_splits(int total_rows, int K) {
-    const int slabs = total_rows / 64, nkb = K / NF4_BLOCK, wave = 4 * cuda_sm_count();
+    const int slabs = total_rows / 64, nkb = K / NF4_BLOCK, wave = DL_CFG_WGMMA_BLOCKS_SM * cuda_sm_count();
     const int least = std::max(1, std::min({(wave + slabs - 1) / slabs, nkb / 2, DLW_MAX_SPLITS}));
     if (!DL_CFG_WGMMA_WAVES) return least;
     int best = least;

@@ -322,7 +322,7 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         check_close("y simple", simple[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128,
                     group.adapters[g] ? 1.0 : 0.01);
     }
-    // 3 and 7: the ax kernel's rounded-up row counts; 17 and 33: the wgmma path's fewest rows and an odd count
+    // 3 and 7: the ax kernel's rounded-up row counts; 17 and 33: odd counts of two and three m-tiles
     check_random_rows(group, {1, 3, 6, 7, 17, 33, 48, 64, 70}, rng);
 
     // one linear of 2048 rows over in 16384: 128 tiles x 256 blocks = 32768 pairs, the least that the streaming
@@ -343,6 +343,23 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         add_linear(pair, first, 16384, LinearFormat::NF4, false, true, false, rng);
         add_linear(pair, 2048 - first, 16384, LinearFormat::NF4, false, true, false, rng);
         check_random_rows(pair, {24, 64}, rng);
+    }
+
+    // gate/up-like: two linears of 4096 rows, enough for the wgmma path (DL_CFG_WGMMA_MIN_ROWS), which takes them at
+    // 49 and 64 rows of x on an sm_90 GPU; at 48 the streaming kernel does
+    DecodeGroup gate_up;
+    gate_up.R = group.R;
+    gate_up.scale = group.scale;
+    add_linear(gate_up, 4096, 3584, LinearFormat::NF4, false, true, false, rng);
+    add_linear(gate_up, 4096, 3584, LinearFormat::NF4, false, true, false, rng);
+    check_random_rows(gate_up, {48, 49, 64}, rng);
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    if (prop.major == 9 && prop.minor == 0) {  // that the path ran above (its weights are tiled now); else it is absent
+        const std::vector<LoraLinearGpu> lins = gate_up.gpu_linears();
+        CHECK(decode_linear_wgmma_path(lins.data(), 2, 64));
+        CHECK(decode_linear_wgmma_path(lins.data(), 2, 49));
+        CHECK_FALSE(decode_linear_wgmma_path(lins.data(), 2, 48));
     }
 
     // in 32768: past what decode_lora_ax_kernel holds in registers (24576), so x A^T takes the other path at M 2
