@@ -5,7 +5,8 @@ CUDA_ARCH ?= sm_90
 CXXFLAGS ?= -O2 -g
 CXXFLAGS += -std=c++17 -Wall -Wextra -ffp-contract=off -I.
 NVCCFLAGS ?= -O2 -g
-NVCCFLAGS += -std=c++17 -arch=$(CUDA_ARCH) -I. -Xcompiler -Wall
+CUDA_ARCH_FLAGS = -arch=$(CUDA_ARCH)
+NVCCFLAGS += -std=c++17 $(CUDA_ARCH_FLAGS) -I. -Xcompiler -Wall
 # Catch2 v2 single header: Debian's catch2 package puts it on the default include path
 # (/usr/include/catch2/catch.hpp); elsewhere set CATCH_INC to the folder holding catch2/.
 CATCH_INC ?=
@@ -138,9 +139,17 @@ test-gpu: $(BUILD)/test_gpu
 $(BUILD)/lab_%: dev/cuda/%.cu $(KERNEL_OBJS) $(BUILD)/libgrpo.a
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP $< $(filter %.o,$^) $(BUILD)/libgrpo.a -o $@ -lcublasLt
+# wgmma is an architecture-specific feature of sm_90, so what uses it is built for sm_90a: the probe lab, and
+# kernels/decode_linear.cu with its lab variants (DL_SM90A turns its wgmma path on). private: not the objects a lab
+# links, which stay sm_90. (nvcc 13's -arch=sm_90a still assembles compute_90 PTX, hence -gencode.)
+SM90A_FLAGS := -gencode arch=compute_90a,code=sm_90a
+$(BUILD)/lab_wgmma_probe: private CUDA_ARCH_FLAGS := $(SM90A_FLAGS)
+$(BUILD)/kernels/decode_linear.o: private CUDA_ARCH_FLAGS := $(SM90A_FLAGS) -DDL_SM90A=1
+$(BUILD)/dl_variant/%.o: private CUDA_ARCH_FLAGS := $(SM90A_FLAGS) -DDL_SM90A=1
 # lab_decode_linear's variants: kernels/decode_linear.cu compiled again with other DL_CFG_* knobs, each in its own
 # namespace and object, so that they build in parallel (dev/cuda/variants/decode_linear_variant.cu)
-DL_VARIANTS := v3 fold pairs defer full deferfull wch2 pairs5 axgemm narrow0 tm1 tm2b2 tm2w4b3 tm2all tm2allfull
+DL_VARIANTS := v3 fold pairs defer full deferfull wch2 pairs5 axgemm narrow0 tm1 tm2b2 tm2w4b3 tm2all tm2allfull \
+               wgmma0 wgwave wgp4b4 wgall
 DL_KNOBS_v3 := -DDL_CFG_V4=0 -DDL_CFG_BF16_CUBLAS=0
 DL_KNOBS_fold := -DDL_CFG_V4_FOLD=1
 DL_KNOBS_pairs := -DDL_CFG_V4_PAIRS=1
@@ -156,6 +165,10 @@ DL_KNOBS_tm2b2 := -DDL_CFG_V4_TM2_BLOCKS_SM=2
 DL_KNOBS_tm2w4b3 := -DDL_CFG_V4_WARPS=4 -DDL_CFG_V4_TM2_BLOCKS_SM=3
 DL_KNOBS_tm2all := -DDL_CFG_V4_WIDE_PAIRS=0
 DL_KNOBS_tm2allfull := -DDL_CFG_V4_WIDE_PAIRS=0 -DDL_CFG_V4_FULL=1
+DL_KNOBS_wgmma0 := -DDL_CFG_WGMMA=0
+DL_KNOBS_wgwave := -DDL_CFG_WGMMA_WAVES=1
+DL_KNOBS_wgp4b4 := -DDL_CFG_WGMMA_PREF=4 -DDL_CFG_WGMMA_BLOCKS_SM=4
+DL_KNOBS_wgall := -DDL_CFG_WGMMA_MIN_M=16 -DDL_CFG_WGMMA_MIN_ROWS=0
 $(BUILD)/dl_variant/%.o: dev/cuda/variants/decode_linear_variant.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DDL_VARIANT=$* $(DL_KNOBS_$*) -MMD -MP -c $< -o $@

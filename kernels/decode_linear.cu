@@ -52,6 +52,7 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/decode_linear.cuh"
+#include "kernels/wgmma.cuh"  // the wgmma path (DL_CFG_WGMMA; sm_90a only, so unused elsewhere)
 
 typedef __nv_bfloat16 bf16;
 
@@ -119,6 +120,7 @@ struct DecodeParams {
     int* counters = nullptr;                       // one per row tile, zero between launches
     int chunks_per_split = 1, splits = 1;          // v3's split-K plan
     int64_t stream_rows = 1;                       // v4: (tile, 64-block) pairs per warp
+    const bf16* xw = nullptr;                      // the wgmma path: x in wgmma's order (dlw_permute_x_kernel)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1388,6 +1390,7 @@ struct DlWorkspace {
     int* counters = nullptr;
     bf16* ax = nullptr;
     float* partials = nullptr;
+    bf16* xw = nullptr;  // the wgmma path's permuted x (DL_CFG_WGMMA), after the partials
 };
 
 static int dl_adapted(const LoraLinearGpu* linears, int G) {
@@ -1407,6 +1410,279 @@ static size_t dl_ax_bytes(int R, int M) {
     return dl_align((size_t)std::max(M, DECODE_LINEAR_MAX_M) * DECODE_LINEAR_MAX_G * std::max(R, 1) * sizeof(bf16));
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The wgmma path (DL_CFG_WGMMA): NF4 groups of at least DL_CFG_WGMMA_MIN_ROWS rows at 48 < M <= 64 rows of x.
+//
+// Why (README, "What bounds batch 64"): the streaming kernel multiplies with mma.sync one warp at a time, and every
+// warp reads x for itself (8x the code bytes at two m-tiles a step). Here a warpgroup (one block of 4 warps) owns a
+// slab of 64 weight rows, warp w its 16-row tile w, and all four walk k together: one copy of x in shared memory
+// feeds them, and one wgmma m64n64k16 a k-step (kernels/wgmma.cuh) does the work of 32 mma.sync.
+// Layouts: the codes are the decode-tile order the GPU model holds (nf4_tile), dequantized by dl_nf4_word into
+// mma.sync's A fragment, which is wgmma's (warp w: rows 16w .. 16w+15), with the streaming kernel's permutation of
+// k: physical k 16c + 4s + j of a 64-block is logical k 2c + j (j < 2) or 2c + 8 + j - 2 of k-step s. x is written
+// once per launch in that order and in wgmma's core-matrix layout (dlw_permute_x_kernel: per 64-block, 4 k-steps of
+// 64 rows x 16 k, rows past M zero), then staged into shared memory by cp.async, DLW_STAGES - 1 blocks ahead. The
+// descriptor's byte offsets (DLW_LEADING, DLW_STRIDE) are the convention dev/cuda/wgmma_probe.cu found on the H200.
+// Per 64-block a warpgroup dequantizes its codes (loaded DLW_PREF blocks ahead), issues 4 wgmma as a group and waits
+// for it: ptxas serializes every wgmma of a kernel (C7513) that writes a wgmma's input registers while one is in
+// flight, even into a second register set, so a warpgroup does not overlap the two itself; the SM's other blocks do.
+// Split-K over blocks with a counter per slab as elsewhere in this file: each block writes its fp32 partial, the last
+// of a slab adds the partials in split order (the bits never depend on timing) and ends the slab as the streaming
+// kernel ends a tile (dl_tile_epilogue: the adapter term on the tensor cores, bias and the two roundings). An end with
+// the adapter term as a loop over r per output made the first GPU run 2.7x slower than the streaming kernel.
+#ifndef DL_SM90A
+#define DL_SM90A 0  // 1 where the Makefile builds this file for sm_90a (wgmma is an sm_90a feature)
+#endif
+#ifndef DL_CFG_WGMMA
+#define DL_CFG_WGMMA DL_SM90A  // route wide NF4 groups at 48 < M <= 64 to the wgmma kernel (lab variant wgmma0: off)
+#endif
+// Which launches take it (session 11, call 3, lab_decode_linear and bench_generate at 7B shapes, every NF4 group on
+// the path from 17 rows): faster for gate/up at 64 rows (0.054 against 0.064 ms a linear; the step 10.62 against
+// 11.75 ms), slower for q/k/v and o at 48 and 64 rows (0.031-0.033 against 0.021-0.025 ms: too few slabs to fill the
+// GPU without many k splits) and for the step at 48 rows (9.81 against 9.66 ms), where the streaming kernel needs
+// three m-tiles, not four. Lab variant wgall: every NF4 group from 17 rows, as measured.
+#ifndef DL_CFG_WGMMA_MIN_M
+#define DL_CFG_WGMMA_MIN_M 48  // rows of x the path needs more than
+#endif
+#ifndef DL_CFG_WGMMA_MIN_ROWS
+#define DL_CFG_WGMMA_MIN_ROWS 8192  // weight rows a group needs at least (7B: gate/up 37,888; q/k/v 4,608; o, down 3,584)
+#endif
+#if DL_CFG_WGMMA && !DL_SM90A
+#error "DL_CFG_WGMMA needs this file built for sm_90a (-gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1)"
+#endif
+
+constexpr int DLW_MAX_SPLITS = 32;
+#ifndef DL_CFG_WGMMA_BLOCKS_SM
+#define DL_CFG_WGMMA_BLOCKS_SM 5  // blocks an SM the registers must allow (at most 102 a thread; 4: 128)
+#endif
+
+#if DL_CFG_WGMMA
+#ifndef DL_CFG_WGMMA_PREF
+#define DL_CFG_WGMMA_PREF 2  // k-blocks of codes loaded ahead (8 registers each; 4 with 4 blocks an SM: lab wgp4b4)
+#endif
+constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = DL_CFG_WGMMA_PREF;
+constexpr int DLW_XBLOCK_BYTES = 64 * 64 * 2;  // x of one 64-block: 4 k-steps of 64 rows x 16 k
+constexpr uint32_t DLW_LEADING = 128, DLW_STRIDE = 256;  // descriptor: bytes between the k halves, the row groups
+
+// xw [K / 64][4][64 x 16] from x [M, K]; rows M .. 63 zero. One thread per (row, physical k).
+__global__ void dlw_permute_x_kernel(bf16* xw, const bf16* x, int M, int K) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (int64_t)64 * K) return;
+    const int n = (int)(i / K), k = (int)(i % K), p = k % 64, c = p / 16, j = p % 4, s = (p % 16) / 4;
+    const int kl = j < 2 ? 2 * c + j : 2 * c + 8 + (j - 2);
+    xw[(int64_t)(k / 64) * (DLW_XBLOCK_BYTES / 2) + s * 1024 + wg_b_offset(n, kl)] =
+        n < M ? x[(int64_t)n * K + k] : __float2bfloat16(0.0f);
+}
+
+__global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kernel(const __grid_constant__ DecodeParams p) {
+    extern __shared__ __align__(128) unsigned char dlw_x_stages[];  // DLW_STAGES x 8 KB
+    __shared__ float nested_code[256];
+    __shared__ int last_block;
+    grid_launch_dependents();
+    const int t = threadIdx.x, warp = t / 32, lane = t % 32, gq = lane / 4, c = lane % 4;
+    const int nkb = p.K / NF4_BLOCK, slab = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
+    const int kb0 = (int)((int64_t)split * nkb / p.splits), kb1 = (int)((int64_t)(split + 1) * nkb / p.splits);
+    const int v = slab * 64, g = dl_linear_of(p, v), local = v - p.row_start[g];  // out_g % 64 == 0: one linear
+    const NF4View& nf = p.nf4[g];
+    const int tile = local / 16 + warp;  // this warp's 16 rows, in linear g
+    if (t < 16) dl_code_table[g][t] = nf.code[t];
+    if (nf.double_quant)
+        for (int i = t; i < 256; i += DLW_THREADS) nested_code[i] = nf.nested_code[i];
+    const uint32_t table = dl_code_table_address(), lin_bytes = (uint32_t)g * 0x40404040u;
+
+    auto stage_x = [&](int kb) {  // x of block kb into stage (kb - kb0) % DLW_STAGES, 4 pieces of 16 bytes a thread
+        if (kb < kb1) {
+            unsigned char* dst = dlw_x_stages + ((kb - kb0) % DLW_STAGES) * DLW_XBLOCK_BYTES;
+            const unsigned char* src = reinterpret_cast<const unsigned char*>(p.xw) + (int64_t)kb * DLW_XBLOCK_BYTES;
+#pragma unroll
+            for (int i = 0; i < DLW_XBLOCK_BYTES / 16 / DLW_THREADS; i++) {
+                const int piece = i * DLW_THREADS + t;
+                dl_cp_async16(dst + piece * 16, src + piece * 16, true);
+            }
+        }
+        dl_cp_async_commit();  // a group every time, empty past the range, so that the wait counts hold
+    };
+    // this lane's 16 code bytes of block kb (rows gq and gq + 8) and the raw scales of its two rows
+    const uint8_t* tile_codes = nf.packed + (int64_t)tile * nkb * 512 + lane * 16;
+    const uint8_t* tile_q = nf.double_quant ? nf.absmax_q + (int64_t)tile * nkb * 16 + gq : nullptr;
+    const int64_t block_row0 = (int64_t)(tile * 16 + gq) * nkb, block_row8 = block_row0 + 8 * (int64_t)nkb;
+    uint4 ring_codes[DLW_PREF];
+    float ring_a[DLW_PREF][2];
+    uint32_t ring_q[DLW_PREF][2];
+    auto load_codes = [&](int kb, int r) {
+        if (kb >= kb1) return;
+        ring_codes[r] = dl4_load_stream16(tile_codes + (int64_t)kb * 512);
+        if (nf.double_quant) {
+            ring_q[r][0] = __ldg(tile_q + kb * 16);
+            ring_q[r][1] = __ldg(tile_q + kb * 16 + 8);
+            ring_a[r][0] = __ldg(nf.nested_absmax + (block_row0 + kb) / NF4_NESTED_BLOCK);
+            ring_a[r][1] = __ldg(nf.nested_absmax + (block_row8 + kb) / NF4_NESTED_BLOCK);
+        } else {
+            ring_a[r][0] = __ldg(nf.absmax_f32 + block_row0 + kb);
+            ring_a[r][1] = __ldg(nf.absmax_f32 + block_row8 + kb);
+        }
+    };
+#pragma unroll
+    for (int r = 0; r < DLW_PREF; r++) load_codes(kb0 + r, r);
+    grid_dependency_wait();  // x (and ax, and the workspace) belong to the kernels before
+    for (int i = 0; i < DLW_STAGES - 1; i++) stage_x(kb0 + i);
+    __syncthreads();  // the code tables
+
+    float acc[32];
+#pragma unroll
+    for (int i = 0; i < 32; i++) acc[i] = 0.0f;
+    uint32_t a[4][4];  // the block's 4 k-steps' A fragments
+    for (int base = kb0; base < kb1; base += DLW_PREF) {
+#pragma unroll
+        for (int r = 0; r < DLW_PREF; r++) {
+            const int kb = base + r;
+            if (kb >= kb1) break;  // the same for the whole block
+            const uint4 codes = ring_codes[r];
+            float scale[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                scale[h] = nf.double_quant ? dl_double_quant_scale(nf, nested_code[ring_q[r][h]], ring_a[r][h])
+                                           : ring_a[r][h];
+            load_codes(kb + DLW_PREF, r);
+            uint32_t w[2][8];  // rows gq, gq + 8: bf16 pairs 2s and 2s+1 feed k-step s
+            dl_nf4_word(&w[0][0], codes.x, lin_bytes, table, scale[0]);
+            dl_nf4_word(&w[0][4], codes.y, lin_bytes, table, scale[0]);
+            dl_nf4_word(&w[1][0], codes.z, lin_bytes, table, scale[1]);
+            dl_nf4_word(&w[1][4], codes.w, lin_bytes, table, scale[1]);
+#pragma unroll
+            for (int s = 0; s < 4; s++) {
+                a[s][0] = w[0][2 * s];
+                a[s][1] = w[1][2 * s];
+                a[s][2] = w[0][2 * s + 1];
+                a[s][3] = w[1][2 * s + 1];
+            }
+            dl_cp_async_wait_all_but<DLW_STAGES - 2>();  // x of block kb has landed, for every thread
+            wg_fence_smem();
+            __syncthreads();
+            const unsigned char* xs = dlw_x_stages + ((kb - kb0) % DLW_STAGES) * DLW_XBLOCK_BYTES;
+            wg_fence_operands(acc);
+            wg_fence();
+#pragma unroll
+            for (int s = 0; s < 4; s++)
+                wgmma_m64n64k16_rs(acc, a[s], wg_descriptor(xs + s * 2048, DLW_LEADING, DLW_STRIDE));
+            wg_commit();
+            wg_wait<0>();
+            wg_fence_operands(acc);
+            wg_fence_operands(a);
+            stage_x(kb + DLW_STAGES - 1);  // into block kb - 1's stage
+        }
+    }
+    dl_cp_async_wait_all_but<0>();
+
+    // acc[4j + e] is (weight row 16 warp + gq + 8 (e / 2), x row 8j + 2c + e % 2): dl_tile_epilogue's acc[j][e].
+    // With k split, each block writes its fp32 partial ([m][r] of the slab) and the last of the slab adds them all in
+    // split order (its own too, so that the bits never depend on which block came last).
+    float sum[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sum[j][e] = acc[4 * j + e];
+    if (p.splits > 1) {
+        auto at = [&](int sp, int j, int e) {
+            return p.partials + ((int64_t)slab * p.splits + sp) * 64 * 64 + (8 * j + 2 * c + e % 2) * 64 + 16 * warp +
+                   gq + 8 * (e / 2);
+        };
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) __stcg(at(split, j, e), acc[4 * j + e]);
+        __threadfence();
+        __syncthreads();
+        if (t == 0) last_block = atomicAdd(&p.counters[slab], 1) == p.splits - 1;
+        __syncthreads();
+        if (!last_block) return;
+        __threadfence();
+        if (t == 0) p.counters[slab] = 0;  // ready for the next launch
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sum[j][e] = 0.0f;
+        // not unrolled over the splits: an unrolled sum made this cold code most of the kernel's SASS (ncu, call 2:
+        // a third of the stall samples were instruction-cache misses and loads in it)
+#pragma unroll 1
+        for (int sp = 0; sp < p.splits; sp++)
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sum[j][e] += __ldcg(at(sp, j, e));
+    }
+    // the adapter term on the tensor cores, bias and the two roundings, as the streaming kernel ends a tile
+    dl_tile_epilogue<8>(p, sum, g, local + 16 * warp, gq, c);
+}
+#endif  // DL_CFG_WGMMA
+
+// Whether the wgmma path takes a group of these shapes (at some M): NF4 in decode-tile order, every linear a multiple
+// of 64 rows, k a multiple of 64, and at least DL_CFG_WGMMA_MIN_ROWS rows in all.
+static bool dlw_shapes_ok(const LoraLinearGpu* linears, int G) {
+    bool ok = DL_CFG_WGMMA != 0 && dl_total_rows(linears, G) >= DL_CFG_WGMMA_MIN_ROWS;
+    for (int g = 0; ok && g < G; g++) {
+        const LinearWeight& b = *linears[g].base;
+        ok = b.format == LinearFormat::NF4 && b.nf4.tiled && b.out % 64 == 0 && b.in % 64 == 0;
+    }
+    return ok;
+}
+static bool dlw_rows_ok(int M) { return M > DL_CFG_WGMMA_MIN_M && M <= 64; }
+#if DL_CFG_WGMMA
+// The same on a launch's parameters, where the group's rows, k and the counters are known.
+static bool dlw_params_ok(const DecodeParams& p) {
+    bool ok = DL_CFG_WGMMA != 0 && dlw_rows_ok(p.M) && p.total_rows >= DL_CFG_WGMMA_MIN_ROWS && p.K % NF4_BLOCK == 0 &&
+              (size_t)(p.total_rows / 64) <= DL_MAX_COUNTERS;
+    for (int g = 0; ok && g < p.G; g++) ok = p.nf4[g].tiled && (p.row_start[g + 1] - p.row_start[g]) % 64 == 0;
+    return ok;
+}
+#endif
+
+#ifndef DL_CFG_WGMMA_WAVES
+#define DL_CFG_WGMMA_WAVES 0  // 1: splits for whole waves of blocks (lab variant wgwave), 0: at least one wave
+#endif
+// The k splits. The kernel's registers hold DL_CFG_WGMMA_BLOCKS_SM blocks an SM, a wave of that many x SMs blocks;
+// the splits make at least a wave, with at least 2 blocks of k a split. DL_CFG_WGMMA_WAVES: more splits, up to 4 blocks of k a split, until the
+// last wave is at least 85% full (gate/up at 7B: 592 slabs, one split is 1.12 waves; down: 56 slabs, 10 splits
+// 1.06 waves), at the price of more partials.
+static int dlw_splits(int total_rows, int K) {
+    const int slabs = total_rows / 64, nkb = K / NF4_BLOCK, wave = DL_CFG_WGMMA_BLOCKS_SM * cuda_sm_count();
+    const int least = std::max(1, std::min({(wave + slabs - 1) / slabs, nkb / 2, DLW_MAX_SPLITS}));
+    if (!DL_CFG_WGMMA_WAVES) return least;
+    int best = least;
+    double best_fill = 0.0;
+    for (int s = least; s <= std::min(nkb / 4, DLW_MAX_SPLITS); s++) {
+        const int64_t blocks = (int64_t)slabs * s, waves = (blocks + wave - 1) / wave;
+        const double fill = (double)blocks / (double)(waves * wave);
+        if (fill > best_fill + 1e-9) best = s, best_fill = fill;
+        if (fill >= 0.85) break;
+    }
+    return best;
+}
+static size_t dlw_partial_floats(int total_rows, int K) {
+    return (size_t)(total_rows / 64) * dlw_splits(total_rows, K) * 64 * 64;
+}
+static size_t dlw_xw_bytes(int K) { return dl_align((size_t)64 * K * sizeof(bf16)); }
+
+#if DL_CFG_WGMMA
+static void dlw_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
+    static bool opted_in = false;
+    if (!opted_in) {
+        cudaCheck(cudaFuncSetAttribute(dlw_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                       DLW_STAGES * DLW_XBLOCK_BYTES));
+        opted_in = true;
+    }
+    const int64_t n_perm = (int64_t)64 * p.K;
+    dlw_permute_x_kernel<<<(unsigned)((n_perm + 255) / 256), 256, 0, stream>>>(ws.xw, p.x, p.M, p.K);
+    cudaCheck(cudaGetLastError());
+    p.xw = ws.xw;
+    p.splits = dlw_splits(p.total_rows, p.K);
+    p.partials = ws.partials;
+    p.counters = ws.counters;
+    launch_dependent(dlw_kernel, dim3((unsigned)(p.total_rows / 64 * p.splits)), dim3(DLW_THREADS),
+                     DLW_STAGES * DLW_XBLOCK_BYTES, stream, p);
+}
+#endif
+
 // The partial sums (floats) a launch of exactly M rows needs: the main kernel's plan and the adapters' x A^T.
 static size_t dl_partial_floats(const LoraLinearGpu* linears, int G, int R, int M) {
     const int in = (int)linears[0].base->in, adapted = dl_adapted(linears, G);
@@ -1420,6 +1696,8 @@ static size_t dl_partial_floats(const LoraLinearGpu* linears, int G, int R, int 
         partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M, group).partial_floats);
     if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
     if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
+    if (dlw_shapes_ok(linears, G) && dlw_rows_ok(M))
+        partials = std::max(partials, dlw_partial_floats(dl_total_rows(linears, G), in));
     return partials;
 }
 
@@ -1434,7 +1712,13 @@ static size_t dl_sizes(const LoraLinearGpu* linears, int G, int R, int rows, boo
         need(std::min(rows, DECODE_LINEAR_MAX_M));
         if (rows > DECODE_LINEAR_MAX_M && rows % DECODE_LINEAR_MAX_M != 0) need(rows % DECODE_LINEAR_MAX_M);
     }
-    return DL_MAX_COUNTERS * sizeof(int) + dl_ax_bytes(R, rows) + partials * sizeof(float);
+    const size_t xw = dlw_shapes_ok(linears, G) ? dlw_xw_bytes((int)linears[0].base->in) : 0;
+    return DL_MAX_COUNTERS * sizeof(int) + dl_ax_bytes(R, rows) + xw + partials * sizeof(float);
+}
+
+bool decode_linear_wgmma_path(const LoraLinearGpu* linears, int G, int M) {
+    return G >= 1 && G <= DECODE_LINEAR_MAX_G && dlw_shapes_ok(linears, G) && dlw_rows_ok(std::min(M, DECODE_LINEAR_MAX_M)) &&
+           (size_t)(dl_total_rows(linears, G) / 64) <= DL_MAX_COUNTERS;
 }
 
 size_t decode_linear_workspace_bytes(const LoraLinearGpu* linears, int G, int R, int max_M) {
@@ -1463,6 +1747,10 @@ static DlWorkspace dl_workspace(const LoraLinearGpu* linears, int G, int R, int 
     at += DL_MAX_COUNTERS * sizeof(int);
     ws.ax = (bf16*)at;
     at += dl_ax_bytes(R, M);
+    if (dlw_shapes_ok(linears, G)) {  // the wgmma path's permuted x, before the partials (its size is M's alone)
+        ws.xw = (bf16*)at;
+        at += dlw_xw_bytes((int)linears[0].base->in);
+    }
     ws.partials = (float*)at;
     return ws;
 }
@@ -1541,6 +1829,12 @@ static void dl_launch_mma(DecodeParams p, const DlWorkspace& ws, cudaStream_t st
 }
 
 static void dl_launch(const DecodeParams& p, bool nf4, bool simple, const DlWorkspace& ws, cudaStream_t stream) {
+#if DL_CFG_WGMMA
+    if (!simple && nf4 && ws.xw && dlw_params_ok(p)) {
+        dlw_launch(p, ws, stream);
+        return;
+    }
+#endif
     if (!simple && nf4 && dl4_ok(p)) {
         dl4_launch(p, ws, stream);
         return;

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <string>
+#include <utility>
 
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -74,7 +75,10 @@ static size_t decode_workspace_bytes(const Qwen2Config& cfg, const LoraConfig& l
                                            {2, 1}, {3, 1}, {4, 1}, {5, 1}, {6, 1}};
     static_assert(NUM_LINEAR == 7, "one single-linear entry per slot");
     size_t bytes = 0;
-    for (LinearFormat format : {LinearFormat::BF16, LinearFormat::NF4})
+    // NF4 both as loaded and in the decode-tile order (which the wgmma path needs, and a workspace region with it)
+    const std::pair<LinearFormat, bool> formats[] = {
+        {LinearFormat::BF16, false}, {LinearFormat::NF4, false}, {LinearFormat::NF4, true}};
+    for (const auto& [format, tiled] : formats)
         for (const auto& group : groups) {
             LinearWeight weights[DECODE_LINEAR_MAX_G];
             LoraLinearGpu linears[DECODE_LINEAR_MAX_G];
@@ -83,6 +87,7 @@ static size_t decode_workspace_bytes(const Qwen2Config& cfg, const LoraConfig& l
                 weights[g].out = linear_out_features(cfg, s);
                 weights[g].in = linear_in_features(cfg, s);
                 weights[g].format = format;
+                weights[g].nf4.tiled = tiled;
                 linears[g].base = &weights[g];
                 if (lora.has(s)) linears[g].A = linears[g].B = &adapter_marker;
             }

@@ -24,7 +24,8 @@
 //   steps (variant narrow0: as the wider launches). The wide launches (more than 16 rows, many pairs: gate/up, down)
 //   take two m-tiles a step, so each x load feeds 32 weight rows (variant tm1: one m-tile; tm2b2, tm2w4b3, tm2all,
 //   tm2allfull: other shapes of it). Variant: fold (bf16 codes from a pair table, the block scale
-//   applied once per block: not bitsandbytes' rounding).
+//   applied once per block: not bitsandbytes' rounding). Wide groups at 48 < M <= 64 go to the wgmma path (one warpgroup
+//   a 64-row slab, x shared in shared memory; variant wgmma0: the streaming kernel instead).
 // The adapters' x A^T: at most 8 rows, decode_lora_ax_kernel (A read into registers before the dependency wait, one
 //   programmatic dependent launch a group); more rows, cuBLASLt. Variant axgemm: cuBLASLt at every M.
 // bf16 weights (the GPU model's bf16 base copy of the NF4 linears, GpuOptions::bf16_base_copy): the layer through
@@ -92,6 +93,14 @@ DL_DECLARE_VARIANT(tm2w4b3, "v4 exact, 4 warps a block, two m-tiles a step at 3 
 // and the same with ranges of whole steps
 DL_DECLARE_VARIANT(tm2all, "v4 exact, every launch above 16 rows wide (two m-tiles a step)")
 DL_DECLARE_VARIANT(tm2allfull, "v4 exact, every launch above 16 rows wide, ranges of whole steps")
+// no wgmma path: the streaming kernel at every M (production: wide NF4 groups at 48 < M <= 64 on the wgmma path)
+DL_DECLARE_VARIANT(wgmma0, "v4 exact, no wgmma path (the streaming kernel at every M)")
+// the wgmma path with k splits for whole waves of blocks (production: at least one wave)
+DL_DECLARE_VARIANT(wgwave, "wgmma path, splits for whole waves")
+// the wgmma path as first run (codes 4 k-blocks ahead, 128 registers, 4 blocks an SM; production: 2 ahead, 96, 5);
+// and the path for every NF4 group above 16 rows (production: wide groups above 48 rows, where it was faster)
+DL_DECLARE_VARIANT(wgp4b4, "wgmma path, codes 4 blocks ahead, 4 blocks an SM")
+DL_DECLARE_VARIANT(wgall, "wgmma path for every NF4 group at 16 < M <= 64")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -595,20 +604,24 @@ int main(int argc, char** argv) {
     printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n");
     for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs,
                               wch2::knobs, pairs5::knobs, axgemm::knobs, narrow0::knobs, tm1::knobs, tm2b2::knobs,
-                              tm2w4b3::knobs, tm2all::knobs, tm2allfull::knobs})
+                              tm2w4b3::knobs, tm2all::knobs, tm2allfull::knobs, wgmma0::knobs, wgwave::knobs,
+                              wgp4b4::knobs, wgall::knobs})
         printf("  %s\n", knobs);
     const ForwardFn variants[] = {decode_linear_forward,           v3::decode_linear_forward,   fold::decode_linear_forward,
                                   pairs::decode_linear_forward,    defer::decode_linear_forward, full::decode_linear_forward,
                                   deferfull::decode_linear_forward, wch2::decode_linear_forward, pairs5::decode_linear_forward,
                                   tm1::decode_linear_forward,       tm2b2::decode_linear_forward,
                                   tm2w4b3::decode_linear_forward,   tm2all::decode_linear_forward,
-                                  tm2allfull::decode_linear_forward};
+                                  tm2allfull::decode_linear_forward, wgmma0::decode_linear_forward,
+                                  wgwave::decode_linear_forward,   wgp4b4::decode_linear_forward,
+                                  wgall::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3", "fold",
-           "pairs", "defer", "full", "deferfull", "wch2", "pairs5", "tm1", "tm2b2", "tm2w4b3", "tm2all", "tm2allfull");
+    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3",
+           "fold", "pairs", "defer", "full", "deferfull", "wch2", "pairs5", "tm1", "tm2b2", "tm2w4b3", "tm2all",
+           "tm2allfull", "wgmma0", "wgwave", "wgp4b4", "wgall");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -733,6 +746,10 @@ int main(int argc, char** argv) {
         time_layer_graph("tm2w4b3", tm2w4b3::decode_linear_forward);
         time_layer_graph("tm2all", tm2all::decode_linear_forward);
         time_layer_graph("tm2allfull", tm2allfull::decode_linear_forward);
+        time_layer_graph("wgmma0", wgmma0::decode_linear_forward);
+        time_layer_graph("wgwave", wgwave::decode_linear_forward);
+        time_layer_graph("wgp4b4", wgp4b4::decode_linear_forward);
+        time_layer_graph("wgall", wgall::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,

@@ -229,11 +229,25 @@ void check_random_rows(DecodeGroup& group, std::initializer_list<int> Ms, Rng& r
     size_t i = 0;
     for (int M : Ms) {
         std::vector<std::vector<float>> tiled = group.run(xs[i], M, false);
+        std::vector<std::vector<float>> again = group.run(xs[i], M, false);
+        // the wgmma path (decode-tile order only) sums in its own order: against the reference as above, else the
+        // same bits as the row-major codes
+        const bool wgmma = decode_linear_wgmma_path(group.gpu_linears().data(), (int)group.linears.size(), M);
         for (size_t g = 0; g < group.linears.size(); g++) {
-            INFO("tiled weights, M " << M << ", linear " << g);
-            size_t differ = 0;
-            for (size_t e = 0; e < tiled[g].size(); e++) differ += !(tiled[g][e] == row_major[i][g][e]);
-            CHECK(differ == 0);
+            INFO("tiled weights, M " << M << ", linear " << g << (wgmma ? ", wgmma path" : ""));
+            size_t differ = 0, differ_again = 0;
+            for (size_t e = 0; e < tiled[g].size(); e++) {
+                differ += !(tiled[g][e] == row_major[i][g][e]);
+                differ_again += !(tiled[g][e] == again[g][e]);
+            }
+            CHECK(differ_again == 0);
+            if (wgmma) {
+                std::vector<float> ref = group.reference((int)g, xs[i], M);
+                check_close("y wgmma", tiled[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128,
+                            group.adapters[g] ? 1.0 : 0.01);
+            } else {
+                CHECK(differ == 0);
+            }
         }
         i++;
     }
@@ -308,7 +322,8 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         check_close("y simple", simple[g], ref, std::ldexp(max_abs(ref), -7), 1.0f / 128,
                     group.adapters[g] ? 1.0 : 0.01);
     }
-    check_random_rows(group, {1, 3, 6, 7, 48, 64, 70}, rng);  // 3 and 7: the ax kernel's rounded-up row counts
+    // 3 and 7: the ax kernel's rounded-up row counts; 17 and 33: odd counts of two and three m-tiles
+    check_random_rows(group, {1, 3, 6, 7, 17, 33, 48, 64, 70}, rng);
 
     // one linear of 2048 rows over in 16384: 128 tiles x 256 blocks = 32768 pairs, the least that the streaming
     // kernel runs "wide" (one n-tile of x at a time, two blocks an SM) above 16 rows of x; narrow at M 6
@@ -328,6 +343,23 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         add_linear(pair, first, 16384, LinearFormat::NF4, false, true, false, rng);
         add_linear(pair, 2048 - first, 16384, LinearFormat::NF4, false, true, false, rng);
         check_random_rows(pair, {24, 64}, rng);
+    }
+
+    // gate/up-like: two linears of 4096 rows, enough for the wgmma path (DL_CFG_WGMMA_MIN_ROWS), which takes them at
+    // 49 and 64 rows of x on an sm_90 GPU; at 48 the streaming kernel does
+    DecodeGroup gate_up;
+    gate_up.R = group.R;
+    gate_up.scale = group.scale;
+    add_linear(gate_up, 4096, 3584, LinearFormat::NF4, false, true, false, rng);
+    add_linear(gate_up, 4096, 3584, LinearFormat::NF4, false, true, false, rng);
+    check_random_rows(gate_up, {48, 49, 64}, rng);
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    if (prop.major == 9 && prop.minor == 0) {  // that the path ran above (its weights are tiled now); else it is absent
+        const std::vector<LoraLinearGpu> lins = gate_up.gpu_linears();
+        CHECK(decode_linear_wgmma_path(lins.data(), 2, 64));
+        CHECK(decode_linear_wgmma_path(lins.data(), 2, 49));
+        CHECK_FALSE(decode_linear_wgmma_path(lins.data(), 2, 48));
     }
 
     // in 32768: past what decode_lora_ax_kernel holds in registers (24576), so x A^T takes the other path at M 2

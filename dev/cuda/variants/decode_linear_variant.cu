@@ -14,6 +14,7 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_linear.cuh"
 #include "kernels/mma.cuh"
+#include "kernels/wgmma.cuh"
 
 #ifndef DL_VARIANT
 #error "compile with -DDL_VARIANT=<namespace> and the variant's DL_CFG_* knobs (see the Makefile's DL_VARIANTS)"
