@@ -1438,9 +1438,11 @@ static size_t dl_ax_bytes(int R, int M) {
 #endif
 // Which launches take it (session 11, call 3, lab_decode_linear and bench_generate at 7B shapes, every NF4 group on
 // the path from 17 rows): faster for gate/up at 64 rows (0.054 against 0.064 ms a linear; the step 10.62 against
-// 11.75 ms), slower for q/k/v and o at 48 and 64 rows (0.031-0.033 against 0.021-0.025 ms: too few slabs to fill the
-// GPU without many k splits) and for the step at 48 rows (9.81 against 9.66 ms), where the streaming kernel needs
-// three m-tiles, not four. Lab variant wgall: every NF4 group from 17 rows, as measured.
+// 11.75 ms), slower alone for q and k at 48 and 64 rows (0.030-0.033 against 0.018-0.025 ms a linear: too few slabs
+// to fill the GPU without many k splits) and for the step at 48 rows (9.81 against 9.66 ms), where the streaming
+// kernel needs three m-tiles, not four. So q/k/v and o stay off the path here; but the step with them on it (10.62 ms,
+// call 3) was faster than with gate/up alone (10.84-10.87 ms, call 4), not yet compared in one call (next A/B:
+// DL_CFG_WGMMA_MIN_ROWS=0). Lab variant wgall: every NF4 group from 17 rows, as measured.
 #ifndef DL_CFG_WGMMA_MIN_M
 #define DL_CFG_WGMMA_MIN_M 48  // rows of x the path needs more than
 #endif
