@@ -198,22 +198,19 @@ int main() {
         snprintf(name, sizeof name, "mma.sync, %d warps/SM", blocks_per_sm * threads / 32);
         report(name, ms, 0, flops);
     }
-    for (int blocks_per_sm : {1, 2, 4}) {
-        const int blocks = blocks_per_sm * sms, threads = 256;
-        const double flops = (double)blocks * (threads / 128) * (iters / 4) * WG_GROUP * 2.0 * 64 * 64 * 16;
-        const float ms = time_kernel_ms([&] { wgmma_rate_kernel<<<blocks, threads>>>(d_out, iters / 4); }, 5);
-        char name[64];
-        snprintf(name, sizeof name, "wgmma RS n64, %d wgroups/SM", blocks_per_sm * 2);
-        report(name, ms, 0, flops);
-    }
-    for (int blocks_per_sm : {1, 2, 4}) {
-        const int blocks = blocks_per_sm * sms, threads = 256;
-        const double flops = (double)blocks * (threads / 128) * (iters / 4) * WG_GROUP * 2.0 * 64 * 64 * 16;
-        const float ms = time_kernel_ms([&] { wgmma_rewrite_rate_kernel<<<blocks, threads>>>(d_out, iters / 4); }, 5);
-        char name[64];
-        snprintf(name, sizeof name, "wgmma RS n64, A rewritten, %d wg/SM", blocks_per_sm * 2);
-        report(name, ms, 0, flops);
-    }
+    // the two wgmma kernels at 2, 4 and 8 warpgroups an SM (blocks of two)
+    auto time_wgmma = [&](void (*kernel)(float*, int), const char* label) {
+        for (int blocks_per_sm : {1, 2, 4}) {
+            const int blocks = blocks_per_sm * sms, threads = 256;
+            const double flops = (double)blocks * (threads / 128) * (iters / 4) * WG_GROUP * 2.0 * 64 * 64 * 16;
+            const float ms = time_kernel_ms([&] { kernel<<<blocks, threads>>>(d_out, iters / 4); }, 5);
+            char name[64];
+            snprintf(name, sizeof name, label, blocks_per_sm * 2);
+            report(name, ms, 0, flops);
+        }
+    };
+    time_wgmma(wgmma_rate_kernel, "wgmma RS n64, %d wgroups/SM");
+    time_wgmma(wgmma_rewrite_rate_kernel, "wgmma RS n64, A rewritten, %d wg/SM");
     cudaFree(d_a); cudaFree(d_b); cudaFree(d_d); cudaFree(d_out);
     return matches == 1 ? 0 : 1;
 }
