@@ -1462,6 +1462,9 @@ constexpr int DLW_MAX_SPLITS = 32;
 #ifndef DL_CFG_WGMMA_PREF
 #define DL_CFG_WGMMA_PREF 2  // k-blocks of codes loaded ahead (8 registers each; 4 with 4 blocks an SM: lab wgp4b4)
 #endif
+#ifndef DL_CFG_WGMMA_OVERLAP
+#define DL_CFG_WGMMA_OVERLAP 0  // 1: dequantize the next block while this block's wgmma run (lab variant wgover)
+#endif
 constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = DL_CFG_WGMMA_PREF;
 constexpr int DLW_XBLOCK_BYTES = 64 * 64 * 2;  // x of one 64-block: 4 k-steps of 64 rows x 16 k
 constexpr uint32_t DLW_LEADING = 128, DLW_STRIDE = 256;  // descriptor: bytes between the k halves, the row groups
@@ -1534,46 +1537,74 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
 #pragma unroll
     for (int i = 0; i < 32; i++) acc[i] = 0.0f;
     uint32_t a[4][4];  // the block's 4 k-steps' A fragments
+    // block kb's codes (ring slot r) dequantized into w, rows gq and gq + 8: bf16 pairs 2s and 2s+1 feed k-step s;
+    // then the ring slot is refilled with block kb + DLW_PREF
+    auto dequantize = [&](int kb, int r, uint32_t (&w)[2][8]) {
+        const uint4 codes = ring_codes[r];
+        float scale[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            scale[h] = nf.double_quant ? dl_double_quant_scale(nf, nested_code[ring_q[r][h]], ring_a[r][h])
+                                       : ring_a[r][h];
+        load_codes(kb + DLW_PREF, r);
+        dl_nf4_word(&w[0][0], codes.x, lin_bytes, table, scale[0]);
+        dl_nf4_word(&w[0][4], codes.y, lin_bytes, table, scale[0]);
+        dl_nf4_word(&w[1][0], codes.z, lin_bytes, table, scale[1]);
+        dl_nf4_word(&w[1][4], codes.w, lin_bytes, table, scale[1]);
+    };
+    // w into the A fragments, and once x of block kb has landed for every thread, its 4 wgmma as one group
+    auto issue = [&](int kb, const uint32_t (&w)[2][8]) {
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            a[s][0] = w[0][2 * s];
+            a[s][1] = w[1][2 * s];
+            a[s][2] = w[0][2 * s + 1];
+            a[s][3] = w[1][2 * s + 1];
+        }
+        dl_cp_async_wait_all_but<DLW_STAGES - 2>();
+        wg_fence_smem();
+        __syncthreads();
+        const unsigned char* xs = dlw_x_stages + ((kb - kb0) % DLW_STAGES) * DLW_XBLOCK_BYTES;
+        wg_fence_operands(acc);
+        wg_fence();
+#pragma unroll
+        for (int s = 0; s < 4; s++)
+            wgmma_m64n64k16_rs(acc, a[s], wg_descriptor(xs + s * 2048, DLW_LEADING, DLW_STRIDE));
+        wg_commit();
+    };
+    auto retire = [&](int kb) {  // wait for block kb's wgmma; its x stage then takes block kb + DLW_STAGES - 1
+        wg_wait<0>();
+        wg_fence_operands(acc);
+        wg_fence_operands(a);
+        stage_x(kb + DLW_STAGES - 1);
+    };
+#if DL_CFG_WGMMA_OVERLAP
+    // block kb + 1 is dequantized into a second set of registers while block kb's wgmma run (they never write a)
+    uint32_t w[2][8];
+    if (kb0 < kb1) dequantize(kb0, 0, w);
     for (int base = kb0; base < kb1; base += DLW_PREF) {
 #pragma unroll
         for (int r = 0; r < DLW_PREF; r++) {
             const int kb = base + r;
             if (kb >= kb1) break;  // the same for the whole block
-            const uint4 codes = ring_codes[r];
-            float scale[2];
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-                scale[h] = nf.double_quant ? dl_double_quant_scale(nf, nested_code[ring_q[r][h]], ring_a[r][h])
-                                           : ring_a[r][h];
-            load_codes(kb + DLW_PREF, r);
-            uint32_t w[2][8];  // rows gq, gq + 8: bf16 pairs 2s and 2s+1 feed k-step s
-            dl_nf4_word(&w[0][0], codes.x, lin_bytes, table, scale[0]);
-            dl_nf4_word(&w[0][4], codes.y, lin_bytes, table, scale[0]);
-            dl_nf4_word(&w[1][0], codes.z, lin_bytes, table, scale[1]);
-            dl_nf4_word(&w[1][4], codes.w, lin_bytes, table, scale[1]);
-#pragma unroll
-            for (int s = 0; s < 4; s++) {
-                a[s][0] = w[0][2 * s];
-                a[s][1] = w[1][2 * s];
-                a[s][2] = w[0][2 * s + 1];
-                a[s][3] = w[1][2 * s + 1];
-            }
-            dl_cp_async_wait_all_but<DLW_STAGES - 2>();  // x of block kb has landed, for every thread
-            wg_fence_smem();
-            __syncthreads();
-            const unsigned char* xs = dlw_x_stages + ((kb - kb0) % DLW_STAGES) * DLW_XBLOCK_BYTES;
-            wg_fence_operands(acc);
-            wg_fence();
-#pragma unroll
-            for (int s = 0; s < 4; s++)
-                wgmma_m64n64k16_rs(acc, a[s], wg_descriptor(xs + s * 2048, DLW_LEADING, DLW_STRIDE));
-            wg_commit();
-            wg_wait<0>();
-            wg_fence_operands(acc);
-            wg_fence_operands(a);
-            stage_x(kb + DLW_STAGES - 1);  // into block kb - 1's stage
+            issue(kb, w);
+            if (kb + 1 < kb1) dequantize(kb + 1, (r + 1) % DLW_PREF, w);
+            retire(kb);
         }
     }
+#else
+    for (int base = kb0; base < kb1; base += DLW_PREF) {
+#pragma unroll
+        for (int r = 0; r < DLW_PREF; r++) {
+            const int kb = base + r;
+            if (kb >= kb1) break;  // the same for the whole block
+            uint32_t w[2][8];
+            dequantize(kb, r, w);
+            issue(kb, w);
+            retire(kb);
+        }
+    }
+#endif
     dl_cp_async_wait_all_but<0>();
 
     // acc[4j + e] is (weight row 16 warp + gq + 8 (e / 2), x row 8j + 2c + e % 2): dl_tile_epilogue's acc[j][e].
