@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# wgmma_check.sh: on the GPU machine, the wgmma path of decode_linear: the instruction probe, the decode_linear GPU tests (whose wide groups at 49-64 rows take the wgmma path), the decode_linear lab's layer graphs (production, wgmma0, wgwave, wgp4b4, wgall), and generation at batch 48 / 64 with the path and without it (the same tree built with -DDL_CFG_WGMMA=0), last a short table.
-# Usage (repo root, carry dev/carry for the Catch2 header): bash dev/wgmma_check.sh   (about 5 minutes with the build)
+# wgmma_check.sh: on the GPU machine, the wgmma path of decode_linear against its variants: the decode_linear GPU tests, the lab's layer graphs, Nsight Compute on the wgmma kernel (gate at 64 rows) as built and with the dequantization beside the wgmma, and generation at batch 48 / 64 through bench_generate built with each variant's knobs, last a short table.
+# Usage (repo root, carry dev/carry for the Catch2 header): bash dev/wgmma_check.sh   (about 8 minutes with the build;
+# PROBE=1 also runs the wgmma instruction probe, dev/cuda/wgmma_probe.cu)
 set -uo pipefail
-out="${OUT:-/tmp}"
+out="${OUT:-/tmp}"; T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 make -j16 CATCH_INC=dev/carry build/lab_wgmma_probe build/test_gpu build/bench_generate build/lab_decode_linear train_grpo \
-    > "$out/wgmma_build.log" 2>&1 ||
-    { grep -E "error" "$out/wgmma_build.log" | head -20; exit 1; }
-timeout 120 ./build/lab_wgmma_probe; echo "lab_wgmma_probe rc $?"
+    > "$out/wgmma_build.log" 2>&1 || { grep -E "error" "$out/wgmma_build.log" | head -20; exit 1; }
+el built
+# bench_generate with each variant's decode_linear.o (the knobs as in the Makefile's DL_KNOBS_*), built beside the tests
+objs=$(ls build/kernels/*.o build/model/*.o | grep -v "kernels/decode_linear.o")
+variants="wgmma0 wgover wgover4 wgrows0"
+for n in $variants; do
+    knobs=$(make -s -f Makefile -f - print-knobs <<<"print-knobs: ; @echo \$(DL_KNOBS_$n)" 2>/dev/null)
+    ( nvcc -O2 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1 $knobs -I. -c kernels/decode_linear.cu \
+          -o /tmp/dl_$n.o && nvcc -O2 -std=c++17 -arch=sm_90 -I. dev/bench_generate.cu $objs /tmp/dl_$n.o build/libgrpo.a \
+          -o /tmp/bench_generate_$n -lcublasLt ) > "$out/bench_build_$n.log" 2>&1 &
+done
+[ "${PROBE:-0}" = 1 ] && { timeout 120 ./build/lab_wgmma_probe; echo "lab_wgmma_probe rc $?"; }
 timeout 200 ./build/test_gpu "[decode_linear],[gpu_generate],[gpu_model]" > "$out/wgmma_tests.log" 2>&1
-echo "GPU tests rc $?"; grep -E "FAILED|failed" -A3 "$out/wgmma_tests.log" | head -20; tail -2 "$out/wgmma_tests.log"
-# a 7B layer's linears as a CUDA graph: production (wide groups on wgmma at M 49-64) against the variants
+echo "GPU tests rc $?"; grep -E "FAILED|failed" -A3 "$out/wgmma_tests.log" | head -20; tail -2 "$out/wgmma_tests.log"; el tests
+wait; el variants built
 timeout 240 ./build/lab_decode_linear > "$out/lab_decode_linear.txt" 2>&1; echo "lab_decode_linear rc $?"
 grep -E "validation|FAIL" "$out/lab_decode_linear.txt" | head -5
-grep -E "layer M=(48|64) graph(, (wgmma0|wgwave|wgp4b4|wgall))? " "$out/lab_decode_linear.txt"
-# the same bench_generate without the wgmma path
-objs=$(ls build/kernels/*.o build/model/*.o | grep -v "kernels/decode_linear.o")
-nvcc -O2 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1 -DDL_CFG_WGMMA=0 -I. -c kernels/decode_linear.cu \
-    -o /tmp/dl_wgmma0.o && nvcc -O2 -std=c++17 -arch=sm_90 -I. dev/bench_generate.cu $objs /tmp/dl_wgmma0.o \
-    build/libgrpo.a -o /tmp/bench_generate_wgmma0 -lcublasLt || exit 1
+grep -E "layer M=(48|64) graph(, (wgmma0|wgwave|wgp4b4|wgall|wgover|wgover4|wgrows0))? " "$out/lab_decode_linear.txt"; el lab
+# Nsight Compute: the production wgmma kernel on gate (18,944 rows) at 64 rows (lab profile mode, its variant 3)
+name="$out/prof_dlw_gate64"
+timeout 120 ncu --clock-control none --kernel-name regex:dlw_kernel --launch-skip 3 --launch-count 1 \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats --section WarpStateStats \
+    --section SourceCounters -f -o "$name" ./build/lab_decode_linear profile gate 3 64 > "$name.run.log" 2>&1 ||
+    tail -5 "$name.run.log"
+ncu -i "$name.ncu-rep" --page details > "$name.txt" 2>&1
+grep -E "Duration|DRAM Throughput|Issued Warp|Active Warps Per|Registers Per|Waves Per" "$name.txt" | head -8; el ncu
 row() { timeout 60 "$2" 7B 256 512 48,64 2>&1 | grep RESULT | sed -E \
     "s/.*\"M\": ([0-9]+).*\"tokens_per_s\": ([0-9]+), \"step_ms\": ([0-9.]+).*/$1 M=\1 tokens_per_s=\2 step_ms=\3/"; }
-row wgmma ./build/bench_generate
-row streaming /tmp/bench_generate_wgmma0
-row wgmma ./build/bench_generate
+row prod ./build/bench_generate
+for n in $variants; do [ -x /tmp/bench_generate_$n ] && row $n /tmp/bench_generate_$n || echo "$n: not built"; done
+row prod ./build/bench_generate; el done

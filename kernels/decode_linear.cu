@@ -1462,6 +1462,9 @@ constexpr int DLW_MAX_SPLITS = 32;
 #ifndef DL_CFG_WGMMA_PREF
 #define DL_CFG_WGMMA_PREF 2  // k-blocks of codes loaded ahead (8 registers each; 4 with 4 blocks an SM: lab wgp4b4)
 #endif
+#ifndef DL_CFG_WGMMA_OVERLAP
+#define DL_CFG_WGMMA_OVERLAP 0  // 1: dequantize the next block while this block's wgmma run (lab variant wgover)
+#endif
 constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = DL_CFG_WGMMA_PREF;
 constexpr int DLW_XBLOCK_BYTES = 64 * 64 * 2;  // x of one 64-block: 4 k-steps of 64 rows x 16 k
 constexpr uint32_t DLW_LEADING = 128, DLW_STRIDE = 256;  // descriptor: bytes between the k halves, the row groups
@@ -1492,31 +1495,38 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
         for (int i = t; i < 256; i += DLW_THREADS) nested_code[i] = nf.nested_code[i];
     const uint32_t table = dl_code_table_address(), lin_bytes = (uint32_t)g * 0x40404040u;
 
-    auto stage_x = [&](int kb) {  // x of block kb into stage (kb - kb0) % DLW_STAGES, 4 pieces of 16 bytes a thread
+    // The addresses of the main loop are this thread's bases plus 32-bit offsets (Nsight Compute, session 11: 64-bit
+    // products, a signed modulo and descriptors rebuilt from generic pointers were about 100 of a k-block's 280
+    // instructions a warp). 32 bits hold xw's offsets (64 x K x 2 bytes: 2.4 MB at 7B's down) and a linear's block
+    // indices (out x K / 64: 1.1 M at 7B's gate); dlw_params_ok checks both.
+    // (Held in registers, the bases cost spills at 96 registers; rebuilt from the parameters and the shared base,
+    // which are uniform, they cost an add or two.)
+    const uint32_t t16 = (uint32_t)t * 16;
+    auto stage_of = [&](int kb) { return (uint32_t)(kb - kb0) % DLW_STAGES; };
+    auto stage_x = [&](int kb) {  // x of block kb into its stage, 4 pieces of 16 bytes a thread
         if (kb < kb1) {
-            unsigned char* dst = dlw_x_stages + ((kb - kb0) % DLW_STAGES) * DLW_XBLOCK_BYTES;
-            const unsigned char* src = reinterpret_cast<const unsigned char*>(p.xw) + (int64_t)kb * DLW_XBLOCK_BYTES;
+            const unsigned char* src = reinterpret_cast<const unsigned char*>(p.xw) + ((uint32_t)kb * DLW_XBLOCK_BYTES + t16);
+            const uint32_t dst = (uint32_t)__cvta_generic_to_shared(dlw_x_stages) + stage_of(kb) * DLW_XBLOCK_BYTES + t16;
 #pragma unroll
-            for (int i = 0; i < DLW_XBLOCK_BYTES / 16 / DLW_THREADS; i++) {
-                const int piece = i * DLW_THREADS + t;
-                dl_cp_async16(dst + piece * 16, src + piece * 16, true);
-            }
+            for (int i = 0; i < DLW_XBLOCK_BYTES / 16 / DLW_THREADS; i++)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst + i * DLW_THREADS * 16),
+                             "l"(src + i * DLW_THREADS * 16));
         }
         dl_cp_async_commit();  // a group every time, empty past the range, so that the wait counts hold
     };
     // this lane's 16 code bytes of block kb (rows gq and gq + 8) and the raw scales of its two rows
     const uint8_t* tile_codes = nf.packed + (int64_t)tile * nkb * 512 + lane * 16;
     const uint8_t* tile_q = nf.double_quant ? nf.absmax_q + (int64_t)tile * nkb * 16 + gq : nullptr;
-    const int64_t block_row0 = (int64_t)(tile * 16 + gq) * nkb, block_row8 = block_row0 + 8 * (int64_t)nkb;
+    const uint32_t block_row0 = (uint32_t)((tile * 16 + gq) * nkb), block_row8 = block_row0 + 8u * (uint32_t)nkb;
     uint4 ring_codes[DLW_PREF];
     float ring_a[DLW_PREF][2];
     uint32_t ring_q[DLW_PREF][2];
     auto load_codes = [&](int kb, int r) {
         if (kb >= kb1) return;
-        ring_codes[r] = dl4_load_stream16(tile_codes + (int64_t)kb * 512);
+        ring_codes[r] = dl4_load_stream16(tile_codes + (uint32_t)kb * 512u);
         if (nf.double_quant) {
-            ring_q[r][0] = __ldg(tile_q + kb * 16);
-            ring_q[r][1] = __ldg(tile_q + kb * 16 + 8);
+            ring_q[r][0] = __ldg(tile_q + (uint32_t)kb * 16u);
+            ring_q[r][1] = __ldg(tile_q + (uint32_t)kb * 16u + 8u);
             ring_a[r][0] = __ldg(nf.nested_absmax + (block_row0 + kb) / NF4_NESTED_BLOCK);
             ring_a[r][1] = __ldg(nf.nested_absmax + (block_row8 + kb) / NF4_NESTED_BLOCK);
         } else {
@@ -1534,46 +1544,74 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
 #pragma unroll
     for (int i = 0; i < 32; i++) acc[i] = 0.0f;
     uint32_t a[4][4];  // the block's 4 k-steps' A fragments
+    // block kb's codes (ring slot r) dequantized into w, rows gq and gq + 8: bf16 pairs 2s and 2s+1 feed k-step s;
+    // then the ring slot is refilled with block kb + DLW_PREF
+    auto dequantize = [&](int kb, int r, uint32_t (&w)[2][8]) {
+        const uint4 codes = ring_codes[r];
+        float scale[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            scale[h] = nf.double_quant ? dl_double_quant_scale(nf, nested_code[ring_q[r][h]], ring_a[r][h])
+                                       : ring_a[r][h];
+        load_codes(kb + DLW_PREF, r);
+        dl_nf4_word(&w[0][0], codes.x, lin_bytes, table, scale[0]);
+        dl_nf4_word(&w[0][4], codes.y, lin_bytes, table, scale[0]);
+        dl_nf4_word(&w[1][0], codes.z, lin_bytes, table, scale[1]);
+        dl_nf4_word(&w[1][4], codes.w, lin_bytes, table, scale[1]);
+    };
+    // w into the A fragments, and once x of block kb has landed for every thread, its 4 wgmma as one group
+    auto issue = [&](int kb, const uint32_t (&w)[2][8]) {
+#pragma unroll
+        for (int s = 0; s < 4; s++) {
+            a[s][0] = w[0][2 * s];
+            a[s][1] = w[1][2 * s];
+            a[s][2] = w[0][2 * s + 1];
+            a[s][3] = w[1][2 * s + 1];
+        }
+        dl_cp_async_wait_all_but<DLW_STAGES - 2>();
+        wg_fence_smem();
+        __syncthreads();
+        const uint64_t stage_desc = wg_descriptor(dlw_x_stages, DLW_LEADING, DLW_STRIDE) +
+                                    ((stage_of(kb) * DLW_XBLOCK_BYTES) >> 4);  // the address field counts 16 bytes
+        wg_fence_operands(acc);
+        wg_fence();
+#pragma unroll
+        for (int s = 0; s < 4; s++) wgmma_m64n64k16_rs(acc, a[s], stage_desc + (s * 2048 >> 4));
+        wg_commit();
+    };
+    auto retire = [&](int kb) {  // wait for block kb's wgmma; its x stage then takes block kb + DLW_STAGES - 1
+        wg_wait<0>();
+        wg_fence_operands(acc);
+        wg_fence_operands(a);
+        stage_x(kb + DLW_STAGES - 1);
+    };
+#if DL_CFG_WGMMA_OVERLAP
+    // block kb + 1 is dequantized into a second set of registers while block kb's wgmma run (they never write a)
+    uint32_t w[2][8];
+    if (kb0 < kb1) dequantize(kb0, 0, w);
     for (int base = kb0; base < kb1; base += DLW_PREF) {
 #pragma unroll
         for (int r = 0; r < DLW_PREF; r++) {
             const int kb = base + r;
             if (kb >= kb1) break;  // the same for the whole block
-            const uint4 codes = ring_codes[r];
-            float scale[2];
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-                scale[h] = nf.double_quant ? dl_double_quant_scale(nf, nested_code[ring_q[r][h]], ring_a[r][h])
-                                           : ring_a[r][h];
-            load_codes(kb + DLW_PREF, r);
-            uint32_t w[2][8];  // rows gq, gq + 8: bf16 pairs 2s and 2s+1 feed k-step s
-            dl_nf4_word(&w[0][0], codes.x, lin_bytes, table, scale[0]);
-            dl_nf4_word(&w[0][4], codes.y, lin_bytes, table, scale[0]);
-            dl_nf4_word(&w[1][0], codes.z, lin_bytes, table, scale[1]);
-            dl_nf4_word(&w[1][4], codes.w, lin_bytes, table, scale[1]);
-#pragma unroll
-            for (int s = 0; s < 4; s++) {
-                a[s][0] = w[0][2 * s];
-                a[s][1] = w[1][2 * s];
-                a[s][2] = w[0][2 * s + 1];
-                a[s][3] = w[1][2 * s + 1];
-            }
-            dl_cp_async_wait_all_but<DLW_STAGES - 2>();  // x of block kb has landed, for every thread
-            wg_fence_smem();
-            __syncthreads();
-            const unsigned char* xs = dlw_x_stages + ((kb - kb0) % DLW_STAGES) * DLW_XBLOCK_BYTES;
-            wg_fence_operands(acc);
-            wg_fence();
-#pragma unroll
-            for (int s = 0; s < 4; s++)
-                wgmma_m64n64k16_rs(acc, a[s], wg_descriptor(xs + s * 2048, DLW_LEADING, DLW_STRIDE));
-            wg_commit();
-            wg_wait<0>();
-            wg_fence_operands(acc);
-            wg_fence_operands(a);
-            stage_x(kb + DLW_STAGES - 1);  // into block kb - 1's stage
+            issue(kb, w);
+            if (kb + 1 < kb1) dequantize(kb + 1, (r + 1) % DLW_PREF, w);
+            retire(kb);
         }
     }
+#else
+    for (int base = kb0; base < kb1; base += DLW_PREF) {
+#pragma unroll
+        for (int r = 0; r < DLW_PREF; r++) {
+            const int kb = base + r;
+            if (kb >= kb1) break;  // the same for the whole block
+            uint32_t w[2][8];
+            dequantize(kb, r, w);
+            issue(kb, w);
+            retire(kb);
+        }
+    }
+#endif
     dl_cp_async_wait_all_but<0>();
 
     // acc[4j + e] is (weight row 16 warp + gq + 8 (e / 2), x row 8j + 2c + e % 2): dl_tile_epilogue's acc[j][e].
@@ -1633,8 +1671,10 @@ static bool dlw_rows_ok(int M) { return M > DL_CFG_WGMMA_MIN_M && M <= 64; }
 // The same on a launch's parameters, where the group's rows, k and the counters are known.
 static bool dlw_params_ok(const DecodeParams& p) {
     bool ok = DL_CFG_WGMMA != 0 && dlw_rows_ok(p.M) && p.total_rows >= DL_CFG_WGMMA_MIN_ROWS && p.K % NF4_BLOCK == 0 &&
-              (size_t)(p.total_rows / 64) <= DL_MAX_COUNTERS;
-    for (int g = 0; ok && g < p.G; g++) ok = p.nf4[g].tiled && (p.row_start[g + 1] - p.row_start[g]) % 64 == 0;
+              (size_t)(p.total_rows / 64) <= DL_MAX_COUNTERS && (int64_t)DLW_XBLOCK_BYTES * (p.K / NF4_BLOCK) < (1ll << 31);
+    for (int g = 0; ok && g < p.G; g++)
+        ok = p.nf4[g].tiled && (p.row_start[g + 1] - p.row_start[g]) % 64 == 0 &&
+             (int64_t)(p.row_start[g + 1] - p.row_start[g]) * (p.K / NF4_BLOCK) < (1ll << 31);
     return ok;
 }
 #endif

@@ -101,6 +101,11 @@ DL_DECLARE_VARIANT(wgwave, "wgmma path, splits for whole waves")
 // and the path for every NF4 group above 16 rows (production: wide groups above 48 rows, where it was faster)
 DL_DECLARE_VARIANT(wgp4b4, "wgmma path, codes 4 blocks ahead, 4 blocks an SM")
 DL_DECLARE_VARIANT(wgall, "wgmma path for every NF4 group at 16 < M <= 64")
+// branch next/wgmma-overlap (NOT run on a GPU): the next block dequantized while this block's wgmma run, codes 1
+// block ahead at 96 registers and 5 blocks an SM / 2 ahead at 128 and 4; and every NF4 group at 49-64 rows on the path
+DL_DECLARE_VARIANT(wgover, "wgmma path, dequantization beside the wgmma, codes 1 ahead, 5 blocks an SM")
+DL_DECLARE_VARIANT(wgover4, "wgmma path, dequantization beside the wgmma, codes 2 ahead, 4 blocks an SM")
+DL_DECLARE_VARIANT(wgrows0, "wgmma path for every NF4 group at 48 < M <= 64 (q/k/v and o too)")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -605,7 +610,7 @@ int main(int argc, char** argv) {
     for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs,
                               wch2::knobs, pairs5::knobs, axgemm::knobs, narrow0::knobs, tm1::knobs, tm2b2::knobs,
                               tm2w4b3::knobs, tm2all::knobs, tm2allfull::knobs, wgmma0::knobs, wgwave::knobs,
-                              wgp4b4::knobs, wgall::knobs})
+                              wgp4b4::knobs, wgall::knobs, wgover::knobs, wgover4::knobs, wgrows0::knobs})
         printf("  %s\n", knobs);
     const ForwardFn variants[] = {decode_linear_forward,           v3::decode_linear_forward,   fold::decode_linear_forward,
                                   pairs::decode_linear_forward,    defer::decode_linear_forward, full::decode_linear_forward,
@@ -614,14 +619,15 @@ int main(int argc, char** argv) {
                                   tm2w4b3::decode_linear_forward,   tm2all::decode_linear_forward,
                                   tm2allfull::decode_linear_forward, wgmma0::decode_linear_forward,
                                   wgwave::decode_linear_forward,   wgp4b4::decode_linear_forward,
-                                  wgall::decode_linear_forward};
+                                  wgall::decode_linear_forward,    wgover::decode_linear_forward,
+                                  wgover4::decode_linear_forward,  wgrows0::decode_linear_forward};
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3",
+    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3",
            "fold", "pairs", "defer", "full", "deferfull", "wch2", "pairs5", "tm1", "tm2b2", "tm2w4b3", "tm2all",
-           "tm2allfull", "wgmma0", "wgwave", "wgp4b4", "wgall");
+           "tm2allfull", "wgmma0", "wgwave", "wgp4b4", "wgall", "wgover", "wgover4", "wgrows0");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -750,6 +756,9 @@ int main(int argc, char** argv) {
         time_layer_graph("wgwave", wgwave::decode_linear_forward);
         time_layer_graph("wgp4b4", wgp4b4::decode_linear_forward);
         time_layer_graph("wgall", wgall::decode_linear_forward);
+        time_layer_graph("wgover", wgover::decode_linear_forward);
+        time_layer_graph("wgover4", wgover4::decode_linear_forward);
+        time_layer_graph("wgrows0", wgrows0::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,
