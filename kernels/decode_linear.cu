@@ -227,6 +227,20 @@ __device__ __forceinline__ void dl_cp_async_commit() { asm volatile("cp.async.co
 template <int N>
 __device__ __forceinline__ void dl_cp_async_wait_all_but() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
+// Split-K's arrival: each block of a tile (or slab) calls this with all its threads once its fp32 partial is written;
+// it says whether this block is the last of `splits` to arrive, which then sees every partial (the fences order the
+// partials' stores before the count and the count before the last block's loads).
+__device__ __forceinline__ bool dl_last_block_of(int* counter, int splits) {
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counter, 1) == splits - 1;
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    return true;
+}
+
 // Where 16-byte unit u of x row n sits in a shared x chunk. A warp's 16-byte reads of one k-step pair take units
 // that differ in c = lane % 4 (rows gq, gq+1 in one phase of 8 lanes); with a row stride that is a multiple of 128
 // bytes they would share banks, and the XOR (inside each group of 8 units) spreads the 8 readers of a phase over
@@ -353,7 +367,6 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
     constexpr int S = Sh::S, UNITS = DlChunk<NF4>::UNITS;
     extern __shared__ uint4 dl_smem[];  // [S][W_UNITS] weight chunks, then [S][X_UNITS] x chunks
     __shared__ float nested_code[DECODE_LINEAR_MAX_G][256];
-    __shared__ int last_block;
     grid_launch_dependents();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, c = lane % 4;
     const int rg = warp / Sh::KW, kw = warp % Sh::KW, rthread = rg * 32 + lane;
@@ -558,12 +571,7 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
                     float4* slot = reinterpret_cast<float4*>(p.partials) + (tile_base + mt * NT + t) * ROW_THREADS + rthread;
                     __stcg(slot, make_float4(acc[mt][t][0], acc[mt][t][1], acc[mt][t][2], acc[mt][t][3]));
                 }
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0) last_block = atomicAdd(&p.counters[tile], 1) == p.splits - 1;
-        __syncthreads();
-        if (!last_block || kw != 0) return;
-        __threadfence();
+        if (!dl_last_block_of(&p.counters[tile], p.splits) || kw != 0) return;
 #pragma unroll
         for (int mt = 0; mt < DL_MT; mt++)
 #pragma unroll
@@ -1411,7 +1419,7 @@ static size_t dl_ax_bytes(int R, int M) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The wgmma path (DL_CFG_WGMMA): NF4 groups of at least DL_CFG_WGMMA_MIN_ROWS rows at 48 < M <= 64 rows of x.
+// The wgmma path (DL_CFG_WGMMA): NF4 groups in decode-tile order at 48 < M <= 64 rows of x.
 //
 // Why (README, "What bounds batch 64"): the streaming kernel multiplies with mma.sync one warp at a time, and every
 // warp reads x for itself (8x the code bytes at two m-tiles a step). Here a warpgroup (one block of 4 warps) owns a
@@ -1424,8 +1432,10 @@ static size_t dl_ax_bytes(int R, int M) {
 // 64 rows x 16 k, rows past M zero), then staged into shared memory by cp.async, DLW_STAGES - 1 blocks ahead. The
 // descriptor's byte offsets (DLW_LEADING, DLW_STRIDE) are the convention dev/cuda/wgmma_probe.cu found on the H200.
 // Per 64-block a warpgroup dequantizes its codes (loaded DLW_PREF blocks ahead), issues 4 wgmma as a group and waits
-// for it: ptxas serializes every wgmma of a kernel (C7513) that writes a wgmma's input registers while one is in
-// flight, even into a second register set, so a warpgroup does not overlap the two itself; the SM's other blocks do.
+// for it; the SM's other blocks fill that wait. (Writing the registers of a wgmma in flight makes ptxas serialize
+// every wgmma of the kernel, C7513. Dequantizing the next block into a second register set while this block's wgmma
+// run avoids that, but measured slower: 11.00 / 10.89 ms a step at batch 64 with codes 1 / 2 blocks ahead, against
+// 10.85 ms, session 12, call 1, branch next/wgmma-overlap.)
 // Split-K over blocks with a counter per slab as elsewhere in this file: each block writes its fp32 partial, the last
 // of a slab adds the partials in split order (the bits never depend on timing) and ends the slab as the streaming
 // kernel ends a tile (dl_tile_epilogue: the adapter term on the tensor cores, bias and the two roundings). An end with
@@ -1434,20 +1444,19 @@ static size_t dl_ax_bytes(int R, int M) {
 #define DL_SM90A 0  // 1 where the Makefile builds this file for sm_90a (wgmma is an sm_90a feature)
 #endif
 #ifndef DL_CFG_WGMMA
-#define DL_CFG_WGMMA DL_SM90A  // route wide NF4 groups at 48 < M <= 64 to the wgmma kernel (lab variant wgmma0: off)
+#define DL_CFG_WGMMA DL_SM90A  // route NF4 groups at 48 < M <= 64 to the wgmma kernel (lab variant wgmma0: off)
 #endif
-// Which launches take it (session 11, call 3, lab_decode_linear and bench_generate at 7B shapes, every NF4 group on
-// the path from 17 rows): faster for gate/up at 64 rows (0.054 against 0.064 ms a linear; the step 10.62 against
-// 11.75 ms), slower alone for q and k at 48 and 64 rows (0.030-0.033 against 0.018-0.025 ms a linear: too few slabs
-// to fill the GPU without many k splits) and for the step at 48 rows (9.81 against 9.66 ms), where the streaming
-// kernel needs three m-tiles, not four. So q/k/v and o stay off the path here; but the step with them on it (10.62 ms,
-// call 3) was faster than with gate/up alone (10.84-10.87 ms, call 4), not yet compared in one call (next A/B:
-// DL_CFG_WGMMA_MIN_ROWS=0). Lab variant wgall: every NF4 group from 17 rows, as measured.
+// Which launches take it: every NF4 group above 48 rows of x. At 48 the streaming kernel is as fast (9.66 against
+// 9.81 ms a step, session 11, call 3): it needs three m-tiles there, the wgmma kernel always computes 64 columns.
+// Alone, q and k were slower on the path (0.030-0.033 against 0.018-0.025 ms a linear, session 11: too few slabs to
+// fill the GPU without many k splits), yet the whole step at batch 64 is faster with q/k/v, o and down on it too:
+// 10.55 ms against 10.85-10.86 with gate/up alone (DL_CFG_WGMMA_MIN_ROWS=8192, lab variant wgwide) and 11.76 without
+// the path, the three built from one tree in one call (session 12, call 1).
 #ifndef DL_CFG_WGMMA_MIN_M
 #define DL_CFG_WGMMA_MIN_M 48  // rows of x the path needs more than
 #endif
 #ifndef DL_CFG_WGMMA_MIN_ROWS
-#define DL_CFG_WGMMA_MIN_ROWS 8192  // weight rows a group needs at least (7B: gate/up 37,888; q/k/v 4,608; o, down 3,584)
+#define DL_CFG_WGMMA_MIN_ROWS 0  // weight rows a group needs at least (7B: gate/up 37,888; q/k/v 4,608; o, down 3,584)
 #endif
 #if DL_CFG_WGMMA && !DL_SM90A
 #error "DL_CFG_WGMMA needs this file built for sm_90a (-gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1)"
@@ -1461,9 +1470,6 @@ constexpr int DLW_MAX_SPLITS = 32;
 #if DL_CFG_WGMMA
 #ifndef DL_CFG_WGMMA_PREF
 #define DL_CFG_WGMMA_PREF 2  // k-blocks of codes loaded ahead (8 registers each; 4 with 4 blocks an SM: lab wgp4b4)
-#endif
-#ifndef DL_CFG_WGMMA_OVERLAP
-#define DL_CFG_WGMMA_OVERLAP 0  // 1: dequantize the next block while this block's wgmma run (lab variant wgover)
 #endif
 constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = DL_CFG_WGMMA_PREF;
 constexpr int DLW_XBLOCK_BYTES = 64 * 64 * 2;  // x of one 64-block: 4 k-steps of 64 rows x 16 k
@@ -1482,7 +1488,6 @@ __global__ void dlw_permute_x_kernel(bf16* xw, const bf16* x, int M, int K) {
 __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kernel(const __grid_constant__ DecodeParams p) {
     extern __shared__ __align__(128) unsigned char dlw_x_stages[];  // DLW_STAGES x 8 KB
     __shared__ float nested_code[256];
-    __shared__ int last_block;
     grid_launch_dependents();
     const int t = threadIdx.x, warp = t / 32, lane = t % 32, gq = lane / 4, c = lane % 4;
     const int nkb = p.K / NF4_BLOCK, slab = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
@@ -1585,21 +1590,6 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
         wg_fence_operands(a);
         stage_x(kb + DLW_STAGES - 1);
     };
-#if DL_CFG_WGMMA_OVERLAP
-    // block kb + 1 is dequantized into a second set of registers while block kb's wgmma run (they never write a)
-    uint32_t w[2][8];
-    if (kb0 < kb1) dequantize(kb0, 0, w);
-    for (int base = kb0; base < kb1; base += DLW_PREF) {
-#pragma unroll
-        for (int r = 0; r < DLW_PREF; r++) {
-            const int kb = base + r;
-            if (kb >= kb1) break;  // the same for the whole block
-            issue(kb, w);
-            if (kb + 1 < kb1) dequantize(kb + 1, (r + 1) % DLW_PREF, w);
-            retire(kb);
-        }
-    }
-#else
     for (int base = kb0; base < kb1; base += DLW_PREF) {
 #pragma unroll
         for (int r = 0; r < DLW_PREF; r++) {
@@ -1611,7 +1601,6 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
             retire(kb);
         }
     }
-#endif
     dl_cp_async_wait_all_but<0>();
 
     // acc[4j + e] is (weight row 16 warp + gq + 8 (e / 2), x row 8j + 2c + e % 2): dl_tile_epilogue's acc[j][e].
@@ -1631,12 +1620,7 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
         for (int j = 0; j < 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) __stcg(at(split, j, e), acc[4 * j + e]);
-        __threadfence();
-        __syncthreads();
-        if (t == 0) last_block = atomicAdd(&p.counters[slab], 1) == p.splits - 1;
-        __syncthreads();
-        if (!last_block) return;
-        __threadfence();
+        if (!dl_last_block_of(&p.counters[slab], p.splits)) return;
         if (t == 0) p.counters[slab] = 0;  // ready for the next launch
 #pragma unroll
         for (int j = 0; j < 8; j++)
@@ -1679,24 +1663,30 @@ static bool dlw_params_ok(const DecodeParams& p) {
 }
 #endif
 
-#ifndef DL_CFG_WGMMA_WAVES
-#define DL_CFG_WGMMA_WAVES 0  // 1: splits for whole waves of blocks (lab variant wgwave), 0: at least one wave
+#ifndef DL_CFG_WGMMA_SPLIT_COST
+#define DL_CFG_WGMMA_SPLIT_COST 0  // 1: splits by the cost model below (lab variant wgcost), 0: the least for a wave
 #endif
-// The k splits. The kernel's registers hold DL_CFG_WGMMA_BLOCKS_SM blocks an SM, a wave of that many x SMs blocks;
-// the splits make at least a wave, with at least 2 blocks of k a split. DL_CFG_WGMMA_WAVES: more splits, up to 4 blocks of k a split, until the
-// last wave is at least 85% full (gate/up at 7B: 592 slabs, one split is 1.12 waves; down: 56 slabs, 10 splits
-// 1.06 waves), at the price of more partials.
+// The k splits. The kernel's registers hold DL_CFG_WGMMA_BLOCKS_SM blocks an SM, a wave of that many x SMs blocks.
+// By default the splits are the fewest that make at least a wave, with at least 2 blocks of k a split. That can
+// leave a second wave almost empty (7B's down and o: 56 slabs, 12 splits, 672 blocks for a wave of 660 on 132 SMs),
+// whose few blocks then take as long as the first wave's. DL_CFG_WGMMA_SPLIT_COST picks the splits of least modelled
+// time instead: per wave, the most blocks an SM runs (at least DLW_COST_LATENCY_BLOCKS: fewer do not hide the
+// latencies, so they take as long), times a block's k-blocks plus DLW_COST_BLOCK_FIXED for its prologue and the
+// split sum; ties go to fewer splits (fewer partials). 7B at 132 SMs: gate/up 2 splits as by default, q/k/v 7, o 8,
+// down 9, where the default makes 10, 12 and 12.
+constexpr int DLW_COST_LATENCY_BLOCKS = 4, DLW_COST_BLOCK_FIXED = 3;
 static int dlw_splits(int total_rows, int K) {
-    const int slabs = total_rows / 64, nkb = K / NF4_BLOCK, wave = DL_CFG_WGMMA_BLOCKS_SM * cuda_sm_count();
-    const int least = std::max(1, std::min({(wave + slabs - 1) / slabs, nkb / 2, DLW_MAX_SPLITS}));
-    if (!DL_CFG_WGMMA_WAVES) return least;
-    int best = least;
-    double best_fill = 0.0;
-    for (int s = least; s <= std::min(nkb / 4, DLW_MAX_SPLITS); s++) {
-        const int64_t blocks = (int64_t)slabs * s, waves = (blocks + wave - 1) / wave;
-        const double fill = (double)blocks / (double)(waves * wave);
-        if (fill > best_fill + 1e-9) best = s, best_fill = fill;
-        if (fill >= 0.85) break;
+    const int slabs = total_rows / 64, nkb = K / NF4_BLOCK, sms = cuda_sm_count(), wave = DL_CFG_WGMMA_BLOCKS_SM * sms;
+    const int most = std::max(1, std::min(nkb / 2, DLW_MAX_SPLITS));
+    if (!DL_CFG_WGMMA_SPLIT_COST) return std::min((wave + slabs - 1) / slabs, most);
+    int best = 1;
+    int64_t best_cost = INT64_MAX;
+    for (int s = 1; s <= most; s++) {
+        int64_t waves_cost = 0;
+        for (int64_t left = (int64_t)slabs * s; left > 0; left -= wave)
+            waves_cost += std::max<int64_t>((std::min<int64_t>(left, wave) + sms - 1) / sms, DLW_COST_LATENCY_BLOCKS);
+        const int64_t cost = waves_cost * ((nkb + s - 1) / s + DLW_COST_BLOCK_FIXED);
+        if (cost < best_cost) best = s, best_cost = cost;
     }
     return best;
 }

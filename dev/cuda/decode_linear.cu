@@ -93,19 +93,12 @@ DL_DECLARE_VARIANT(tm2w4b3, "v4 exact, 4 warps a block, two m-tiles a step at 3 
 // and the same with ranges of whole steps
 DL_DECLARE_VARIANT(tm2all, "v4 exact, every launch above 16 rows wide (two m-tiles a step)")
 DL_DECLARE_VARIANT(tm2allfull, "v4 exact, every launch above 16 rows wide, ranges of whole steps")
-// no wgmma path: the streaming kernel at every M (production: wide NF4 groups at 48 < M <= 64 on the wgmma path)
+// no wgmma path: the streaming kernel at every M (production: NF4 groups at 48 < M <= 64 on the wgmma path)
 DL_DECLARE_VARIANT(wgmma0, "v4 exact, no wgmma path (the streaming kernel at every M)")
-// the wgmma path with k splits for whole waves of blocks (production: at least one wave)
-DL_DECLARE_VARIANT(wgwave, "wgmma path, splits for whole waves")
-// the wgmma path as first run (codes 4 k-blocks ahead, 128 registers, 4 blocks an SM; production: 2 ahead, 96, 5);
-// and the path for every NF4 group above 16 rows (production: wide groups above 48 rows, where it was faster)
-DL_DECLARE_VARIANT(wgp4b4, "wgmma path, codes 4 blocks ahead, 4 blocks an SM")
-DL_DECLARE_VARIANT(wgall, "wgmma path for every NF4 group at 16 < M <= 64")
-// branch next/wgmma-overlap (NOT run on a GPU): the next block dequantized while this block's wgmma run, codes 1
-// block ahead at 96 registers and 5 blocks an SM / 2 ahead at 128 and 4; and every NF4 group at 49-64 rows on the path
-DL_DECLARE_VARIANT(wgover, "wgmma path, dequantization beside the wgmma, codes 1 ahead, 5 blocks an SM")
-DL_DECLARE_VARIANT(wgover4, "wgmma path, dequantization beside the wgmma, codes 2 ahead, 4 blocks an SM")
-DL_DECLARE_VARIANT(wgrows0, "wgmma path for every NF4 group at 48 < M <= 64 (q/k/v and o too)")
+// the path for gate/up alone (session 11's routing; production: every NF4 group at 48 < M <= 64), and the k splits
+// by the cost model of dlw_splits (production: the fewest for a wave)
+DL_DECLARE_VARIANT(wgwide, "wgmma path for groups of 8192+ rows only (gate/up at 7B)")
+DL_DECLARE_VARIANT(wgcost, "wgmma path, k splits by the cost model")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -606,28 +599,23 @@ int main(int argc, char** argv) {
 
     // ---- tuning: the production knobs against the variants, base linears alone ----
     printf("\ntuning: production (the defaults in kernels/decode_linear.cu) against variants (ms)\n");
-    printf("  prod: v4 exact, tiled codes (v3 reads the row-major copy)\n");
-    for (const char* knobs : {v3::knobs, fold::knobs, pairs::knobs, defer::knobs, full::knobs, deferfull::knobs,
-                              wch2::knobs, pairs5::knobs, axgemm::knobs, narrow0::knobs, tm1::knobs, tm2b2::knobs,
-                              tm2w4b3::knobs, tm2all::knobs, tm2allfull::knobs, wgmma0::knobs, wgwave::knobs,
-                              wgp4b4::knobs, wgall::knobs, wgover::knobs, wgover4::knobs, wgrows0::knobs})
-        printf("  %s\n", knobs);
-    const ForwardFn variants[] = {decode_linear_forward,           v3::decode_linear_forward,   fold::decode_linear_forward,
-                                  pairs::decode_linear_forward,    defer::decode_linear_forward, full::decode_linear_forward,
-                                  deferfull::decode_linear_forward, wch2::decode_linear_forward, pairs5::decode_linear_forward,
-                                  tm1::decode_linear_forward,       tm2b2::decode_linear_forward,
-                                  tm2w4b3::decode_linear_forward,   tm2all::decode_linear_forward,
-                                  tm2allfull::decode_linear_forward, wgmma0::decode_linear_forward,
-                                  wgwave::decode_linear_forward,   wgp4b4::decode_linear_forward,
-                                  wgall::decode_linear_forward,    wgover::decode_linear_forward,
-                                  wgover4::decode_linear_forward,  wgrows0::decode_linear_forward};
+    // every variant but axgemm (x A^T only: the same base kernels as production)
+#define DL_TUNED(NAME) {#NAME, NAME::knobs, NAME::decode_linear_forward}
+    const struct { const char* name; const char* knobs; ForwardFn forward; } tuned[] = {
+        {"prod", "prod: v4 exact, tiled codes (v3 reads the row-major copy)", decode_linear_forward},
+        DL_TUNED(v3), DL_TUNED(fold), DL_TUNED(pairs), DL_TUNED(defer), DL_TUNED(full), DL_TUNED(deferfull),
+        DL_TUNED(wch2), DL_TUNED(pairs5), DL_TUNED(narrow0), DL_TUNED(tm1), DL_TUNED(tm2b2), DL_TUNED(tm2w4b3),
+        DL_TUNED(tm2all), DL_TUNED(tm2allfull), DL_TUNED(wgmma0), DL_TUNED(wgwide), DL_TUNED(wgcost)};
+#undef DL_TUNED
+    for (const auto& v : tuned) printf("  %s\n", v.knobs);
+    printf("  %s (in the layer graphs only)\n", axgemm::knobs);
     const size_t TUNE_WS_BYTES = (size_t)256 << 20;
     void* tune_ws = nullptr;
     cudaCheck(cudaMalloc(&tune_ws, TUNE_WS_BYTES));
     cudaCheck(cudaMemset(tune_ws, 0, TUNE_WS_BYTES));
-    printf("  %-12s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s %9s\n", "linear", "prod", "v3",
-           "fold", "pairs", "defer", "full", "deferfull", "wch2", "pairs5", "tm1", "tm2b2", "tm2w4b3", "tm2all",
-           "tm2allfull", "wgmma0", "wgwave", "wgp4b4", "wgall", "wgover", "wgover4", "wgrows0");
+    printf("  %-12s", "linear");
+    for (const auto& v : tuned) printf(" %9s", v.name);
+    printf("\n");
     for (int M : {1, 6, 16, 48, 64})
         for (int i : {0, 1, 4, 6}) {
             LabLinear& l = *lin[i];
@@ -636,7 +624,8 @@ int main(int argc, char** argv) {
             char label[32];
             snprintf(label, sizeof(label), "%s M=%d", l.name, M);
             printf("  %-12s", label);
-            for (ForwardFn f : variants) {  // one large zeroed workspace: the variants' plans need other sizes
+            for (const auto& v : tuned) {  // one large zeroed workspace: the variants' plans need other sizes
+                const ForwardFn f = v.forward;
                 const LoraLinearGpu* which = f == v3::decode_linear_forward ? &rows : &base;
                 float ms = time_kernel_ms([&] { f(which, 1, x, M, R, SCALE, &y[i], tune_ws, TUNE_WS_BYTES, 0, nullptr); });
                 printf(" %9.4f", ms);
@@ -738,27 +727,10 @@ int main(int argc, char** argv) {
         };
         // production, then the variants
         const float layer_ms = time_layer_graph(nullptr, decode_linear_forward);
-        time_layer_graph("fold", fold::decode_linear_forward);
-        time_layer_graph("pairs", pairs::decode_linear_forward);
-        time_layer_graph("defer", defer::decode_linear_forward);
-        time_layer_graph("full", full::decode_linear_forward);
-        time_layer_graph("deferfull", deferfull::decode_linear_forward);
-        time_layer_graph("wch2", wch2::decode_linear_forward);
-        time_layer_graph("pairs5", pairs5::decode_linear_forward);
+        for (const auto& v : tuned)
+            if (v.forward != decode_linear_forward && v.forward != v3::decode_linear_forward)  // v3: row-major codes
+                time_layer_graph(v.name, v.forward);
         time_layer_graph("axgemm", axgemm::decode_linear_forward);
-        time_layer_graph("narrow0", narrow0::decode_linear_forward);
-        time_layer_graph("tm1", tm1::decode_linear_forward);
-        time_layer_graph("tm2b2", tm2b2::decode_linear_forward);
-        time_layer_graph("tm2w4b3", tm2w4b3::decode_linear_forward);
-        time_layer_graph("tm2all", tm2all::decode_linear_forward);
-        time_layer_graph("tm2allfull", tm2allfull::decode_linear_forward);
-        time_layer_graph("wgmma0", wgmma0::decode_linear_forward);
-        time_layer_graph("wgwave", wgwave::decode_linear_forward);
-        time_layer_graph("wgp4b4", wgp4b4::decode_linear_forward);
-        time_layer_graph("wgall", wgall::decode_linear_forward);
-        time_layer_graph("wgover", wgover::decode_linear_forward);
-        time_layer_graph("wgover4", wgover4::decode_linear_forward);
-        time_layer_graph("wgrows0", wgrows0::decode_linear_forward);
         printf("  step M=%-2d 28 layers + lm_head: %.3f ms of linears per token step (%.1f%% of the roofline, "
                "%.0f tokens/s at this batch)\n", M, 28 * layer_ms + head_ms,
                100.0 * (28 * layer_bytes + head_bytes) / ((28 * layer_ms + head_ms) * 1e9) / CEILING_COPY_TBPS,

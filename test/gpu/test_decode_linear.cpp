@@ -254,6 +254,13 @@ void check_random_rows(DecodeGroup& group, std::initializer_list<int> Ms, Rng& r
 }
 
 
+// Whether this GPU runs the wgmma path (the H200's sm_90; the file is built for sm_90a there).
+bool wgmma_gpu() {
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, 0));
+    return prop.major == 9 && prop.minor == 0;
+}
+
 }  // namespace
 
 TEST_CASE("decode_linear: one-hot rows reproduce every NF4 weight, bias and adapter term bit for bit", "[gpu][decode_linear]") {
@@ -324,6 +331,8 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
     }
     // 3 and 7: the ax kernel's rounded-up row counts; 17 and 33: odd counts of two and three m-tiles
     check_random_rows(group, {1, 3, 6, 7, 17, 33, 48, 64, 70}, rng);
+    // the group (k/v width, few slabs: many k splits) took the wgmma path at 64 rows; narrow groups take it too
+    if (wgmma_gpu()) CHECK(decode_linear_wgmma_path(group.gpu_linears().data(), (int)group.linears.size(), 64));
 
     // one linear of 2048 rows over in 16384: 128 tiles x 256 blocks = 32768 pairs, the least that the streaming
     // kernel runs "wide" (one n-tile of x at a time, two blocks an SM) above 16 rows of x; narrow at M 6
@@ -345,17 +354,15 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         check_random_rows(pair, {24, 64}, rng);
     }
 
-    // gate/up-like: two linears of 4096 rows, enough for the wgmma path (DL_CFG_WGMMA_MIN_ROWS), which takes them at
-    // 49 and 64 rows of x on an sm_90 GPU; at 48 the streaming kernel does
+    // gate/up-like: two linears of 4096 rows, which the wgmma path takes at 49 and 64 rows of x on an sm_90 GPU; at 48
+    // the streaming kernel does
     DecodeGroup gate_up;
     gate_up.R = group.R;
     gate_up.scale = group.scale;
     add_linear(gate_up, 4096, 3584, LinearFormat::NF4, false, true, false, rng);
     add_linear(gate_up, 4096, 3584, LinearFormat::NF4, false, true, false, rng);
     check_random_rows(gate_up, {48, 49, 64}, rng);
-    cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, 0));
-    if (prop.major == 9 && prop.minor == 0) {  // that the path ran above (its weights are tiled now); else it is absent
+    if (wgmma_gpu()) {  // that the path ran above (its weights are tiled now); else it is absent
         const std::vector<LoraLinearGpu> lins = gate_up.gpu_linears();
         CHECK(decode_linear_wgmma_path(lins.data(), 2, 64));
         CHECK(decode_linear_wgmma_path(lins.data(), 2, 49));
