@@ -1664,16 +1664,16 @@ static bool dlw_params_ok(const DecodeParams& p) {
 #endif
 
 #ifndef DL_CFG_WGMMA_SPLIT_COST
-#define DL_CFG_WGMMA_SPLIT_COST 0  // 1: splits by the cost model below (lab variant wgcost), 0: the least for a wave
+#define DL_CFG_WGMMA_SPLIT_COST 1  // 1: splits by the cost model below, 0: the fewest for a wave (lab variant wgleast)
 #endif
 // The k splits. The kernel's registers hold DL_CFG_WGMMA_BLOCKS_SM blocks an SM, a wave of that many x SMs blocks.
-// By default the splits are the fewest that make at least a wave, with at least 2 blocks of k a split. That can
-// leave a second wave almost empty (7B's down and o: 56 slabs, 12 splits, 672 blocks for a wave of 660 on 132 SMs),
-// whose few blocks then take as long as the first wave's. DL_CFG_WGMMA_SPLIT_COST picks the splits of least modelled
-// time instead: per wave, the most blocks an SM runs (at least DLW_COST_LATENCY_BLOCKS: fewer do not hide the
-// latencies, so they take as long), times a block's k-blocks plus DLW_COST_BLOCK_FIXED for its prologue and the
-// split sum; ties go to fewer splits (fewer partials). 7B at 132 SMs: gate/up 2 splits as by default, q/k/v 7, o 8,
-// down 9, where the default makes 10, 12 and 12.
+// The fewest splits that make at least a wave (with at least 2 blocks of k a split) can leave a second wave almost
+// empty (7B's down and o: 56 slabs, 12 splits, 672 blocks for a wave of 660 on 132 SMs), whose few blocks then take
+// as long as the first wave's. So the splits are those of least modelled time: per wave, the most blocks an SM runs
+// (at least DLW_COST_LATENCY_BLOCKS: fewer do not hide the latencies, so they take as long), times a block's k-blocks
+// plus DLW_COST_BLOCK_FIXED for its prologue and the split sum; ties go to fewer splits (fewer partials). 7B at 132
+// SMs: gate/up 2 splits as the fewest for a wave, q/k/v 7, o 8, down 9 where that makes 10, 12 and 12. A layer at 64
+// rows took 0.252 against 0.273 ms, a step at batch 64 10.03 against 10.55-10.59 ms (session 12, call 2).
 constexpr int DLW_COST_LATENCY_BLOCKS = 4, DLW_COST_BLOCK_FIXED = 3;
 static int dlw_splits(int total_rows, int K) {
     const int slabs = total_rows / 64, nkb = K / NF4_BLOCK, sms = cuda_sm_count(), wave = DL_CFG_WGMMA_BLOCKS_SM * sms;

@@ -95,10 +95,10 @@ DL_DECLARE_VARIANT(tm2all, "v4 exact, every launch above 16 rows wide (two m-til
 DL_DECLARE_VARIANT(tm2allfull, "v4 exact, every launch above 16 rows wide, ranges of whole steps")
 // no wgmma path: the streaming kernel at every M (production: NF4 groups at 48 < M <= 64 on the wgmma path)
 DL_DECLARE_VARIANT(wgmma0, "v4 exact, no wgmma path (the streaming kernel at every M)")
-// the path for gate/up alone (session 11's routing; production: every NF4 group at 48 < M <= 64), and the k splits
-// by the cost model of dlw_splits (production: the fewest for a wave)
+// the path for gate/up alone (session 11's routing; production: every NF4 group at 48 < M <= 64), and the fewest k
+// splits for a wave of blocks (production: the splits of least time by the cost model of dlw_splits)
 DL_DECLARE_VARIANT(wgwide, "wgmma path for groups of 8192+ rows only (gate/up at 7B)")
-DL_DECLARE_VARIANT(wgcost, "wgmma path, k splits by the cost model")
+DL_DECLARE_VARIANT(wgleast, "wgmma path, the fewest k splits for a wave")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -605,7 +605,7 @@ int main(int argc, char** argv) {
         {"prod", "prod: v4 exact, tiled codes (v3 reads the row-major copy)", decode_linear_forward},
         DL_TUNED(v3), DL_TUNED(fold), DL_TUNED(pairs), DL_TUNED(defer), DL_TUNED(full), DL_TUNED(deferfull),
         DL_TUNED(wch2), DL_TUNED(pairs5), DL_TUNED(narrow0), DL_TUNED(tm1), DL_TUNED(tm2b2), DL_TUNED(tm2w4b3),
-        DL_TUNED(tm2all), DL_TUNED(tm2allfull), DL_TUNED(wgmma0), DL_TUNED(wgwide), DL_TUNED(wgcost)};
+        DL_TUNED(tm2all), DL_TUNED(tm2allfull), DL_TUNED(wgmma0), DL_TUNED(wgwide), DL_TUNED(wgleast)};
 #undef DL_TUNED
     for (const auto& v : tuned) printf("  %s\n", v.knobs);
     printf("  %s (in the layer graphs only)\n", axgemm::knobs);
