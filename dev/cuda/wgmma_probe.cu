@@ -84,55 +84,34 @@ __global__ void mma_sync_rate_kernel(float* out, int iters) {
 }
 
 // Each warpgroup issues GROUP wgmma into one accumulator (as a GEMM's k loop does), commits and waits, iters times.
-// Two warpgroups a block, so that one issues while the other drains.
+// Two warpgroups a block, so that one issues while the other drains. REWRITE: A is rewritten before every wgmma (one
+// xor a register, standing for the dequantization that a mixed-input kernel does there), in two register sets used
+// alternately, with the wgmma.fence that a register written by an ordinary instruction needs before a wgmma reads it:
+// what that fence costs the RS pattern.
 constexpr int WG_GROUP = 16;
+template <bool REWRITE>
 __global__ void __launch_bounds__(256) wgmma_rate_kernel(float* out, int iters) {
     __shared__ __align__(128) bf16 b_smem[64 * 16];
     const int lane = threadIdx.x % 32;
     for (int i = threadIdx.x; i < 64 * 16; i += blockDim.x) b_smem[i] = __float2bfloat16(1.0f + 0.001f * (i % 7));
     wg_fence_smem();
     __syncthreads();
-    uint32_t a[4];
-    for (int i = 0; i < 4; i++) a[i] = 0x3F803F80u ^ (uint32_t)(lane * (i + 1));
-    const uint64_t desc = wg_descriptor(b_smem, 128, 256);
-    float d[32];
-    for (int i = 0; i < 32; i++) d[i] = 0.0f;
-    for (int it = 0; it < iters; it++) {
-        wg_fence_operands(d);
-        wg_fence();
-#pragma unroll
-        for (int u = 0; u < WG_GROUP; u++) wgmma_m64n64k16_rs(d, a, desc);
-        wg_commit();
-        wg_wait<0>();
-        wg_fence_operands(d);
-    }
-    float sum = 0.0f;
-    for (int i = 0; i < 32; i++) sum += d[i];
-    if (sum == 1234.5f) out[0] = sum;
-}
-
-// As wgmma_rate_kernel, but A is rewritten before every wgmma (one xor a register, standing for the dequantization
-// that a mixed-input kernel does there), in two register sets used alternately, with the wgmma.fence that a register
-// written by an ordinary instruction needs before a wgmma reads it: what that fence costs the RS pattern.
-__global__ void __launch_bounds__(256) wgmma_rewrite_rate_kernel(float* out, int iters) {
-    __shared__ __align__(128) bf16 b_smem[64 * 16];
-    const int lane = threadIdx.x % 32;
-    for (int i = threadIdx.x; i < 64 * 16; i += blockDim.x) b_smem[i] = __float2bfloat16(1.0f + 0.001f * (i % 7));
-    wg_fence_smem();
-    __syncthreads();
-    uint32_t a[2][4];
+    uint32_t a[2][4];  // without REWRITE only a[0]
     for (int i = 0; i < 4; i++) a[0][i] = a[1][i] = 0x3F803F80u ^ (uint32_t)(lane * (i + 1));
     const uint64_t desc = wg_descriptor(b_smem, 128, 256);
     float d[32];
     for (int i = 0; i < 32; i++) d[i] = 0.0f;
     for (int it = 0; it < iters; it++) {
         wg_fence_operands(d);
+        if (!REWRITE) wg_fence();
 #pragma unroll
         for (int u = 0; u < WG_GROUP; u++) {
+            if (REWRITE) {
 #pragma unroll
-            for (int i = 0; i < 4; i++) a[u % 2][i] ^= (uint32_t)(it + u) & 0x00010001u;  // flips a low mantissa bit
-            wg_fence();
-            wgmma_m64n64k16_rs(d, a[u % 2], desc);
+                for (int i = 0; i < 4; i++) a[u % 2][i] ^= (uint32_t)(it + u) & 0x00010001u;  // flips a low mantissa bit
+                wg_fence();
+            }
+            wgmma_m64n64k16_rs(d, a[REWRITE ? u % 2 : 0], desc);
         }
         wg_commit();
         wg_wait<0>();
@@ -209,8 +188,8 @@ int main() {
             report(name, ms, 0, flops);
         }
     };
-    time_wgmma(wgmma_rate_kernel, "wgmma RS n64, %d wgroups/SM");
-    time_wgmma(wgmma_rewrite_rate_kernel, "wgmma RS n64, A rewritten, %d wg/SM");
+    time_wgmma(wgmma_rate_kernel<false>, "wgmma RS n64, %d wgroups/SM");
+    time_wgmma(wgmma_rate_kernel<true>, "wgmma RS n64, A rewritten, %d wg/SM");
     cudaFree(d_a); cudaFree(d_b); cudaFree(d_d); cudaFree(d_out);
     return matches == 1 ? 0 : 1;
 }
