@@ -1469,7 +1469,7 @@ constexpr int DLW_MAX_SPLITS = 32;
 
 #if DL_CFG_WGMMA
 #ifndef DL_CFG_WGMMA_PREF
-#define DL_CFG_WGMMA_PREF 2  // k-blocks of codes loaded ahead (8 registers each; 4 with 4 blocks an SM: lab wgp4b4)
+#define DL_CFG_WGMMA_PREF 2  // k-blocks of codes loaded ahead (8 registers each; 4 with 4 blocks an SM was slower, session 11)
 #endif
 constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = DL_CFG_WGMMA_PREF;
 constexpr int DLW_XBLOCK_BYTES = 64 * 64 * 2;  // x of one 64-block: 4 k-steps of 64 rows x 16 k
