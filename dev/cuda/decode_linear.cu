@@ -99,6 +99,12 @@ DL_DECLARE_VARIANT(wgmma0, "v4 exact, no wgmma path (the streaming kernel at eve
 // splits for a wave of blocks (production: the splits of least time by the cost model of dlw_splits)
 DL_DECLARE_VARIANT(wgwide, "wgmma path for groups of 8192+ rows only (gate/up at 7B)")
 DL_DECLARE_VARIANT(wgleast, "wgmma path, the fewest k splits for a wave")
+// branch next/wgmma-dq (NOT run on a GPU): a ring slot of codes refilled after they are dequantized (no copies of the
+// slot: 12 register moves a k-block in session 12's counters); with it the scale format as a template argument (no
+// flag read, branches and predicated loads a k-block), codes 2 / 3 k-blocks ahead, each 96 registers without spills
+DL_DECLARE_VARIANT(wgafter, "wgmma path, ring slots refilled after their dequantization")
+DL_DECLARE_VARIANT(wgdq, "wgmma path, refilled after, scale format as a template argument")
+DL_DECLARE_VARIANT(wgdq3, "wgmma path, refilled after, scale format as a template argument, codes 3 ahead")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -605,7 +611,8 @@ int main(int argc, char** argv) {
         {"prod", "prod: v4 exact, tiled codes (v3 reads the row-major copy)", decode_linear_forward},
         DL_TUNED(v3), DL_TUNED(fold), DL_TUNED(pairs), DL_TUNED(defer), DL_TUNED(full), DL_TUNED(deferfull),
         DL_TUNED(wch2), DL_TUNED(pairs5), DL_TUNED(narrow0), DL_TUNED(tm1), DL_TUNED(tm2b2), DL_TUNED(tm2w4b3),
-        DL_TUNED(tm2all), DL_TUNED(tm2allfull), DL_TUNED(wgmma0), DL_TUNED(wgwide), DL_TUNED(wgleast)};
+        DL_TUNED(tm2all), DL_TUNED(tm2allfull), DL_TUNED(wgmma0), DL_TUNED(wgwide), DL_TUNED(wgleast),
+        DL_TUNED(wgafter), DL_TUNED(wgdq), DL_TUNED(wgdq3)};
 #undef DL_TUNED
     for (const auto& v : tuned) printf("  %s\n", v.knobs);
     printf("  %s (in the layer graphs only)\n", axgemm::knobs);
