@@ -1474,6 +1474,9 @@ constexpr int DLW_MAX_SPLITS = 32;
 #ifndef DL_CFG_WGMMA_DQ_TEMPLATE
 #define DL_CFG_WGMMA_DQ_TEMPLATE 0  // 1: the scale format as a template argument of dlw_kernel (lab variant wgdq)
 #endif
+#ifndef DL_CFG_WGMMA_TMA
+#define DL_CFG_WGMMA_TMA 0  // 1: x staged by one bulk copy a block with mbarriers, no block barrier (lab variant wgtma)
+#endif
 #ifndef DL_CFG_WGMMA_LOAD_AFTER
 #define DL_CFG_WGMMA_LOAD_AFTER 0  // 1: a ring slot refilled after its codes are dequantized, not before (lab wgafter)
 #endif
@@ -1500,6 +1503,7 @@ template <int DQ>
 __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kernel(const __grid_constant__ DecodeParams p) {
     extern __shared__ __align__(128) unsigned char dlw_x_stages[];  // DLW_STAGES x 8 KB
     __shared__ float nested_code[256];
+    __shared__ __align__(8) uint64_t stage_full[DLW_STAGES], stage_empty[DLW_STAGES];  // DL_CFG_WGMMA_TMA only
     grid_launch_dependents();
     const int t = threadIdx.x, warp = t / 32, lane = t % 32, gq = lane / 4, c = lane % 4;
     const int nkb = p.K / NF4_BLOCK, slab = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
@@ -1521,8 +1525,21 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
     // which are uniform, they cost an add or two.)
     const uint32_t t16 = (uint32_t)t * 16;
     auto stage_of = [&](int kb) { return (uint32_t)(kb - kb0) % DLW_STAGES; };
-    auto stage_x = [&](int kb) {  // x of block kb into its stage, 4 pieces of 16 bytes a thread
-        if (kb < kb1) {
+    auto use_of = [&](int kb) { return (uint32_t)(kb - kb0) / DLW_STAGES; };  // how many blocks the stage held before
+    auto full_bar = [&](int kb) { return (uint32_t)__cvta_generic_to_shared(&stage_full[stage_of(kb)]); };
+    auto empty_bar = [&](int kb) { return (uint32_t)__cvta_generic_to_shared(&stage_empty[stage_of(kb)]); };
+    auto stage_x = [&](int kb) {  // x of block kb into its stage
+        if (DL_CFG_WGMMA_TMA) {  // one bulk copy by thread 0, once the 4 warps have released the stage's last block
+            if (t == 0 && kb < kb1) {
+                if (use_of(kb) > 0) mbar_wait(empty_bar(kb), (use_of(kb) - 1) & 1);
+                tma_copy_arrive((uint32_t)__cvta_generic_to_shared(dlw_x_stages) + stage_of(kb) * DLW_XBLOCK_BYTES,
+                                reinterpret_cast<const unsigned char*>(p.xw) + (uint32_t)kb * DLW_XBLOCK_BYTES,
+                                DLW_XBLOCK_BYTES, full_bar(kb));
+            }
+            __syncwarp();  // warp 0 whole again before its next .aligned (wgmma) instruction
+            return;
+        }
+        if (kb < kb1) {  // 4 pieces of 16 bytes a thread
             const unsigned char* src = reinterpret_cast<const unsigned char*>(p.xw) + ((uint32_t)kb * DLW_XBLOCK_BYTES + t16);
             const uint32_t dst = (uint32_t)__cvta_generic_to_shared(dlw_x_stages) + stage_of(kb) * DLW_XBLOCK_BYTES + t16;
 #pragma unroll
@@ -1554,6 +1571,14 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
     };
 #pragma unroll
     for (int r = 0; r < DLW_PREF; r++) load_codes(kb0 + r, r);
+    if (DL_CFG_WGMMA_TMA && t == 0) {
+        for (int i = 0; i < DLW_STAGES; i++) {
+            mbar_init((uint32_t)__cvta_generic_to_shared(&stage_full[i]), 1);   // thread 0's arrival + the bytes
+            mbar_init((uint32_t)__cvta_generic_to_shared(&stage_empty[i]), 4);  // one arrival a warp
+        }
+        mbar_fence_init();
+    }
+    if (DL_CFG_WGMMA_TMA) __syncthreads();  // the barriers, before the first bulk copy
     grid_dependency_wait();  // x (and ax, and the workspace) belong to the kernels before
     for (int i = 0; i < DLW_STAGES - 1; i++) stage_x(kb0 + i);
     __syncthreads();  // the code tables
@@ -1586,9 +1611,13 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
             a[s][2] = w[0][2 * s + 1];
             a[s][3] = w[1][2 * s + 1];
         }
-        dl_cp_async_wait_all_but<DLW_STAGES - 2>();
-        wg_fence_smem();
-        __syncthreads();
+        if (DL_CFG_WGMMA_TMA) {
+            mbar_wait(full_bar(kb), use_of(kb) & 1);  // the bulk copy's bytes, visible to wgmma: no fence, no barrier
+        } else {
+            dl_cp_async_wait_all_but<DLW_STAGES - 2>();
+            wg_fence_smem();
+            __syncthreads();
+        }
         const uint64_t stage_desc = wg_descriptor(dlw_x_stages, DLW_LEADING, DLW_STRIDE) +
                                     ((stage_of(kb) * DLW_XBLOCK_BYTES) >> 4);  // the address field counts 16 bytes
         wg_fence_operands(acc);
@@ -1601,6 +1630,7 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
         wg_wait<0>();
         wg_fence_operands(acc);
         wg_fence_operands(a);
+        if (DL_CFG_WGMMA_TMA && lane == 0) mbar_arrive(empty_bar(kb));  // this warp is done with block kb's stage
         stage_x(kb + DLW_STAGES - 1);
     };
     for (int base = kb0; base < kb1; base += DLW_PREF) {
@@ -1614,7 +1644,7 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
             retire(kb);
         }
     }
-    dl_cp_async_wait_all_but<0>();
+    if (!DL_CFG_WGMMA_TMA) dl_cp_async_wait_all_but<0>();
 
     // acc[4j + e] is (weight row 16 warp + gq + 8 (e / 2), x row 8j + 2c + e % 2): dl_tile_epilogue's acc[j][e].
     // With k split, each block writes its fp32 partial ([m][r] of the slab) and the last of the slab adds them all in
