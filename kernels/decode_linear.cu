@@ -1471,6 +1471,15 @@ constexpr int DLW_MAX_SPLITS = 32;
 #ifndef DL_CFG_WGMMA_PREF
 #define DL_CFG_WGMMA_PREF 2  // k-blocks of codes loaded ahead (8 registers each; 4 with 4 blocks an SM was slower, session 11)
 #endif
+#ifndef DL_CFG_WGMMA_DQ_TEMPLATE
+#define DL_CFG_WGMMA_DQ_TEMPLATE 0  // 1: the scale format as a template argument of dlw_kernel (lab variant wgdq)
+#endif
+#ifndef DL_CFG_WGMMA_TMA
+#define DL_CFG_WGMMA_TMA 0  // 1: x staged by one bulk copy a block with mbarriers, no block barrier (lab variant wgtma)
+#endif
+#ifndef DL_CFG_WGMMA_LOAD_AFTER
+#define DL_CFG_WGMMA_LOAD_AFTER 0  // 1: a ring slot refilled after its codes are dequantized, not before (lab wgafter)
+#endif
 constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = DL_CFG_WGMMA_PREF;
 constexpr int DLW_XBLOCK_BYTES = 64 * 64 * 2;  // x of one 64-block: 4 k-steps of 64 rows x 16 k
 constexpr uint32_t DLW_LEADING = 128, DLW_STRIDE = 256;  // descriptor: bytes between the k halves, the row groups
@@ -1485,18 +1494,26 @@ __global__ void dlw_permute_x_kernel(bf16* xw, const bf16* x, int M, int K) {
         n < M ? x[(int64_t)n * K + k] : __float2bfloat16(0.0f);
 }
 
+// DQ: whether the group's NF4 scales are double-quantized: 0 no, 1 yes, 2 as the linear's flag says, read per k-block.
+// Nsight Compute (session 12) found that read costing a constant load, two branches and both forms of the scale loads
+// (issued under predicates), about 12 of a k-block's 292 instructions a warp; as a template argument (1 or 0) it
+// costs nothing, but ptxas then spills 16 bytes at 96 registers (none with DL_CFG_WGMMA_LOAD_AFTER). Lab variants
+// wgdq and wgdq3 (DL_CFG_WGMMA_DQ_TEMPLATE, branch next/wgmma-dq, NOT run on a GPU); production reads the flag.
+template <int DQ>
 __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kernel(const __grid_constant__ DecodeParams p) {
     extern __shared__ __align__(128) unsigned char dlw_x_stages[];  // DLW_STAGES x 8 KB
     __shared__ float nested_code[256];
+    __shared__ __align__(8) uint64_t stage_full[DLW_STAGES], stage_empty[DLW_STAGES];  // DL_CFG_WGMMA_TMA only
     grid_launch_dependents();
     const int t = threadIdx.x, warp = t / 32, lane = t % 32, gq = lane / 4, c = lane % 4;
     const int nkb = p.K / NF4_BLOCK, slab = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
     const int kb0 = (int)((int64_t)split * nkb / p.splits), kb1 = (int)((int64_t)(split + 1) * nkb / p.splits);
     const int v = slab * 64, g = dl_linear_of(p, v), local = v - p.row_start[g];  // out_g % 64 == 0: one linear
     const NF4View& nf = p.nf4[g];
+    const bool dq = DQ == 2 ? nf.double_quant : DQ == 1;
     const int tile = local / 16 + warp;  // this warp's 16 rows, in linear g
     if (t < 16) dl_code_table[g][t] = nf.code[t];
-    if (nf.double_quant)
+    if (dq)
         for (int i = t; i < 256; i += DLW_THREADS) nested_code[i] = nf.nested_code[i];
     const uint32_t table = dl_code_table_address(), lin_bytes = (uint32_t)g * 0x40404040u;
 
@@ -1508,8 +1525,21 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
     // which are uniform, they cost an add or two.)
     const uint32_t t16 = (uint32_t)t * 16;
     auto stage_of = [&](int kb) { return (uint32_t)(kb - kb0) % DLW_STAGES; };
-    auto stage_x = [&](int kb) {  // x of block kb into its stage, 4 pieces of 16 bytes a thread
-        if (kb < kb1) {
+    auto use_of = [&](int kb) { return (uint32_t)(kb - kb0) / DLW_STAGES; };  // how many blocks the stage held before
+    auto full_bar = [&](int kb) { return (uint32_t)__cvta_generic_to_shared(&stage_full[stage_of(kb)]); };
+    auto empty_bar = [&](int kb) { return (uint32_t)__cvta_generic_to_shared(&stage_empty[stage_of(kb)]); };
+    auto stage_x = [&](int kb) {  // x of block kb into its stage
+        if (DL_CFG_WGMMA_TMA) {  // one bulk copy by thread 0, once the 4 warps have released the stage's last block
+            if (t == 0 && kb < kb1) {
+                if (use_of(kb) > 0) mbar_wait(empty_bar(kb), (use_of(kb) - 1) & 1);
+                tma_copy_arrive((uint32_t)__cvta_generic_to_shared(dlw_x_stages) + stage_of(kb) * DLW_XBLOCK_BYTES,
+                                reinterpret_cast<const unsigned char*>(p.xw) + (uint32_t)kb * DLW_XBLOCK_BYTES,
+                                DLW_XBLOCK_BYTES, full_bar(kb));
+            }
+            __syncwarp();  // warp 0 whole again before its next .aligned (wgmma) instruction
+            return;
+        }
+        if (kb < kb1) {  // 4 pieces of 16 bytes a thread
             const unsigned char* src = reinterpret_cast<const unsigned char*>(p.xw) + ((uint32_t)kb * DLW_XBLOCK_BYTES + t16);
             const uint32_t dst = (uint32_t)__cvta_generic_to_shared(dlw_x_stages) + stage_of(kb) * DLW_XBLOCK_BYTES + t16;
 #pragma unroll
@@ -1521,7 +1551,7 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
     };
     // this lane's 16 code bytes of block kb (rows gq and gq + 8) and the raw scales of its two rows
     const uint8_t* tile_codes = nf.packed + (int64_t)tile * nkb * 512 + lane * 16;
-    const uint8_t* tile_q = nf.double_quant ? nf.absmax_q + (int64_t)tile * nkb * 16 + gq : nullptr;
+    const uint8_t* tile_q = dq ? nf.absmax_q + (int64_t)tile * nkb * 16 + gq : nullptr;
     const uint32_t block_row0 = (uint32_t)((tile * 16 + gq) * nkb), block_row8 = block_row0 + 8u * (uint32_t)nkb;
     uint4 ring_codes[DLW_PREF];
     float ring_a[DLW_PREF][2];
@@ -1529,7 +1559,7 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
     auto load_codes = [&](int kb, int r) {
         if (kb >= kb1) return;
         ring_codes[r] = dl4_load_stream16(tile_codes + (uint32_t)kb * 512u);
-        if (nf.double_quant) {
+        if (dq) {
             ring_q[r][0] = __ldg(tile_q + (uint32_t)kb * 16u);
             ring_q[r][1] = __ldg(tile_q + (uint32_t)kb * 16u + 8u);
             ring_a[r][0] = __ldg(nf.nested_absmax + (block_row0 + kb) / NF4_NESTED_BLOCK);
@@ -1541,6 +1571,14 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
     };
 #pragma unroll
     for (int r = 0; r < DLW_PREF; r++) load_codes(kb0 + r, r);
+    if (DL_CFG_WGMMA_TMA && t == 0) {
+        for (int i = 0; i < DLW_STAGES; i++) {
+            mbar_init((uint32_t)__cvta_generic_to_shared(&stage_full[i]), 1);   // thread 0's arrival + the bytes
+            mbar_init((uint32_t)__cvta_generic_to_shared(&stage_empty[i]), 4);  // one arrival a warp
+        }
+        mbar_fence_init();
+    }
+    if (DL_CFG_WGMMA_TMA) __syncthreads();  // the barriers, before the first bulk copy
     grid_dependency_wait();  // x (and ax, and the workspace) belong to the kernels before
     for (int i = 0; i < DLW_STAGES - 1; i++) stage_x(kb0 + i);
     __syncthreads();  // the code tables
@@ -1556,13 +1594,13 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
         float scale[2];
 #pragma unroll
         for (int h = 0; h < 2; h++)
-            scale[h] = nf.double_quant ? dl_double_quant_scale(nf, nested_code[ring_q[r][h]], ring_a[r][h])
-                                       : ring_a[r][h];
-        load_codes(kb + DLW_PREF, r);
+            scale[h] = dq ? dl_double_quant_scale(nf, nested_code[ring_q[r][h]], ring_a[r][h]) : ring_a[r][h];
+        if (!DL_CFG_WGMMA_LOAD_AFTER) load_codes(kb + DLW_PREF, r);
         dl_nf4_word(&w[0][0], codes.x, lin_bytes, table, scale[0]);
         dl_nf4_word(&w[0][4], codes.y, lin_bytes, table, scale[0]);
         dl_nf4_word(&w[1][0], codes.z, lin_bytes, table, scale[1]);
         dl_nf4_word(&w[1][4], codes.w, lin_bytes, table, scale[1]);
+        if (DL_CFG_WGMMA_LOAD_AFTER) load_codes(kb + DLW_PREF, r);
     };
     // w into the A fragments, and once x of block kb has landed for every thread, its 4 wgmma as one group
     auto issue = [&](int kb, const uint32_t (&w)[2][8]) {
@@ -1573,9 +1611,13 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
             a[s][2] = w[0][2 * s + 1];
             a[s][3] = w[1][2 * s + 1];
         }
-        dl_cp_async_wait_all_but<DLW_STAGES - 2>();
-        wg_fence_smem();
-        __syncthreads();
+        if (DL_CFG_WGMMA_TMA) {
+            mbar_wait(full_bar(kb), use_of(kb) & 1);  // the bulk copy's bytes, visible to wgmma: no fence, no barrier
+        } else {
+            dl_cp_async_wait_all_but<DLW_STAGES - 2>();
+            wg_fence_smem();
+            __syncthreads();
+        }
         const uint64_t stage_desc = wg_descriptor(dlw_x_stages, DLW_LEADING, DLW_STRIDE) +
                                     ((stage_of(kb) * DLW_XBLOCK_BYTES) >> 4);  // the address field counts 16 bytes
         wg_fence_operands(acc);
@@ -1588,6 +1630,7 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
         wg_wait<0>();
         wg_fence_operands(acc);
         wg_fence_operands(a);
+        if (DL_CFG_WGMMA_TMA && lane == 0) mbar_arrive(empty_bar(kb));  // this warp is done with block kb's stage
         stage_x(kb + DLW_STAGES - 1);
     };
     for (int base = kb0; base < kb1; base += DLW_PREF) {
@@ -1601,7 +1644,7 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
             retire(kb);
         }
     }
-    dl_cp_async_wait_all_but<0>();
+    if (!DL_CFG_WGMMA_TMA) dl_cp_async_wait_all_but<0>();
 
     // acc[4j + e] is (weight row 16 warp + gq + 8 (e / 2), x row 8j + 2c + e % 2): dl_tile_epilogue's acc[j][e].
     // With k split, each block writes its fp32 partial ([m][r] of the slab) and the last of the slab adds them all in
@@ -1641,12 +1684,14 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
 #endif  // DL_CFG_WGMMA
 
 // Whether the wgmma path takes a group of these shapes (at some M): NF4 in decode-tile order, every linear a multiple
-// of 64 rows, k a multiple of 64, and at least DL_CFG_WGMMA_MIN_ROWS rows in all.
+// of 64 rows, k a multiple of 64, one scale format (double-quantized or not), and at least DL_CFG_WGMMA_MIN_ROWS rows
+// in all.
 static bool dlw_shapes_ok(const LoraLinearGpu* linears, int G) {
     bool ok = DL_CFG_WGMMA != 0 && dl_total_rows(linears, G) >= DL_CFG_WGMMA_MIN_ROWS;
     for (int g = 0; ok && g < G; g++) {
         const LinearWeight& b = *linears[g].base;
-        ok = b.format == LinearFormat::NF4 && b.nf4.tiled && b.out % 64 == 0 && b.in % 64 == 0;
+        ok = b.format == LinearFormat::NF4 && b.nf4.tiled && b.out % 64 == 0 && b.in % 64 == 0 &&
+             b.nf4.double_quant == linears[0].base->nf4.double_quant;  // one kernel (dlw_kernel<DQ>) a launch
     }
     return ok;
 }
@@ -1657,7 +1702,8 @@ static bool dlw_params_ok(const DecodeParams& p) {
     bool ok = DL_CFG_WGMMA != 0 && dlw_rows_ok(p.M) && p.total_rows >= DL_CFG_WGMMA_MIN_ROWS && p.K % NF4_BLOCK == 0 &&
               (size_t)(p.total_rows / 64) <= DL_MAX_COUNTERS && (int64_t)DLW_XBLOCK_BYTES * (p.K / NF4_BLOCK) < (1ll << 31);
     for (int g = 0; ok && g < p.G; g++)
-        ok = p.nf4[g].tiled && (p.row_start[g + 1] - p.row_start[g]) % 64 == 0 &&
+        ok = p.nf4[g].tiled && p.nf4[g].double_quant == p.nf4[0].double_quant &&
+             (p.row_start[g + 1] - p.row_start[g]) % 64 == 0 &&
              (int64_t)(p.row_start[g + 1] - p.row_start[g]) * (p.K / NF4_BLOCK) < (1ll << 31);
     return ok;
 }
@@ -1697,11 +1743,17 @@ static size_t dlw_xw_bytes(int K) { return dl_align((size_t)64 * K * sizeof(bf16
 
 #if DL_CFG_WGMMA
 static void dlw_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
-    static bool opted_in = false;
-    if (!opted_in) {
-        cudaCheck(cudaFuncSetAttribute(dlw_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       DLW_STAGES * DLW_XBLOCK_BYTES));
-        opted_in = true;
+#if DL_CFG_WGMMA_DQ_TEMPLATE
+    const int dq = p.nf4[0].double_quant;  // every linear of the group alike (dlw_params_ok)
+    void (*kernel)(DecodeParams) = dq ? dlw_kernel<1> : dlw_kernel<0>;
+#else
+    const int dq = 0;
+    void (*kernel)(DecodeParams) = dlw_kernel<2>;
+#endif
+    static bool opted_in[2] = {false, false};
+    if (!opted_in[dq]) {
+        cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, DLW_STAGES * DLW_XBLOCK_BYTES));
+        opted_in[dq] = true;
     }
     const int64_t n_perm = (int64_t)64 * p.K;
     dlw_permute_x_kernel<<<(unsigned)((n_perm + 255) / 256), 256, 0, stream>>>(ws.xw, p.x, p.M, p.K);
@@ -1710,7 +1762,7 @@ static void dlw_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t strea
     p.splits = dlw_splits(p.total_rows, p.K);
     p.partials = ws.partials;
     p.counters = ws.counters;
-    launch_dependent(dlw_kernel, dim3((unsigned)(p.total_rows / 64 * p.splits)), dim3(DLW_THREADS),
+    launch_dependent(kernel, dim3((unsigned)(p.total_rows / 64 * p.splits)), dim3(DLW_THREADS),
                      DLW_STAGES * DLW_XBLOCK_BYTES, stream, p);
 }
 #endif

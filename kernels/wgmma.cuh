@@ -1,4 +1,4 @@
-// wgmma.cuh: Hopper's warpgroup MMA (wgmma m64n64k16, bf16 in, fp32 accumulate, A from registers, B from shared memory through a descriptor), its fences, and the shared-memory layout of B (sm_90a only).
+// wgmma.cuh: Hopper's warpgroup MMA (wgmma m64n64k16, bf16 in, fp32 accumulate, A from registers, B from shared memory through a descriptor), its fences, the shared-memory layout of B, and the bulk copy (TMA) with the mbarriers that feed B (sm_90a only).
 #pragma once
 #include <cstdint>
 
@@ -59,3 +59,36 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float d[32], const uint32_t a
 // Where element (n, k) of a 64 x 16 B tile (64 rows of 16 k) lies in the labs' layout, in bf16 elements: core
 // matrix (n / 8, k / 8) at byte (n / 8) * 256 + (k / 8) * 128, row n % 8 of it at 16 bytes a row.
 __host__ __device__ inline int wg_b_offset(int n, int k) { return (n / 8) * 128 + (k / 8) * 64 + (n % 8) * 8 + k % 8; }
+
+// ---- the bulk copy into shared memory (TMA) and its mbarriers ----
+// An mbarrier counts arrivals (and, for a bulk copy, bytes) per phase; a phase completes when both reach zero, and
+// waiting names the phase by its parity (0 for the first, 1 for the second, ...). 32-bit addresses are shared ones.
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t arrivals) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(arrivals) : "memory");
+}
+// after the inits, before any thread or bulk copy uses the barriers (then a __syncthreads)
+__device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// until the phase of this parity has completed
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n"
+                     ".reg .pred complete;\n"
+                     "mbarrier.try_wait.parity.shared::cta.b64 complete, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, complete;\n"
+                     "}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+}
+// One thread: copy `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to shared memory; the
+// barrier's phase then completes with this thread's arrival and the bytes' landing.
+__device__ __forceinline__ void tma_copy_arrive(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}

@@ -99,6 +99,16 @@ DL_DECLARE_VARIANT(wgmma0, "v4 exact, no wgmma path (the streaming kernel at eve
 // splits for a wave of blocks (production: the splits of least time by the cost model of dlw_splits)
 DL_DECLARE_VARIANT(wgwide, "wgmma path for groups of 8192+ rows only (gate/up at 7B)")
 DL_DECLARE_VARIANT(wgleast, "wgmma path, the fewest k splits for a wave")
+// branch next/wgmma-dq (NOT run on a GPU): a ring slot of codes refilled after they are dequantized (no copies of the
+// slot: 12 register moves a k-block in session 12's counters); with it the scale format as a template argument (no
+// flag read, branches and predicated loads a k-block), codes 2 / 3 k-blocks ahead, each 96 registers without spills
+DL_DECLARE_VARIANT(wgafter, "wgmma path, ring slots refilled after their dequantization")
+DL_DECLARE_VARIANT(wgdq, "wgmma path, refilled after, scale format as a template argument")
+DL_DECLARE_VARIANT(wgdq3, "wgmma path, refilled after, scale format as a template argument, codes 3 ahead")
+// and x staged by one bulk copy (TMA) a block, each stage with a full and an empty mbarrier instead of the block
+// barrier a k-block (13% of the stall samples in session 12's profile); alone and with wgdq's changes
+DL_DECLARE_VARIANT(wgtma, "wgmma path, x by bulk copy with mbarriers, no block barrier a k-block")
+DL_DECLARE_VARIANT(wgtmadq, "wgmma path, x by bulk copy, refilled after, scale format as a template argument")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -545,7 +555,15 @@ int main(int argc, char** argv) {
                                                                  {"v4 deferfull", deferfull::decode_linear_forward},
                                                                  {"v4 wch2", wch2::decode_linear_forward},
                                                                  {"v4 pairs5", pairs5::decode_linear_forward},
-                                                                 {"v4 narrow0", narrow0::decode_linear_forward}};
+                                                                 {"v4 narrow0", narrow0::decode_linear_forward},
+                                                                 {"wgmma0", wgmma0::decode_linear_forward},
+                                                                 {"wgwide", wgwide::decode_linear_forward},
+                                                                 {"wgleast", wgleast::decode_linear_forward},
+                                                                 {"wgafter", wgafter::decode_linear_forward},
+                                                                 {"wgdq", wgdq::decode_linear_forward},
+                                                                 {"wgdq3", wgdq3::decode_linear_forward},
+                                                                 {"wgtma", wgtma::decode_linear_forward},
+                                                                 {"wgtmadq", wgtmadq::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -559,14 +577,20 @@ int main(int argc, char** argv) {
                 ok &= check(variant.first, *lin[i], y[i], xr, M, true);
             }
     // the exact pair table computes every weight as production does, the deferred arrival adds the same partials in
-    // the same order, and 2 blocks a step change no order either; all are cut as production's: the same bits (pairs5,
+    // the same order, and 2 blocks a step change no order either; nor do the wgmma path's variants of its loop (the
+    // same splits, the same wgmma in the same order): all are cut as production's: the same bits (pairs5,
     // with 16 warps a block, is cut otherwise and only checked against the CPU above). wch2 keeps one m-tile a step,
     // so it is compared with tm1 (two m-tiles cut the ranges elsewhere: the sums' order, and maybe the last bit,
     // differ from tm1's)
     struct ExactVariant { const char* what; ForwardFn reference, forward; };
     const ExactVariant exact_variants[] = {{"v4 pairs against prod", decode_linear_forward, pairs::decode_linear_forward},
                                            {"v4 defer against prod", decode_linear_forward, defer::decode_linear_forward},
-                                           {"v4 wch2 against tm1", tm1::decode_linear_forward, wch2::decode_linear_forward}};
+                                           {"v4 wch2 against tm1", tm1::decode_linear_forward, wch2::decode_linear_forward},
+                                           {"wgafter against prod", decode_linear_forward, wgafter::decode_linear_forward},
+                                           {"wgdq against prod", decode_linear_forward, wgdq::decode_linear_forward},
+                                           {"wgdq3 against prod", decode_linear_forward, wgdq3::decode_linear_forward},
+                                           {"wgtma against prod", decode_linear_forward, wgtma::decode_linear_forward},
+                                           {"wgtmadq against prod", decode_linear_forward, wgtmadq::decode_linear_forward}};
     for (const ExactVariant& variant : exact_variants)
         for (int M : {1, 6, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -605,7 +629,8 @@ int main(int argc, char** argv) {
         {"prod", "prod: v4 exact, tiled codes (v3 reads the row-major copy)", decode_linear_forward},
         DL_TUNED(v3), DL_TUNED(fold), DL_TUNED(pairs), DL_TUNED(defer), DL_TUNED(full), DL_TUNED(deferfull),
         DL_TUNED(wch2), DL_TUNED(pairs5), DL_TUNED(narrow0), DL_TUNED(tm1), DL_TUNED(tm2b2), DL_TUNED(tm2w4b3),
-        DL_TUNED(tm2all), DL_TUNED(tm2allfull), DL_TUNED(wgmma0), DL_TUNED(wgwide), DL_TUNED(wgleast)};
+        DL_TUNED(tm2all), DL_TUNED(tm2allfull), DL_TUNED(wgmma0), DL_TUNED(wgwide), DL_TUNED(wgleast),
+        DL_TUNED(wgafter), DL_TUNED(wgdq), DL_TUNED(wgdq3), DL_TUNED(wgtma), DL_TUNED(wgtmadq)};
 #undef DL_TUNED
     for (const auto& v : tuned) printf("  %s\n", v.knobs);
     printf("  %s (in the layer graphs only)\n", axgemm::knobs);
