@@ -1471,14 +1471,12 @@ constexpr int DLW_MAX_SPLITS = 32;
 #ifndef DL_CFG_WGMMA_PREF
 #define DL_CFG_WGMMA_PREF 2  // k-blocks of codes loaded ahead (8 registers each; 4 with 4 blocks an SM was slower, session 11)
 #endif
-#ifndef DL_CFG_WGMMA_DQ_TEMPLATE
-#define DL_CFG_WGMMA_DQ_TEMPLATE 0  // 1: the scale format as a template argument of dlw_kernel (lab variant wgdq)
-#endif
+// x staged by one bulk copy (cp.async.bulk, TMA) a block from thread 0, each stage with a full and an empty mbarrier,
+// instead of cp.async by every thread and a block barrier a k-block (13% of the stall samples in session 12's
+// profile). A layer at 64 rows took 0.2444 against 0.2517 ms, a step at batch 64 9.75 against 9.99 ms; with the DQ
+// template and the late refill below, 0.2397 ms and 9.68 ms (session 13, call 1, one tree and one call).
 #ifndef DL_CFG_WGMMA_TMA
-#define DL_CFG_WGMMA_TMA 0  // 1: x staged by one bulk copy a block with mbarriers, no block barrier (lab variant wgtma)
-#endif
-#ifndef DL_CFG_WGMMA_LOAD_AFTER
-#define DL_CFG_WGMMA_LOAD_AFTER 0  // 1: a ring slot refilled after its codes are dequantized, not before (lab wgafter)
+#define DL_CFG_WGMMA_TMA 1  // 0: cp.async and a block barrier a k-block (lab variant wgbar)
 #endif
 constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = DL_CFG_WGMMA_PREF;
 constexpr int DLW_XBLOCK_BYTES = 64 * 64 * 2;  // x of one 64-block: 4 k-steps of 64 rows x 16 k
@@ -1494,12 +1492,12 @@ __global__ void dlw_permute_x_kernel(bf16* xw, const bf16* x, int M, int K) {
         n < M ? x[(int64_t)n * K + k] : __float2bfloat16(0.0f);
 }
 
-// DQ: whether the group's NF4 scales are double-quantized: 0 no, 1 yes, 2 as the linear's flag says, read per k-block.
-// Nsight Compute (session 12) found that read costing a constant load, two branches and both forms of the scale loads
-// (issued under predicates), about 12 of a k-block's 292 instructions a warp; as a template argument (1 or 0) it
-// costs nothing, but ptxas then spills 16 bytes at 96 registers (none with DL_CFG_WGMMA_LOAD_AFTER). Lab variants
-// wgdq and wgdq3 (DL_CFG_WGMMA_DQ_TEMPLATE, branch next/wgmma-dq, NOT run on a GPU); production reads the flag.
-template <int DQ>
+// DQ: whether the group's NF4 scales are double-quantized (every linear of a launch alike, dlw_params_ok). Read from
+// the linear's flag per k-block, Nsight Compute (session 12) found it costing a constant load, two branches and both
+// forms of the scale loads (issued under predicates), about 12 of a k-block's 292 instructions a warp. As a template
+// argument it costs nothing; ptxas fits it in 96 registers only with the ring slots refilled after their
+// dequantization (before, it spilled 16 bytes).
+template <bool DQ>
 __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kernel(const __grid_constant__ DecodeParams p) {
     extern __shared__ __align__(128) unsigned char dlw_x_stages[];  // DLW_STAGES x 8 KB
     __shared__ float nested_code[256];
@@ -1510,7 +1508,7 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
     const int kb0 = (int)((int64_t)split * nkb / p.splits), kb1 = (int)((int64_t)(split + 1) * nkb / p.splits);
     const int v = slab * 64, g = dl_linear_of(p, v), local = v - p.row_start[g];  // out_g % 64 == 0: one linear
     const NF4View& nf = p.nf4[g];
-    const bool dq = DQ == 2 ? nf.double_quant : DQ == 1;
+    constexpr bool dq = DQ;
     const int tile = local / 16 + warp;  // this warp's 16 rows, in linear g
     if (t < 16) dl_code_table[g][t] = nf.code[t];
     if (dq)
@@ -1588,19 +1586,19 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
     for (int i = 0; i < 32; i++) acc[i] = 0.0f;
     uint32_t a[4][4];  // the block's 4 k-steps' A fragments
     // block kb's codes (ring slot r) dequantized into w, rows gq and gq + 8: bf16 pairs 2s and 2s+1 feed k-step s;
-    // then the ring slot is refilled with block kb + DLW_PREF
+    // then the ring slot is refilled with block kb + DLW_PREF (refilled before, the slot was copied first: 12 register
+    // moves a k-block in session 12's counters)
     auto dequantize = [&](int kb, int r, uint32_t (&w)[2][8]) {
         const uint4 codes = ring_codes[r];
         float scale[2];
 #pragma unroll
         for (int h = 0; h < 2; h++)
             scale[h] = dq ? dl_double_quant_scale(nf, nested_code[ring_q[r][h]], ring_a[r][h]) : ring_a[r][h];
-        if (!DL_CFG_WGMMA_LOAD_AFTER) load_codes(kb + DLW_PREF, r);
         dl_nf4_word(&w[0][0], codes.x, lin_bytes, table, scale[0]);
         dl_nf4_word(&w[0][4], codes.y, lin_bytes, table, scale[0]);
         dl_nf4_word(&w[1][0], codes.z, lin_bytes, table, scale[1]);
         dl_nf4_word(&w[1][4], codes.w, lin_bytes, table, scale[1]);
-        if (DL_CFG_WGMMA_LOAD_AFTER) load_codes(kb + DLW_PREF, r);
+        load_codes(kb + DLW_PREF, r);
     };
     // w into the A fragments, and once x of block kb has landed for every thread, its 4 wgmma as one group
     auto issue = [&](int kb, const uint32_t (&w)[2][8]) {
@@ -1743,13 +1741,8 @@ static size_t dlw_xw_bytes(int K) { return dl_align((size_t)64 * K * sizeof(bf16
 
 #if DL_CFG_WGMMA
 static void dlw_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
-#if DL_CFG_WGMMA_DQ_TEMPLATE
-    const int dq = p.nf4[0].double_quant;  // every linear of the group alike (dlw_params_ok)
-    void (*kernel)(DecodeParams) = dq ? dlw_kernel<1> : dlw_kernel<0>;
-#else
-    const int dq = 0;
-    void (*kernel)(DecodeParams) = dlw_kernel<2>;
-#endif
+    const int dq = p.nf4[0].double_quant ? 1 : 0;  // every linear of the group alike (dlw_params_ok)
+    void (*kernel)(DecodeParams) = dq ? dlw_kernel<true> : dlw_kernel<false>;
     static bool opted_in[2] = {false, false};
     if (!opted_in[dq]) {
         cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, DLW_STAGES * DLW_XBLOCK_BYTES));

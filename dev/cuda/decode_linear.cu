@@ -24,8 +24,9 @@
 //   steps (variant narrow0: as the wider launches). The wide launches (more than 16 rows, many pairs: gate/up, down)
 //   take two m-tiles a step, so each x load feeds 32 weight rows (variant tm1: one m-tile; tm2b2, tm2w4b3, tm2all,
 //   tm2allfull: other shapes of it). Variant: fold (bf16 codes from a pair table, the block scale
-//   applied once per block: not bitsandbytes' rounding). Wide groups at 48 < M <= 64 go to the wgmma path (one warpgroup
-//   a 64-row slab, x shared in shared memory; variant wgmma0: the streaming kernel instead).
+//   applied once per block: not bitsandbytes' rounding). NF4 groups at 48 < M <= 64 go to the wgmma path (one warpgroup a
+//   64-row slab, x shared in shared memory by bulk copies; variant wgmma0: the streaming kernel instead; wgleast:
+//   other k splits; wgbar: x by cp.async and a block barrier).
 // The adapters' x A^T: at most 8 rows, decode_lora_ax_kernel (A read into registers before the dependency wait, one
 //   programmatic dependent launch a group); more rows, cuBLASLt. Variant axgemm: cuBLASLt at every M.
 // bf16 weights (the GPU model's bf16 base copy of the NF4 linears, GpuOptions::bf16_base_copy): the layer through
@@ -95,20 +96,11 @@ DL_DECLARE_VARIANT(tm2all, "v4 exact, every launch above 16 rows wide (two m-til
 DL_DECLARE_VARIANT(tm2allfull, "v4 exact, every launch above 16 rows wide, ranges of whole steps")
 // no wgmma path: the streaming kernel at every M (production: NF4 groups at 48 < M <= 64 on the wgmma path)
 DL_DECLARE_VARIANT(wgmma0, "v4 exact, no wgmma path (the streaming kernel at every M)")
-// the path for gate/up alone (session 11's routing; production: every NF4 group at 48 < M <= 64), and the fewest k
-// splits for a wave of blocks (production: the splits of least time by the cost model of dlw_splits)
-DL_DECLARE_VARIANT(wgwide, "wgmma path for groups of 8192+ rows only (gate/up at 7B)")
+// the fewest k splits for a wave of blocks (production: the splits of least time by the cost model of dlw_splits)
 DL_DECLARE_VARIANT(wgleast, "wgmma path, the fewest k splits for a wave")
-// branch next/wgmma-dq (NOT run on a GPU): a ring slot of codes refilled after they are dequantized (no copies of the
-// slot: 12 register moves a k-block in session 12's counters); with it the scale format as a template argument (no
-// flag read, branches and predicated loads a k-block), codes 2 / 3 k-blocks ahead, each 96 registers without spills
-DL_DECLARE_VARIANT(wgafter, "wgmma path, ring slots refilled after their dequantization")
-DL_DECLARE_VARIANT(wgdq, "wgmma path, refilled after, scale format as a template argument")
-DL_DECLARE_VARIANT(wgdq3, "wgmma path, refilled after, scale format as a template argument, codes 3 ahead")
-// and x staged by one bulk copy (TMA) a block, each stage with a full and an empty mbarrier instead of the block
-// barrier a k-block (13% of the stall samples in session 12's profile); alone and with wgdq's changes
-DL_DECLARE_VARIANT(wgtma, "wgmma path, x by bulk copy with mbarriers, no block barrier a k-block")
-DL_DECLARE_VARIANT(wgtmadq, "wgmma path, x by bulk copy, refilled after, scale format as a template argument")
+// x staged by cp.async from every thread and a block barrier a k-block (production: one bulk copy a block, and a full
+// and an empty mbarrier a stage)
+DL_DECLARE_VARIANT(wgbar, "wgmma path, x by cp.async and a block barrier a k-block")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -557,13 +549,8 @@ int main(int argc, char** argv) {
                                                                  {"v4 pairs5", pairs5::decode_linear_forward},
                                                                  {"v4 narrow0", narrow0::decode_linear_forward},
                                                                  {"wgmma0", wgmma0::decode_linear_forward},
-                                                                 {"wgwide", wgwide::decode_linear_forward},
                                                                  {"wgleast", wgleast::decode_linear_forward},
-                                                                 {"wgafter", wgafter::decode_linear_forward},
-                                                                 {"wgdq", wgdq::decode_linear_forward},
-                                                                 {"wgdq3", wgdq3::decode_linear_forward},
-                                                                 {"wgtma", wgtma::decode_linear_forward},
-                                                                 {"wgtmadq", wgtmadq::decode_linear_forward}};
+                                                                 {"wgbar", wgbar::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -586,11 +573,7 @@ int main(int argc, char** argv) {
     const ExactVariant exact_variants[] = {{"v4 pairs against prod", decode_linear_forward, pairs::decode_linear_forward},
                                            {"v4 defer against prod", decode_linear_forward, defer::decode_linear_forward},
                                            {"v4 wch2 against tm1", tm1::decode_linear_forward, wch2::decode_linear_forward},
-                                           {"wgafter against prod", decode_linear_forward, wgafter::decode_linear_forward},
-                                           {"wgdq against prod", decode_linear_forward, wgdq::decode_linear_forward},
-                                           {"wgdq3 against prod", decode_linear_forward, wgdq3::decode_linear_forward},
-                                           {"wgtma against prod", decode_linear_forward, wgtma::decode_linear_forward},
-                                           {"wgtmadq against prod", decode_linear_forward, wgtmadq::decode_linear_forward}};
+                                           {"wgbar against prod", decode_linear_forward, wgbar::decode_linear_forward}};
     for (const ExactVariant& variant : exact_variants)
         for (int M : {1, 6, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -629,8 +612,7 @@ int main(int argc, char** argv) {
         {"prod", "prod: v4 exact, tiled codes (v3 reads the row-major copy)", decode_linear_forward},
         DL_TUNED(v3), DL_TUNED(fold), DL_TUNED(pairs), DL_TUNED(defer), DL_TUNED(full), DL_TUNED(deferfull),
         DL_TUNED(wch2), DL_TUNED(pairs5), DL_TUNED(narrow0), DL_TUNED(tm1), DL_TUNED(tm2b2), DL_TUNED(tm2w4b3),
-        DL_TUNED(tm2all), DL_TUNED(tm2allfull), DL_TUNED(wgmma0), DL_TUNED(wgwide), DL_TUNED(wgleast),
-        DL_TUNED(wgafter), DL_TUNED(wgdq), DL_TUNED(wgdq3), DL_TUNED(wgtma), DL_TUNED(wgtmadq)};
+        DL_TUNED(tm2all), DL_TUNED(tm2allfull), DL_TUNED(wgmma0), DL_TUNED(wgleast), DL_TUNED(wgbar)};
 #undef DL_TUNED
     for (const auto& v : tuned) printf("  %s\n", v.knobs);
     printf("  %s (in the layer graphs only)\n", axgemm::knobs);
