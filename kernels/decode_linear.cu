@@ -1788,6 +1788,7 @@ static bool dlw_rows_ok(int M) { return M > DL_CFG_WGMMA_MIN_M && M <= 64; }
 // The same on a launch's parameters, where the group's rows, k and the counters are known.
 static bool dlw_params_ok(const DecodeParams& p) {
     bool ok = DL_CFG_WGMMA != 0 && dlw_rows_ok(p.M) && p.total_rows >= DL_CFG_WGMMA_MIN_ROWS && p.K % NF4_BLOCK == 0 &&
+              (uintptr_t)p.x % 16 == 0 &&  // dlw_x_kernel's 16-byte copies
               (size_t)(p.total_rows / 64) <= DL_MAX_COUNTERS && (int64_t)DLW_XBLOCK_BYTES * (p.K / NF4_BLOCK) < (1ll << 31);
     for (int g = 0; ok && g < p.G; g++)
         ok = p.nf4[g].tiled && p.nf4[g].double_quant == p.nf4[0].double_quant &&
@@ -2111,7 +2112,8 @@ static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, 
         params.B[g] = linears[g].B;
     }
     ax.row_start[ax.G] = ax.total_rows = adapted * R;
-    const bool ax_with_x = wgmma && DL_CFG_WGMMA_X_AX && adapted > 0;  // dlw_x_kernel computes it
+    bool ax_with_x = wgmma && DL_CFG_WGMMA_X_AX && adapted > 0;  // dlw_x_kernel computes it (16-byte copies of A)
+    for (int a = 0; a < ax.G; a++) ax_with_x &= (uintptr_t)ax.w[a] % 16 == 0;
     if (adapted > 0 && !ax_with_x) {
         if (!simple && dl_ax_ok(ax)) {  // few rows: the latency-bound GEMM in one programmatic dependent launch
             dl_with_ax_rows(M, [&](auto mr) {
