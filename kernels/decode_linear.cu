@@ -1574,6 +1574,7 @@ __global__ void __launch_bounds__(DLW_X_THREADS) dlw_x_kernel(const __grid_const
     if (!dl_last_block_of(&p.counters[tile], p.splits)) return;
     if (t == 0) p.counters[tile] = 0;  // ready for the next launch
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // thread t: the tile's elements 4t .. 4t + 3
+#pragma unroll 8  // 8 loads in flight: one at a time, the chain of L2 latencies took most of the kernel
     for (int sp = 0; sp < p.splits; sp++) {
         const float4 v = __ldcg(reinterpret_cast<const float4*>(tile_partials + sp * DLW_X_ROWS * DLW_X_COLS) + t);
         sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
