@@ -1459,7 +1459,7 @@ static size_t dl_ax_bytes(int R, int M) {
 #define DL_CFG_WGMMA_MIN_ROWS 0  // weight rows a group needs at least (7B: gate/up 37,888; q/k/v 4,608; o, down 3,584)
 #endif
 #ifndef DL_CFG_WGMMA_X_AX
-#define DL_CFG_WGMMA_X_AX 1  // 1: the adapters' x A^T in dlw_x_kernel; 0: cuBLASLt's GEMM (lab variant wgaxgemm)
+#define DL_CFG_WGMMA_X_AX 0  // 1: the adapters' x A^T in dlw_x_kernel (lab variant wgxax); 0: cuBLASLt's GEMM
 #endif
 #if DL_CFG_WGMMA && !DL_SM90A
 #error "DL_CFG_WGMMA needs this file built for sm_90a (-gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1)"
@@ -1485,14 +1485,17 @@ constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = DL_CFG_WGMMA_PREF;
 constexpr int DLW_XBLOCK_BYTES = 64 * 64 * 2;  // x of one 64-block: 4 k-steps of 64 rows x 16 k
 constexpr uint32_t DLW_LEADING = 128, DLW_STRIDE = 256;  // descriptor: bytes between the k halves, the row groups
 
-// x in wgmma's order, and the adapters' x A^T with it, in one kernel before the wgmma kernel. Before (session 13, call
-// 2, Nsight Compute of a step at batch 64), a group took three launches for them: a permute kernel (4.6 us), a
-// cuBLASLt split-K GEMM (6.1 us) and its reduction (3.3 us), 19% of the step's kernel time, 112 groups a step.
-// Block (split, m-tile, n-tile): 16 rows of x and 32 columns of ax (one n8 mma tile a warp) over the split's 64-blocks
-// of k, both staged whole in shared memory; the blocks of n-tile 0 also write their rows of xw. Rows past M are zero
-// in xw and absent from ax. Split partials (fp32) are added by the last block of each tile in split order, as
-// dlw_kernel adds its own: the bits never depend on timing. fp32 sums, one bf16 rounding, as the GEMM's (in another
-// order).
+// x in wgmma's order before the wgmma kernel, and (DL_CFG_WGMMA_X_AX) the adapters' x A^T with it. Block (split,
+// m-tile, n-tile): 16 rows of x and 32 columns of ax (one n8 mma tile a warp) over the split's 64-blocks of k, both
+// staged whole in shared memory; the blocks of n-tile 0 write their rows of xw. Rows past M are zero in xw and absent
+// from ax. Split partials (fp32) are added by the last block of each tile in split order, as dlw_kernel adds its own:
+// the bits never depend on timing. fp32 sums, one bf16 rounding, as the GEMM's (in another order).
+// Measured (session 13; Nsight Compute of a step at batch 64 in call 2): a group took a permute kernel (4.6 us), a
+// cuBLASLt split-K GEMM for x A^T (6.1 us) and its reduction (3.3 us), 19% of the step's kernel time. This kernel
+// writing xw alone, beside the GEMM, made the step 9.63 ms against 9.68 with the permute kernel (calls 3 and 2). With
+// x A^T in it too (lab variant wgxax) the step's kernel time fell from 8.11 to 7.72 ms, yet the step took longer:
+// 9.77 ms against 9.63 in call 3, and 9.79 against 9.62-9.64 with the last block's sum unrolled (calls 4 and 5). This
+// kernel took 10.5 us a launch there (call 3, before the unroll); why the step is slower was not profiled.
 struct DlwXParams {
     const bf16* x = nullptr;  // [M, K]
     int M = 0, K = 0;
@@ -1574,7 +1577,7 @@ __global__ void __launch_bounds__(DLW_X_THREADS) dlw_x_kernel(const __grid_const
     if (!dl_last_block_of(&p.counters[tile], p.splits)) return;
     if (t == 0) p.counters[tile] = 0;  // ready for the next launch
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // thread t: the tile's elements 4t .. 4t + 3
-#pragma unroll 8  // 8 loads in flight: one at a time, the chain of L2 latencies took most of the kernel
+#pragma unroll 8  // 8 loads in flight, not a chain of L2 latencies
     for (int sp = 0; sp < p.splits; sp++) {
         const float4 v = __ldcg(reinterpret_cast<const float4*>(tile_partials + sp * DLW_X_ROWS * DLW_X_COLS) + t);
         sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;

@@ -369,8 +369,9 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         CHECK_FALSE(decode_linear_wgmma_path(lins.data(), 2, 48));
     }
 
-    // the wgmma path's x A^T (dlw_x_kernel) cuts ax into tiles of 32 columns and x into m-tiles of 16 rows: rank 8 on
-    // three linears is 24 columns (a tile part empty), and 49 rows leave the last m-tile one row
+    // the wgmma path's x kernel (dlw_x_kernel) cuts x into m-tiles of 16 rows, and ax (where it computes x A^T: lab
+    // variant wgxax) into tiles of 32 columns: 49 rows leave the last m-tile one row, and rank 8 on three linears is
+    // 24 columns (a tile part empty)
     DecodeGroup rank8;
     rank8.R = 8;
     rank8.scale = 2.0f;
