@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# wgmma_check.sh: on the GPU machine, the wgmma path of decode_linear against its variants: the decode_linear GPU tests, the lab's layer graphs, Nsight Compute on the wgmma kernel (gate at 64 rows), and generation at batch 48 / 64 through bench_generate built with each variant's knobs (VARIANTS, default wgmma0 wgbar wgleast), last a short table.
+# wgmma_check.sh: on the GPU machine, the wgmma path of decode_linear against its variants: the decode_linear GPU tests, the lab's layer graphs, Nsight Compute on the wgmma kernel (gate at 64 rows), and generation at batch 48 / 64 through bench_generate built with each variant's knobs (VARIANTS, default wgmma0 wgbar wgleast wgxax), last a short table.
 # Usage (repo root, carry dev/carry for the Catch2 header): bash dev/wgmma_check.sh   (about 8 minutes with the build;
 # PROBE=1 also runs the wgmma instruction probe, dev/cuda/wgmma_probe.cu)
 set -uo pipefail
@@ -9,7 +9,7 @@ make -j16 CATCH_INC=dev/carry build/lab_wgmma_probe build/test_gpu build/bench_g
 el built
 # bench_generate with each variant's decode_linear.o (the knobs as in the Makefile's DL_KNOBS_*), built beside the tests
 objs=$(ls build/kernels/*.o build/model/*.o | grep -v "kernels/decode_linear.o")
-variants="${VARIANTS:-wgmma0 wgbar wgleast}"
+variants="${VARIANTS:-wgmma0 wgbar wgleast wgxax}"
 for n in $variants; do
     knobs=$(make -s -f Makefile -f - print-knobs <<<"print-knobs: ; @echo \$(DL_KNOBS_$n)" 2>/dev/null)
     ( nvcc -O2 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1 $knobs -I. -c kernels/decode_linear.cu \

@@ -120,7 +120,7 @@ struct DecodeParams {
     int* counters = nullptr;                       // one per row tile, zero between launches
     int chunks_per_split = 1, splits = 1;          // v3's split-K plan
     int64_t stream_rows = 1;                       // v4: (tile, 64-block) pairs per warp
-    const bf16* xw = nullptr;                      // the wgmma path: x in wgmma's order (dlw_permute_x_kernel)
+    const bf16* xw = nullptr;                      // the wgmma path: x in wgmma's order (dlw_x_kernel)
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1428,8 +1428,8 @@ static size_t dl_ax_bytes(int R, int M) {
 // Layouts: the codes are the decode-tile order the GPU model holds (nf4_tile), dequantized by dl_nf4_word into
 // mma.sync's A fragment, which is wgmma's (warp w: rows 16w .. 16w+15), with the streaming kernel's permutation of
 // k: physical k 16c + 4s + j of a 64-block is logical k 2c + j (j < 2) or 2c + 8 + j - 2 of k-step s. x is written
-// once per launch in that order and in wgmma's core-matrix layout (dlw_permute_x_kernel: per 64-block, 4 k-steps of
-// 64 rows x 16 k, rows past M zero), then staged into shared memory by cp.async, DLW_STAGES - 1 blocks ahead. The
+// once per launch in that order and in wgmma's core-matrix layout (dlw_x_kernel: per 64-block, 4 k-steps of 64 rows
+// x 16 k, rows past M zero), then staged into shared memory by bulk copies, DLW_STAGES - 1 blocks ahead. The
 // descriptor's byte offsets (DLW_LEADING, DLW_STRIDE) are the convention dev/cuda/wgmma_probe.cu found on the H200.
 // Per 64-block a warpgroup dequantizes its codes (loaded DLW_PREF blocks ahead), issues 4 wgmma as a group and waits
 // for it; the SM's other blocks fill that wait. (Writing the registers of a wgmma in flight makes ptxas serialize
@@ -1458,6 +1458,9 @@ static size_t dl_ax_bytes(int R, int M) {
 #ifndef DL_CFG_WGMMA_MIN_ROWS
 #define DL_CFG_WGMMA_MIN_ROWS 0  // weight rows a group needs at least (7B: gate/up 37,888; q/k/v 4,608; o, down 3,584)
 #endif
+#ifndef DL_CFG_WGMMA_X_AX
+#define DL_CFG_WGMMA_X_AX 0  // 1: the adapters' x A^T in dlw_x_kernel (lab variant wgxax); 0: cuBLASLt's GEMM
+#endif
 #if DL_CFG_WGMMA && !DL_SM90A
 #error "DL_CFG_WGMMA needs this file built for sm_90a (-gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1)"
 #endif
@@ -1482,14 +1485,105 @@ constexpr int DLW_THREADS = 128, DLW_STAGES = 4, DLW_PREF = DL_CFG_WGMMA_PREF;
 constexpr int DLW_XBLOCK_BYTES = 64 * 64 * 2;  // x of one 64-block: 4 k-steps of 64 rows x 16 k
 constexpr uint32_t DLW_LEADING = 128, DLW_STRIDE = 256;  // descriptor: bytes between the k halves, the row groups
 
-// xw [K / 64][4][64 x 16] from x [M, K]; rows M .. 63 zero. One thread per (row, physical k).
-__global__ void dlw_permute_x_kernel(bf16* xw, const bf16* x, int M, int K) {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (int64_t)64 * K) return;
-    const int n = (int)(i / K), k = (int)(i % K), p = k % 64, c = p / 16, j = p % 4, s = (p % 16) / 4;
-    const int kl = j < 2 ? 2 * c + j : 2 * c + 8 + (j - 2);
-    xw[(int64_t)(k / 64) * (DLW_XBLOCK_BYTES / 2) + s * 1024 + wg_b_offset(n, kl)] =
-        n < M ? x[(int64_t)n * K + k] : __float2bfloat16(0.0f);
+// x in wgmma's order before the wgmma kernel, and (DL_CFG_WGMMA_X_AX) the adapters' x A^T with it. Block (split,
+// m-tile, n-tile): 16 rows of x and 32 columns of ax (one n8 mma tile a warp) over the split's 64-blocks of k, both
+// staged whole in shared memory; the blocks of n-tile 0 write their rows of xw. Rows past M are zero in xw and absent
+// from ax. Split partials (fp32) are added by the last block of each tile in split order, as dlw_kernel adds its own:
+// the bits never depend on timing. fp32 sums, one bf16 rounding, as the GEMM's (in another order).
+// Measured (session 13; Nsight Compute of a step at batch 64 in call 2): a group took a permute kernel (4.6 us), a
+// cuBLASLt split-K GEMM for x A^T (6.1 us) and its reduction (3.3 us), 19% of the step's kernel time. This kernel
+// writing xw alone, beside the GEMM, made the step 9.63 ms against 9.68 with the permute kernel (calls 3 and 2). With
+// x A^T in it too (lab variant wgxax) the step's kernel time fell from 8.11 to 7.72 ms, yet the step took longer:
+// 9.77 ms against 9.63 in call 3, and 9.79 against 9.62-9.64 with the last block's sum unrolled (calls 4 and 5). This
+// kernel took 10.5 us a launch there (call 3, before the unroll); why the step is slower was not profiled.
+struct DlwXParams {
+    const bf16* x = nullptr;  // [M, K]
+    int M = 0, K = 0;
+    bf16* xw = nullptr;       // [K / 64][4][64 x 16]
+    int N = 0, R = 1;         // ax's columns (0: xw alone); column n is row n % R of adapter n / R
+    const bf16* A[DECODE_LINEAR_MAX_G] = {};
+    bf16* ax = nullptr;       // [M, N]
+    float* partials = nullptr;
+    int* counters = nullptr;  // one a tile, zero between launches
+    int splits = 1, n_tiles = 1, ld = 0;  // ld: the shared rows' stride in elements
+};
+constexpr int DLW_X_THREADS = 128, DLW_X_ROWS = 16, DLW_X_COLS = 32;  // a tile: 16 rows of x, 32 columns of ax
+static_assert(DLW_X_ROWS * DLW_X_COLS == 4 * DLW_X_THREADS, "the last block adds 4 elements of the tile a thread");
+
+__global__ void __launch_bounds__(DLW_X_THREADS) dlw_x_kernel(const __grid_constant__ DlwXParams p) {
+    extern __shared__ __align__(16) bf16 dlw_x_rows[];  // x [16][ld], then the adapters' rows [32][ld]
+    grid_launch_dependents();
+    const int split = blockIdx.x, mt = blockIdx.y, nt = blockIdx.z, t = threadIdx.x, nkb = p.K / NF4_BLOCK;
+    const int kb0 = (int)((int64_t)split * nkb / p.splits), kb1 = (int)((int64_t)(split + 1) * nkb / p.splits);
+    const int kbs = kb1 - kb0, units = kbs * NF4_BLOCK / 8;  // 16-byte units of a row
+    bf16* xs = dlw_x_rows;
+    bf16* as = dlw_x_rows + DLW_X_ROWS * p.ld;
+    // the adapters' rows first: they change only at optimizer steps, never within a decode step, so they load while
+    // the kernel before ends; columns past N are zeros
+    if (p.N > 0)
+        for (int i = t; i < DLW_X_COLS * units; i += DLW_X_THREADS) {
+            const int j = i / units, u = i % units, n = nt * DLW_X_COLS + j;
+            const bool valid = n < p.N;
+            dl_cp_async16(as + j * p.ld + u * 8,
+                          valid ? p.A[n / p.R] + (int64_t)(n % p.R) * p.K + kb0 * NF4_BLOCK + u * 8 : p.A[0], valid);
+        }
+    grid_dependency_wait();  // x is the kernel before's output; ax, xw and the workspace may still be read by it
+    for (int i = t; i < DLW_X_ROWS * units; i += DLW_X_THREADS) {
+        const int j = i / units, u = i % units, m = mt * DLW_X_ROWS + j;
+        const bool valid = m < p.M;
+        dl_cp_async16(xs + j * p.ld + u * 8, valid ? p.x + (int64_t)m * p.K + kb0 * NF4_BLOCK + u * 8 : p.x, valid);
+    }
+    dl_cp_async_commit();
+    dl_cp_async_wait_all_but<0>();
+    __syncthreads();
+
+    // xw: for 64-block kb and k-step s, this m-tile's 16 rows are 512 contiguous bytes (wg_b_offset), 16 bytes
+    // (chunk q) a row n and a half h of the k-step's 16 logical k: logical k 8h .. 8h + 7 are the x pairs 8c + 2s + h
+    // (c = 0..3) of the block, by the permutation above
+    if (nt == 0)
+        for (int i = t; i < kbs * 4 * 32; i += DLW_X_THREADS) {
+            const int kb = i / 128, s = i / 32 % 4, q = i % 32, n = q / 16 * 8 + q % 8, h = q / 8 % 2;
+            const uint32_t* pairs = reinterpret_cast<const uint32_t*>(xs + n * p.ld + kb * NF4_BLOCK);
+            const uint4 chunk = make_uint4(pairs[2 * s + h], pairs[8 + 2 * s + h], pairs[16 + 2 * s + h], pairs[24 + 2 * s + h]);
+            *reinterpret_cast<uint4*>(p.xw + (int64_t)(kb0 + kb) * (DLW_XBLOCK_BYTES / 2) + s * 1024 + mt * 256 + q * 8) = chunk;
+        }
+    if (p.N == 0) return;
+
+    // ax's tile: warp w the n8 tile of columns 8w .. 8w+7 (mma.cuh's fragments: x as A, the adapter rows as B). The
+    // row stride ld is 8 elements past a multiple of 64: lanes (gq, c) read 32-bit words 4 gq + c apart, no conflicts.
+    const int warp = t / 32, lane = t % 32, gq = lane / 4, c = lane % 4, ld32 = p.ld / 2;
+    const uint32_t* x32 = reinterpret_cast<const uint32_t*>(xs);
+    const uint32_t* a32 = reinterpret_cast<const uint32_t*>(as) + (8 * warp + gq) * ld32;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int k = c; k < kbs * NF4_BLOCK / 2; k += 8) {  // k: this lane's word of the k-step
+        const uint32_t a[4] = {x32[gq * ld32 + k], x32[(gq + 8) * ld32 + k], x32[gq * ld32 + k + 4],
+                               x32[(gq + 8) * ld32 + k + 4]};
+        const uint32_t b[2] = {a32[k], a32[k + 4]};
+        mma_bf16_m16n8k16(acc, a, b);
+    }
+    auto store = [&](int r, int col, float v) {  // tile row r, tile column col
+        const int m = mt * DLW_X_ROWS + r, n = nt * DLW_X_COLS + col;
+        if (m < p.M && n < p.N) p.ax[(int64_t)m * p.N + n] = __float2bfloat16_rn(v);
+    };
+    if (p.splits == 1) {
+        for (int e = 0; e < 4; e++) store(gq + 8 * (e / 2), 8 * warp + 2 * c + e % 2, acc[e]);
+        return;
+    }
+    const int tile = mt * p.n_tiles + nt;
+    float* tile_partials = p.partials + (int64_t)tile * p.splits * DLW_X_ROWS * DLW_X_COLS;
+    for (int e = 0; e < 4; e++)
+        __stcg(tile_partials + split * DLW_X_ROWS * DLW_X_COLS + (gq + 8 * (e / 2)) * DLW_X_COLS + 8 * warp + 2 * c + e % 2,
+               acc[e]);
+    if (!dl_last_block_of(&p.counters[tile], p.splits)) return;
+    if (t == 0) p.counters[tile] = 0;  // ready for the next launch
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // thread t: the tile's elements 4t .. 4t + 3
+#pragma unroll 8  // 8 loads in flight, not a chain of L2 latencies
+    for (int sp = 0; sp < p.splits; sp++) {
+        const float4 v = __ldcg(reinterpret_cast<const float4*>(tile_partials + sp * DLW_X_ROWS * DLW_X_COLS) + t);
+        sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+    }
+    const int r = 4 * t / DLW_X_COLS, col = 4 * t % DLW_X_COLS;
+    store(r, col, sum.x), store(r, col + 1, sum.y), store(r, col + 2, sum.z), store(r, col + 3, sum.w);
 }
 
 // DQ: whether the group's NF4 scales are double-quantized (every linear of a launch alike, dlw_params_ok). Read from
@@ -1698,6 +1792,7 @@ static bool dlw_rows_ok(int M) { return M > DL_CFG_WGMMA_MIN_M && M <= 64; }
 // The same on a launch's parameters, where the group's rows, k and the counters are known.
 static bool dlw_params_ok(const DecodeParams& p) {
     bool ok = DL_CFG_WGMMA != 0 && dlw_rows_ok(p.M) && p.total_rows >= DL_CFG_WGMMA_MIN_ROWS && p.K % NF4_BLOCK == 0 &&
+              (uintptr_t)p.x % 16 == 0 &&  // dlw_x_kernel's 16-byte copies
               (size_t)(p.total_rows / 64) <= DL_MAX_COUNTERS && (int64_t)DLW_XBLOCK_BYTES * (p.K / NF4_BLOCK) < (1ll << 31);
     for (int g = 0; ok && g < p.G; g++)
         ok = p.nf4[g].tiled && p.nf4[g].double_quant == p.nf4[0].double_quant &&
@@ -1739,7 +1834,61 @@ static size_t dlw_partial_floats(int total_rows, int K) {
 }
 static size_t dlw_xw_bytes(int K) { return dl_align((size_t)64 * K * sizeof(bf16)); }
 
+// dlw_x_kernel's cut: 4 m-tiles of 16 rows (the path's 64), ax's columns in tiles of 32 (one when there is no ax),
+// and k split so that the grid is about two blocks an SM (these blocks are latency: a few 64-blocks each), at most
+// DLW_X_MAX_SPLITS partials a tile for its last block to add; more where a split's rows would not fit in shared memory.
+struct DlwXPlan { int splits = 1, n_tiles = 1, ld = 0; size_t smem = 0; };
+constexpr int DLW_X_MAX_SPLITS = 32;
+constexpr size_t DLW_X_MAX_SMEM = 200 << 10;
+static DlwXPlan dlw_x_plan(int K, int N) {
+    DlwXPlan plan;
+    const int nkb = K / NF4_BLOCK;
+    plan.n_tiles = N > 0 ? (N + 31) / 32 : 1;
+    const int tiles = 4 * plan.n_tiles;
+    plan.splits = std::max(1, std::min(std::min(nkb, DLW_X_MAX_SPLITS), (2 * cuda_sm_count() + tiles - 1) / tiles));
+    for (;; plan.splits++) {
+        plan.ld = (nkb + plan.splits - 1) / plan.splits * NF4_BLOCK + 8;  // the most 64-blocks a split has, and a pad
+        plan.smem = (size_t)(16 + (N > 0 ? 32 : 0)) * plan.ld * sizeof(bf16);
+        if (plan.smem <= DLW_X_MAX_SMEM || plan.splits >= nkb) return plan;
+    }
+}
+static size_t dlw_x_partial_floats(int K, int N) {
+    const DlwXPlan plan = dlw_x_plan(K, N);
+    return N > 0 && plan.splits > 1 ? (size_t)4 * plan.n_tiles * plan.splits * 16 * 32 : 0;
+}
+
 #if DL_CFG_WGMMA
+// dlw_x_kernel for x [M, K]: xw, and with ax_rows (the adapters' rows, as dl_forward_pass gathers them for x A^T)
+// ws.ax too.
+static void dlw_x_launch(const bf16* x, int M, int K, const DecodeParams* ax_rows, int R, const DlWorkspace& ws,
+                         cudaStream_t stream) {
+    DlwXParams p;
+    p.x = x;
+    p.M = M;
+    p.K = K;
+    p.xw = ws.xw;
+    if (ax_rows) {
+        p.N = ax_rows->total_rows;
+        p.R = R;
+        for (int a = 0; a < ax_rows->G; a++) p.A[a] = ax_rows->w[a];
+        p.ax = ws.ax;
+    }
+    const DlwXPlan plan = dlw_x_plan(K, p.N);
+    p.partials = ws.partials;
+    p.counters = ws.counters;
+    p.splits = plan.splits;
+    p.n_tiles = plan.n_tiles;
+    p.ld = plan.ld;
+    static size_t opted_in = 48 << 10;
+    if (plan.smem > opted_in) {
+        cudaCheck(cudaFuncSetAttribute(dlw_x_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)plan.smem));
+        opted_in = plan.smem;
+    }
+    launch_dependent(dlw_x_kernel, dim3((unsigned)plan.splits, 4, (unsigned)plan.n_tiles), dim3(DLW_X_THREADS),
+                     plan.smem, stream, p);
+}
+
+// the wgmma kernel, once dlw_x_launch has written xw
 static void dlw_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t stream) {
     const int dq = p.nf4[0].double_quant ? 1 : 0;  // every linear of the group alike (dlw_params_ok)
     void (*kernel)(DecodeParams) = dq ? dlw_kernel<true> : dlw_kernel<false>;
@@ -1748,9 +1897,6 @@ static void dlw_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t strea
         cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, DLW_STAGES * DLW_XBLOCK_BYTES));
         opted_in[dq] = true;
     }
-    const int64_t n_perm = (int64_t)64 * p.K;
-    dlw_permute_x_kernel<<<(unsigned)((n_perm + 255) / 256), 256, 0, stream>>>(ws.xw, p.x, p.M, p.K);
-    cudaCheck(cudaGetLastError());
     p.xw = ws.xw;
     p.splits = dlw_splits(p.total_rows, p.K);
     p.partials = ws.partials;
@@ -1773,8 +1919,10 @@ static size_t dl_partial_floats(const LoraLinearGpu* linears, int G, int R, int 
         partials = std::max(partials, dl4_plan(dl_total_rows(linears, G), in, M, group).partial_floats);
     if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
     if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
-    if (dlw_shapes_ok(linears, G) && dlw_rows_ok(M))
+    if (dlw_shapes_ok(linears, G) && dlw_rows_ok(M)) {
         partials = std::max(partials, dlw_partial_floats(dl_total_rows(linears, G), in));
+        partials = std::max(partials, dlw_x_partial_floats(in, DL_CFG_WGMMA_X_AX ? adapted * R : 0));
+    }
     return partials;
 }
 
@@ -1906,12 +2054,6 @@ static void dl_launch_mma(DecodeParams p, const DlWorkspace& ws, cudaStream_t st
 }
 
 static void dl_launch(const DecodeParams& p, bool nf4, bool simple, const DlWorkspace& ws, cudaStream_t stream) {
-#if DL_CFG_WGMMA
-    if (!simple && nf4 && ws.xw && dlw_params_ok(p)) {
-        dlw_launch(p, ws, stream);
-        return;
-    }
-#endif
     if (!simple && nf4 && dl4_ok(p)) {
         dl4_launch(p, ws, stream);
         return;
@@ -1930,11 +2072,13 @@ static void dl_launch(const DecodeParams& p, bool nf4, bool simple, const DlWork
     cudaCheck(cudaGetLastError());
 }
 
-// One pass of at most 64 rows: ax = x A^T for the adapted linears (bf16 weights, no adapter), then the group.
+// One pass of at most 64 rows: ax = x A^T for the adapted linears (bf16 weights, no adapter), then the group. On the
+// wgmma path (48 < M <= 64) dlw_x_kernel computes ax with x in wgmma's order.
 static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, int M, int R, float scale,
                             bf16* const* y, const DlWorkspace& ws, bool simple, MatmulContext* ctx,
                             cudaStream_t stream) {
     const int in = (int)linears[0].base->in, adapted = dl_adapted(linears, G);
+    const bool nf4 = linears[0].base->format == LinearFormat::NF4;
     DecodeParams params;
     params.G = G;
     params.M = M;
@@ -1942,22 +2086,39 @@ static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, 
     params.R = R;
     params.scale = scale;
     params.x = x;
-    if (adapted > 0) {
-        DecodeParams ax;
-        ax.M = M;
-        ax.K = in;
-        ax.x = x;
-        for (int g = 0; g < G; g++) {
-            if (!linears[g].A) continue;
-            const int a = ax.G++;
-            ax.row_start[a] = a * R;
-            ax.w[a] = linears[g].A;
-            ax.y[a] = ws.ax + a * R;
-            ax.ldy[a] = adapted * R;
-            params.ax_col[g] = a * R;
-            params.B[g] = linears[g].B;
-        }
-        ax.row_start[ax.G] = ax.total_rows = adapted * R;
+    for (int g = 0; g < G; g++) {
+        const LinearWeight& base = *linears[g].base;
+        params.row_start[g + 1] = params.row_start[g] + (int)base.out;
+        params.nf4[g] = base.nf4;
+        params.w[g] = (const bf16*)base.w;
+        params.bias[g] = (const bf16*)base.bias;
+        params.y[g] = y[g];
+        params.ldy[g] = (int)base.out;
+    }
+    params.total_rows = params.row_start[G];
+#if DL_CFG_WGMMA
+    const bool wgmma = !simple && nf4 && ws.xw && dlw_params_ok(params);
+#else
+    const bool wgmma = false;
+#endif
+    DecodeParams ax;  // x A^T as a launch of its own: the adapters' A's are its bf16 weights
+    ax.M = M;
+    ax.K = in;
+    ax.x = x;
+    for (int g = 0; g < G; g++) {
+        if (!linears[g].A) continue;
+        const int a = ax.G++;
+        ax.row_start[a] = a * R;
+        ax.w[a] = linears[g].A;
+        ax.y[a] = ws.ax + a * R;
+        ax.ldy[a] = adapted * R;
+        params.ax_col[g] = a * R;
+        params.B[g] = linears[g].B;
+    }
+    ax.row_start[ax.G] = ax.total_rows = adapted * R;
+    bool ax_with_x = wgmma && DL_CFG_WGMMA_X_AX && adapted > 0;  // dlw_x_kernel computes it (16-byte copies of A)
+    for (int a = 0; a < ax.G; a++) ax_with_x &= (uintptr_t)ax.w[a] % 16 == 0;
+    if (adapted > 0 && !ax_with_x) {
         if (!simple && dl_ax_ok(ax)) {  // few rows: the latency-bound GEMM in one programmatic dependent launch
             dl_with_ax_rows(M, [&](auto mr) {
                 dl_launch_dependent(decode_lora_ax_kernel<mr()>, dim3((unsigned)ax.total_rows), DL_AX_WARPS * 32, 0,
@@ -1976,20 +2137,19 @@ static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, 
         } else {
             dl_launch(ax, false, simple, ws, stream);
         }
+    }
+    if (adapted > 0) {
         params.ax = ws.ax;
         params.ld_ax = adapted * R;
     }
-    for (int g = 0; g < G; g++) {
-        const LinearWeight& base = *linears[g].base;
-        params.row_start[g + 1] = params.row_start[g] + (int)base.out;
-        params.nf4[g] = base.nf4;
-        params.w[g] = (const bf16*)base.w;
-        params.bias[g] = (const bf16*)base.bias;
-        params.y[g] = y[g];
-        params.ldy[g] = (int)base.out;
+#if DL_CFG_WGMMA
+    if (wgmma) {
+        dlw_x_launch(x, M, in, ax_with_x ? &ax : nullptr, R, ws, stream);
+        dlw_launch(params, ws, stream);
+        return;
     }
-    params.total_rows = params.row_start[G];
-    dl_launch(params, linears[0].base->format == LinearFormat::NF4, simple, ws, stream);
+#endif
+    dl_launch(params, nf4, simple, ws, stream);
 }
 
 // bf16 weights through cuBLASLt, as the training forward computes them (kernels/matmul.cu's lora_linear_forward:

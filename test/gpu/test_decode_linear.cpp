@@ -369,6 +369,19 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         CHECK_FALSE(decode_linear_wgmma_path(lins.data(), 2, 48));
     }
 
+    // the wgmma path's x kernel (dlw_x_kernel) cuts x into m-tiles of 16 rows, and ax (where it computes x A^T: lab
+    // variant wgxax) into tiles of 32 columns: 49 rows leave the last m-tile one row, and rank 8 on three linears is
+    // 24 columns (a tile part empty)
+    DecodeGroup rank8;
+    rank8.R = 8;
+    rank8.scale = 2.0f;
+    for (int g = 0; g < 3; g++) add_linear(rank8, 128, 3584, LinearFormat::NF4, g == 1, true, false, rng);
+    check_random_rows(rank8, {49, 64}, rng);
+    if (wgmma_gpu()) {
+        const std::vector<LoraLinearGpu> lins = rank8.gpu_linears();
+        CHECK(decode_linear_wgmma_path(lins.data(), 3, 64));
+    }
+
     // in 32768: past what decode_lora_ax_kernel holds in registers (24576), so x A^T takes the other path at M 2
     DecodeGroup long_k;
     long_k.R = group.R;
