@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # profile_decode_step.sh: every kernel of one whole decode step (7B shape) timed by Nsight Compute, summed by kernel, to see where a token step's time goes beyond the linears.
-# Usage (GPU machine, repo root): bash dev/profile_decode_step.sh [M [COPY_MIN_ROWS]]
+# Usage (GPU machine, repo root): [BENCH=path] bash dev/profile_decode_step.sh [M [COPY_MIN_ROWS]]
 #   M: the batch (default 6); COPY_MIN_ROWS: bench_generate's fifth argument (0: NF4 base; 32: the bf16 copy at
 #   M >= 32). Generates 8 tokens after a 256-token prompt and reports the last whole decode step: the kernels
 #   between the last two launches of the embedding gather that starts each step. Writes the raw CSV to $OUT.
@@ -11,7 +11,11 @@ M="${1:-6}"
 copy="${2:-0}"
 out="${OUT:-/tmp}"
 command -v ncu >/dev/null || { echo "profile_decode_step: no ncu on this machine"; exit 1; }
-make -j16 build/bench_generate > "$out/profile_build.log" 2>&1 || { grep error "$out/profile_build.log" | head; exit 1; }
+# BENCH: another build of bench_generate to profile (dev/wgmma_check.sh's variants); by default this tree's, built here
+bench="${BENCH:-./build/bench_generate}"
+if [ -z "${BENCH:-}" ]; then
+    make -j16 build/bench_generate > "$out/profile_build.log" 2>&1 || { grep error "$out/profile_build.log" | head; exit 1; }
+fi
 csv="$out/decode_step_M${M}.csv"
 # Only the timed generation is profiled (BENCH_GENERATE_PROFILE: cudaProfilerStart/Stop, and its prefill in one
 # micro-batch, about 1,200 kernels at 7B): skipping 2,000 kernels of it passes the prefill, and 1,300 more hold two
@@ -21,7 +25,7 @@ csv="$out/decode_step_M${M}.csv"
 # steps start grew with M.)
 BENCH_GENERATE_PROFILE=1 ncu --clock-control none --profile-from-start off \
     --launch-skip 2000 --launch-count "${COUNT:-1300}" --metrics gpu__time_duration.sum --csv --print-units base \
-    ./build/bench_generate 7B 256 8 "$M" "$copy" > "$csv" 2> "$out/profile_ncu.log" ||
+    "$bench" 7B 256 8 "$M" "$copy" > "$csv" 2> "$out/profile_ncu.log" ||
     { tail -20 "$out/profile_ncu.log"; echo "profile_decode_step: ncu failed"; exit 1; }
 python3 - "$csv" "$M" <<'PY'
 import csv, sys, collections

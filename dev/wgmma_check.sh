@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # wgmma_check.sh: on the GPU machine, the wgmma path of decode_linear against its variants: the decode_linear GPU tests, the lab's layer graphs, Nsight Compute on the wgmma kernel (gate at 64 rows), and generation at batch 48 / 64 through bench_generate built with each variant's knobs (VARIANTS, default wgmma0 wgbar wgleast wgxax), last a short table.
 # Usage (repo root, carry dev/carry for the Catch2 header): bash dev/wgmma_check.sh   (about 8 minutes with the build;
-# PROBE=1 also runs the wgmma instruction probe, dev/cuda/wgmma_probe.cu)
+# PROBE=1 also runs the wgmma instruction probe, dev/cuda/wgmma_probe.cu; PROFILE=1 profiles a decode step of each)
 set -uo pipefail
 out="${OUT:-/tmp}"; T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 make -j16 CATCH_INC=dev/carry build/lab_wgmma_probe build/test_gpu build/bench_generate build/lab_decode_linear train_grpo \
@@ -35,4 +35,12 @@ row() { timeout 60 "$2" 7B 256 512 48,64 2>&1 | grep RESULT | sed -E \
     "s/.*\"M\": ([0-9]+).*\"tokens_per_s\": ([0-9]+), \"step_ms\": ([0-9.]+).*/$1 M=\1 tokens_per_s=\2 step_ms=\3/"; }
 row prod ./build/bench_generate
 for n in $variants; do [ -x /tmp/bench_generate_$n ] && row $n /tmp/bench_generate_$n || echo "$n: not built"; done
-row prod ./build/bench_generate; el done
+row prod ./build/bench_generate; el benches
+# PROFILE=1: where a decode step at batch 64 spends its kernel time, production and each variant (about 30 s each)
+if [ "${PROFILE:-0}" = 1 ]; then
+    for n in prod $variants; do
+        b=/tmp/bench_generate_$n; [ $n = prod ] && b=./build/bench_generate
+        echo "== $n"; BENCH=$b timeout 100 bash dev/profile_decode_step.sh 64 2>&1 | head -8
+    done
+fi
+el done
