@@ -229,7 +229,8 @@ __device__ __forceinline__ void dl_cp_async_wait_all_but() { asm volatile("cp.as
 
 // Split-K's arrival: each block of a tile (or slab) calls this with all its threads once its fp32 partial is written;
 // it says whether this block is the last of `splits` to arrive, which then sees every partial (the fences order the
-// partials' stores before the count and the count before the last block's loads).
+// partials' stores before the count and the count before the last block's loads), and which sets the counter back
+// to zero for the next launch (no block of this launch reads it again).
 __device__ __forceinline__ bool dl_last_block_of(int* counter, int splits) {
     __shared__ int last;
     __threadfence();
@@ -237,6 +238,7 @@ __device__ __forceinline__ bool dl_last_block_of(int* counter, int splits) {
     if (threadIdx.x == 0) last = atomicAdd(counter, 1) == splits - 1;
     __syncthreads();
     if (!last) return false;
+    if (threadIdx.x == 0) *counter = 0;
     __threadfence();
     return true;
 }
@@ -595,7 +597,6 @@ __global__ void __launch_bounds__(DL_THREADS) decode_linear_mma_kernel(const __g
                 acc[mt][t][2] = sum.z;
                 acc[mt][t][3] = sum.w;
             }
-        if (rthread == 0) p.counters[tile] = 0;  // ready for the next launch
     }
     if (kw != 0) return;
 
@@ -1466,6 +1467,8 @@ static size_t dl_ax_bytes(int R, int M) {
 #endif
 
 constexpr int DLW_MAX_SPLITS = 32;
+// dlw_x_kernel's tile: 16 rows of x, 32 columns of ax (dlw_x_plan sizes workspaces without the wgmma path built too)
+constexpr int DLW_X_ROWS = 16, DLW_X_COLS = 32;
 #ifndef DL_CFG_WGMMA_BLOCKS_SM
 #define DL_CFG_WGMMA_BLOCKS_SM 5  // blocks an SM the registers must allow (at most 102 a thread; 4: 128)
 #endif
@@ -1507,7 +1510,7 @@ struct DlwXParams {
     int* counters = nullptr;  // one a tile, zero between launches
     int splits = 1, n_tiles = 1, ld = 0;  // ld: the shared rows' stride in elements
 };
-constexpr int DLW_X_THREADS = 128, DLW_X_ROWS = 16, DLW_X_COLS = 32;  // a tile: 16 rows of x, 32 columns of ax
+constexpr int DLW_X_THREADS = 128;
 static_assert(DLW_X_ROWS * DLW_X_COLS == 4 * DLW_X_THREADS, "the last block adds 4 elements of the tile a thread");
 
 __global__ void __launch_bounds__(DLW_X_THREADS) dlw_x_kernel(const __grid_constant__ DlwXParams p) {
@@ -1518,21 +1521,26 @@ __global__ void __launch_bounds__(DLW_X_THREADS) dlw_x_kernel(const __grid_const
     const int kbs = kb1 - kb0, units = kbs * NF4_BLOCK / 8;  // 16-byte units of a row
     bf16* xs = dlw_x_rows;
     bf16* as = dlw_x_rows + DLW_X_ROWS * p.ld;
+    // the split's k of `rows` rows into dst (row j from row_of(j), zeros where that is nullptr)
+    auto stage_rows = [&](bf16* dst, int rows, auto row_of) {
+        for (int i = t; i < rows * units; i += DLW_X_THREADS) {
+            const int j = i / units, u = i % units;
+            const bf16* row = row_of(j);
+            dl_cp_async16(dst + j * p.ld + u * 8, row ? row + kb0 * NF4_BLOCK + u * 8 : p.x, row != nullptr);
+        }
+    };
     // the adapters' rows first: they change only at optimizer steps, never within a decode step, so they load while
     // the kernel before ends; columns past N are zeros
     if (p.N > 0)
-        for (int i = t; i < DLW_X_COLS * units; i += DLW_X_THREADS) {
-            const int j = i / units, u = i % units, n = nt * DLW_X_COLS + j;
-            const bool valid = n < p.N;
-            dl_cp_async16(as + j * p.ld + u * 8,
-                          valid ? p.A[n / p.R] + (int64_t)(n % p.R) * p.K + kb0 * NF4_BLOCK + u * 8 : p.A[0], valid);
-        }
+        stage_rows(as, DLW_X_COLS, [&](int j) {
+            const int n = nt * DLW_X_COLS + j;
+            return n < p.N ? p.A[n / p.R] + (int64_t)(n % p.R) * p.K : nullptr;
+        });
     grid_dependency_wait();  // x is the kernel before's output; ax, xw and the workspace may still be read by it
-    for (int i = t; i < DLW_X_ROWS * units; i += DLW_X_THREADS) {
-        const int j = i / units, u = i % units, m = mt * DLW_X_ROWS + j;
-        const bool valid = m < p.M;
-        dl_cp_async16(xs + j * p.ld + u * 8, valid ? p.x + (int64_t)m * p.K + kb0 * NF4_BLOCK + u * 8 : p.x, valid);
-    }
+    stage_rows(xs, DLW_X_ROWS, [&](int j) {
+        const int m = mt * DLW_X_ROWS + j;
+        return m < p.M ? p.x + (int64_t)m * p.K : nullptr;
+    });
     dl_cp_async_commit();
     dl_cp_async_wait_all_but<0>();
     __syncthreads();
@@ -1575,7 +1583,6 @@ __global__ void __launch_bounds__(DLW_X_THREADS) dlw_x_kernel(const __grid_const
         __stcg(tile_partials + split * DLW_X_ROWS * DLW_X_COLS + (gq + 8 * (e / 2)) * DLW_X_COLS + 8 * warp + 2 * c + e % 2,
                acc[e]);
     if (!dl_last_block_of(&p.counters[tile], p.splits)) return;
-    if (t == 0) p.counters[tile] = 0;  // ready for the next launch
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);  // thread t: the tile's elements 4t .. 4t + 3
 #pragma unroll 8  // 8 loads in flight, not a chain of L2 latencies
     for (int sp = 0; sp < p.splits; sp++) {
@@ -1756,7 +1763,6 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
 #pragma unroll
             for (int e = 0; e < 4; e++) __stcg(at(split, j, e), acc[4 * j + e]);
         if (!dl_last_block_of(&p.counters[slab], p.splits)) return;
-        if (t == 0) p.counters[slab] = 0;  // ready for the next launch
 #pragma unroll
         for (int j = 0; j < 8; j++)
 #pragma unroll
@@ -1843,18 +1849,18 @@ constexpr size_t DLW_X_MAX_SMEM = 200 << 10;
 static DlwXPlan dlw_x_plan(int K, int N) {
     DlwXPlan plan;
     const int nkb = K / NF4_BLOCK;
-    plan.n_tiles = N > 0 ? (N + 31) / 32 : 1;
-    const int tiles = 4 * plan.n_tiles;
+    plan.n_tiles = N > 0 ? (N + DLW_X_COLS - 1) / DLW_X_COLS : 1;
+    const int tiles = 64 / DLW_X_ROWS * plan.n_tiles;
     plan.splits = std::max(1, std::min(std::min(nkb, DLW_X_MAX_SPLITS), (2 * cuda_sm_count() + tiles - 1) / tiles));
     for (;; plan.splits++) {
         plan.ld = (nkb + plan.splits - 1) / plan.splits * NF4_BLOCK + 8;  // the most 64-blocks a split has, and a pad
-        plan.smem = (size_t)(16 + (N > 0 ? 32 : 0)) * plan.ld * sizeof(bf16);
+        plan.smem = (size_t)(DLW_X_ROWS + (N > 0 ? DLW_X_COLS : 0)) * plan.ld * sizeof(bf16);
         if (plan.smem <= DLW_X_MAX_SMEM || plan.splits >= nkb) return plan;
     }
 }
 static size_t dlw_x_partial_floats(int K, int N) {
     const DlwXPlan plan = dlw_x_plan(K, N);
-    return N > 0 && plan.splits > 1 ? (size_t)4 * plan.n_tiles * plan.splits * 16 * 32 : 0;
+    return N > 0 && plan.splits > 1 ? (size_t)64 / DLW_X_ROWS * plan.n_tiles * plan.splits * DLW_X_ROWS * DLW_X_COLS : 0;
 }
 
 #if DL_CFG_WGMMA
@@ -1884,7 +1890,7 @@ static void dlw_x_launch(const bf16* x, int M, int K, const DecodeParams* ax_row
         cudaCheck(cudaFuncSetAttribute(dlw_x_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)plan.smem));
         opted_in = plan.smem;
     }
-    launch_dependent(dlw_x_kernel, dim3((unsigned)plan.splits, 4, (unsigned)plan.n_tiles), dim3(DLW_X_THREADS),
+    launch_dependent(dlw_x_kernel, dim3((unsigned)plan.splits, 64 / DLW_X_ROWS, (unsigned)plan.n_tiles), dim3(DLW_X_THREADS),
                      plan.smem, stream, p);
 }
 
