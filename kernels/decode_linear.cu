@@ -1439,8 +1439,9 @@ static size_t dl_ax_bytes(int R, int M) {
 // 10.85 ms, session 12, call 1, branch next/wgmma-overlap.)
 // Also measured slower (session 14): two 64-blocks a wgmma group and one wait (a step at batch 64 10.81 ms against
 // 9.65, branch next/wgmma-pair), and stream-K, blocks walking equal ranges of (slab, 64-block) units across slabs
-// (10.01-10.03 against 9.59-9.65 ms, branch next/wgmma-stream: gate alone was 5% faster on it, but the walk cost
-// about 4% of a step outside the main loop, whose SASS was the same size).
+// (10.01-10.03 against 9.59-9.65 ms, branch next/wgmma-stream: gate alone was 5% faster on it, but in the main loop
+// about 50 uniform-datapath instructions became vector ones with 16 R2UR moves, the segments' slabs coming from a
+// division; the branch's increment in its place has not run).
 // Split-K over blocks with a counter per slab as elsewhere in this file: each block writes its fp32 partial, the last
 // of a slab adds the partials in split order (the bits never depend on timing) and ends the slab as the streaming
 // kernel ends a tile (dl_tile_epilogue: the adapter term on the tensor cores, bias and the two roundings). An end with
