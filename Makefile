@@ -149,7 +149,7 @@ $(BUILD)/dl_variant/%.o: private CUDA_ARCH_FLAGS := $(SM90A_FLAGS) -DDL_SM90A=1
 # lab_decode_linear's variants: kernels/decode_linear.cu compiled again with other DL_CFG_* knobs, each in its own
 # namespace and object, so that they build in parallel (dev/cuda/variants/decode_linear_variant.cu)
 DL_VARIANTS := v3 fold pairs defer full deferfull wch2 pairs5 axgemm narrow0 tm1 tm2b2 tm2w4b3 tm2all tm2allfull \
-               wgmma0 wgleast wgbar wgxax
+               wgmma0 wgleast wgbar wgxax wgaxin wgxearly
 DL_KNOBS_v3 := -DDL_CFG_V4=0 -DDL_CFG_BF16_CUBLAS=0
 DL_KNOBS_fold := -DDL_CFG_V4_FOLD=1
 DL_KNOBS_pairs := -DDL_CFG_V4_PAIRS=1
@@ -169,6 +169,8 @@ DL_KNOBS_wgmma0 := -DDL_CFG_WGMMA=0
 DL_KNOBS_wgleast := -DDL_CFG_WGMMA_SPLIT_COST=0
 DL_KNOBS_wgbar := -DDL_CFG_WGMMA_TMA=0
 DL_KNOBS_wgxax := -DDL_CFG_WGMMA_X_AX=1
+DL_KNOBS_wgaxin := -DDL_CFG_WGMMA_AX=1
+DL_KNOBS_wgxearly := -DDL_CFG_WGMMA_X_TRIGGER=1
 $(BUILD)/dl_variant/%.o: dev/cuda/variants/decode_linear_variant.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -DDL_VARIANT=$* $(DL_KNOBS_$*) -MMD -MP -c $< -o $@

@@ -121,6 +121,11 @@ struct DecodeParams {
     int chunks_per_split = 1, splits = 1;          // v3's split-K plan
     int64_t stream_rows = 1;                       // v4: (tile, 64-block) pairs per warp
     const bf16* xw = nullptr;                      // the wgmma path: x in wgmma's order (dlw_x_kernel)
+    // the wgmma path computing ax itself (DL_CFG_WGMMA_AX): its first ax_slabs x splits blocks multiply x by the
+    // adapters' A rows (ax column n is row n % R of A[n / R]) and write ax_out, which the slabs' ends then read
+    const bf16* A[DECODE_LINEAR_MAX_G] = {};
+    bf16* ax_out = nullptr;
+    int ax_cols = 0, ax_slabs = 0;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -194,9 +199,12 @@ __device__ __forceinline__ void dl_nf4_word(uint32_t out[4], uint32_t word, uint
 }
 
 // Elements i and i+1 of a bf16 row as a pair, zero past `limit` (the rank-R operands need no alignment).
+// L2: loaded through L2 only (__ldcg), for rows written earlier in the same launch.
+template <bool L2 = false>
 __device__ __forceinline__ uint32_t dl_pair(const bf16* row, int i, int limit) {
     const unsigned short* bits = reinterpret_cast<const unsigned short*>(row);
-    uint32_t lo = i < limit ? bits[i] : 0u, hi = i + 1 < limit ? bits[i + 1] : 0u;
+    auto load = [&](int j) -> uint32_t { return L2 ? __ldcg(bits + j) : bits[j]; };
+    uint32_t lo = i < limit ? load(i) : 0u, hi = i + 1 < limit ? load(i + 1) : 0u;
     return lo | (hi << 16);
 }
 
@@ -241,6 +249,14 @@ __device__ __forceinline__ bool dl_last_block_of(int* counter, int splits) {
     if (threadIdx.x == 0) *counter = 0;
     __threadfence();
     return true;
+}
+
+// A counter another block of this launch raises after its writes (__threadfence, then atomicAdd): once it reads the
+// raised value, those writes are visible to this thread (and, after a __syncthreads, to its block).
+__device__ __forceinline__ int ld_acquire_gpu(const int* counter) {
+    int value;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(value) : "l"(counter) : "memory");
+    return value;
 }
 
 // Where 16-byte unit u of x row n sits in a shared x chunk. A warp's 16-byte reads of one k-step pair take units
@@ -318,7 +334,9 @@ __device__ __forceinline__ float dl_piece_scale(const NF4View& t, const float* n
 // The end of one m-tile (16 output rows of linear g from row0, this lane's rows row0 + gq and + 8) whose fp32 sums
 // over k are in acc: the adapter term ax B^T on the tensor cores (R/16 more mma, the B rows as the A operand), then
 // bias and the two roundings (dl_output), written to y. Shared by the tensor-core kernels.
-template <int NT>
+// AX_L2: ax was written by this launch (the wgmma path's ax blocks), so it is read from L2, past any stale copy in
+// L1 or the read-only cache.
+template <int NT, bool AX_L2 = false>
 __device__ __forceinline__ void dl_tile_epilogue(const DecodeParams& p, const float (&acc)[NT][4], int g, int row0,
                                                  int gq, int c) {
     const int M = p.M;
@@ -340,8 +358,8 @@ __device__ __forceinline__ void dl_tile_epilogue(const DecodeParams& p, const fl
                 uint32_t b[2] = {0, 0};
                 if (m < M) {
                     const bf16* ax_row = p.ax + (int64_t)m * p.ld_ax + p.ax_col[g];
-                    b[0] = dl_pair(ax_row, r0 + 2 * c, p.R);
-                    b[1] = dl_pair(ax_row, r0 + 2 * c + 8, p.R);
+                    b[0] = dl_pair<AX_L2>(ax_row, r0 + 2 * c, p.R);
+                    b[1] = dl_pair<AX_L2>(ax_row, r0 + 2 * c + 8, p.R);
                 }
                 mma_bf16_m16n8k16(lo[t], a, b);
             }
@@ -1305,7 +1323,7 @@ static size_t dl_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 // one zeroed workspace can serve every group of a model: the counters of one group never sit where another group
 // wrote its ax or partials. Counters are only used when a launch splits k, which it does only with fewer than
 // 4 * SMs row tiles (dl_plan), so a fixed DL_MAX_COUNTERS covers any GPU.
-constexpr size_t DL_MAX_COUNTERS = 4096;
+constexpr size_t DL_MAX_COUNTERS = DECODE_LINEAR_COUNTERS;
 
 // Blocks of the streaming kernel an SM holds (asked once per instantiation, after opting into its shared memory).
 static size_t dl4_smem_bytes(bool pairs) {
@@ -1441,7 +1459,9 @@ static size_t dl_ax_bytes(int R, int M) {
 // 9.65, branch next/wgmma-pair), and stream-K, blocks walking equal ranges of (slab, 64-block) units across slabs
 // (10.01-10.03 against 9.59-9.65 ms, branch next/wgmma-stream: gate alone was 5% faster on it, but in the main loop
 // about 50 uniform-datapath instructions became vector ones with 16 R2UR moves, the segments' slabs coming from a
-// division; the branch's increment in its place has not run).
+// division; with the next slab by an increment, session 15, call 1: 9.89-9.90 against 9.61-9.64 ms for main, and
+// 9.94 for the branch's code with stream-K off, so the branch's walk alone costs the time; its SASS still has 54
+// R2UR to main's 37).
 // Split-K over blocks with a counter per slab as elsewhere in this file: each block writes its fp32 partial, the last
 // of a slab adds the partials in split order (the bits never depend on timing) and ends the slab as the streaming
 // kernel ends a tile (dl_tile_epilogue: the adapter term on the tensor cores, bias and the two roundings). An end with
@@ -1466,6 +1486,26 @@ static size_t dl_ax_bytes(int R, int M) {
 #endif
 #ifndef DL_CFG_WGMMA_X_AX
 #define DL_CFG_WGMMA_X_AX 0  // 1: the adapters' x A^T in dlw_x_kernel (lab variant wgxax); 0: cuBLASLt's GEMM
+#endif
+// The adapters' x A^T in the wgmma kernel itself (lab variant wgaxin): its first blocks take the A rows as 64-row
+// bf16 slabs, and the NF4 slabs' ends wait for them, so a group costs two launches (dlw_x_kernel, dlw_kernel) instead
+// of four (cuBLASLt's split-K GEMM and its reduction: 196 launches and 0.88 ms of a step's 8.3 ms of kernels at batch
+// 64, session 15, call 1). Measured slower (session 15, branch next/wgmma-ax): a step at batch 64 took 10.23 ms
+// against 9.61 for main (call 2), 10.27 with each ax block's A prefetched into L2 at its start, 10.01-10.03 with
+// dlw_x_kernel's late trigger too, against 9.44-9.47 for this file's production and 9.63 for main (call 3). In
+// Nsight Compute the wgmma kernel took 0.9 ms more a step, about what the GEMMs took: the ax blocks, each a chain
+// of dependent loads and one warpgroup's wgmma, end after the short launches' NF4 slabs (q/k/v, o, down: 7-9 k
+// splits), which then wait for them.
+#ifndef DL_CFG_WGMMA_AX
+#define DL_CFG_WGMMA_AX 0  // 0: x A^T before the kernel (cuBLASLt, or dlw_x_kernel with DL_CFG_WGMMA_X_AX)
+#endif
+// When dlw_x_kernel lets the next kernel's blocks start (a programmatic launch; in production the next kernel is
+// cuBLASLt's x A^T GEMM): 1 at its start, 0 once its x is staged (lab variant wgxearly). A step at batch 64 took
+// 9.42-9.48 ms with 0, against 9.67-9.69 with 1 and 9.62-9.67 for main's kernel (which triggers at the start),
+// three runs each alternated in one call (session 15, call 4; 9.44-9.47 against 9.63 in call 3). Why the later
+// trigger is faster was not profiled.
+#ifndef DL_CFG_WGMMA_X_TRIGGER
+#define DL_CFG_WGMMA_X_TRIGGER 0
 #endif
 #if DL_CFG_WGMMA && !DL_SM90A
 #error "DL_CFG_WGMMA needs this file built for sm_90a (-gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1)"
@@ -1520,7 +1560,7 @@ static_assert(DLW_X_ROWS * DLW_X_COLS == 4 * DLW_X_THREADS, "the last block adds
 
 __global__ void __launch_bounds__(DLW_X_THREADS) dlw_x_kernel(const __grid_constant__ DlwXParams p) {
     extern __shared__ __align__(16) bf16 dlw_x_rows[];  // x [16][ld], then the adapters' rows [32][ld]
-    grid_launch_dependents();
+    if (DL_CFG_WGMMA_X_TRIGGER) grid_launch_dependents();
     const int split = blockIdx.x, mt = blockIdx.y, nt = blockIdx.z, t = threadIdx.x, nkb = p.K / NF4_BLOCK;
     const int kb0 = (int)((int64_t)split * nkb / p.splits), kb1 = (int)((int64_t)(split + 1) * nkb / p.splits);
     const int kbs = kb1 - kb0, units = kbs * NF4_BLOCK / 8;  // 16-byte units of a row
@@ -1553,6 +1593,7 @@ __global__ void __launch_bounds__(DLW_X_THREADS) dlw_x_kernel(const __grid_const
     // xw: for 64-block kb and k-step s, this m-tile's 16 rows are 512 contiguous bytes (wg_b_offset), 16 bytes
     // (chunk q) a row n and a half h of the k-step's 16 logical k: logical k 8h .. 8h + 7 are the x pairs 8c + 2s + h
     // (c = 0..3) of the block, by the permutation above
+    if (!DL_CFG_WGMMA_X_TRIGGER) grid_launch_dependents();
     if (nt == 0)
         for (int i = t; i < kbs * 4 * 32; i += DLW_X_THREADS) {
             const int kb = i / 128, s = i / 32 % 4, q = i % 32, n = q / 16 * 8 + q % 8, h = q / 8 % 2;
@@ -1610,15 +1651,24 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
     __shared__ __align__(8) uint64_t stage_full[DLW_STAGES], stage_empty[DLW_STAGES];  // DL_CFG_WGMMA_TMA only
     grid_launch_dependents();
     const int t = threadIdx.x, warp = t / 32, lane = t % 32, gq = lane / 4, c = lane % 4;
-    const int nkb = p.K / NF4_BLOCK, slab = blockIdx.x / p.splits, split = blockIdx.x % p.splits;
+    // The first ax_slabs x splits blocks compute ax (ax blocks), the rest the NF4 slabs. A slab's end waits for ax, so
+    // the ax blocks come first: blocks start in the order of their index (as CUTLASS's stream-K fixup also relies on),
+    // and an ax block waits for nothing but its own copies.
+    const int ax_blocks = p.ax_slabs * p.splits, slabs = p.total_rows / 64;
+    const bool ax_block = (int)blockIdx.x < ax_blocks;
+    const int unit = ax_block ? (int)blockIdx.x : (int)blockIdx.x - ax_blocks;
+    const int nkb = p.K / NF4_BLOCK, slab = unit / p.splits, split = unit % p.splits;
+    const int slot = ax_block ? slabs + slab : slab;  // the slab's partials and counter
     const int kb0 = (int)((int64_t)split * nkb / p.splits), kb1 = (int)((int64_t)(split + 1) * nkb / p.splits);
     const int v = slab * 64, g = dl_linear_of(p, v), local = v - p.row_start[g];  // out_g % 64 == 0: one linear
     const NF4View& nf = p.nf4[g];
     constexpr bool dq = DQ;
     const int tile = local / 16 + warp;  // this warp's 16 rows, in linear g
-    if (t < 16) dl_code_table[g][t] = nf.code[t];
-    if (dq)
-        for (int i = t; i < 256; i += DLW_THREADS) nested_code[i] = nf.nested_code[i];
+    if (!ax_block) {
+        if (t < 16) dl_code_table[g][t] = nf.code[t];
+        if (dq)
+            for (int i = t; i < 256; i += DLW_THREADS) nested_code[i] = nf.nested_code[i];
+    }
     const uint32_t table = dl_code_table_address(), lin_bytes = (uint32_t)g * 0x40404040u;
 
     // The addresses of the main loop are this thread's bases plus 32-bit offsets (Nsight Compute, session 11: 64-bit
@@ -1653,59 +1703,11 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
         }
         dl_cp_async_commit();  // a group every time, empty past the range, so that the wait counts hold
     };
-    // this lane's 16 code bytes of block kb (rows gq and gq + 8) and the raw scales of its two rows
-    const uint8_t* tile_codes = nf.packed + (int64_t)tile * nkb * 512 + lane * 16;
-    const uint8_t* tile_q = dq ? nf.absmax_q + (int64_t)tile * nkb * 16 + gq : nullptr;
-    const uint32_t block_row0 = (uint32_t)((tile * 16 + gq) * nkb), block_row8 = block_row0 + 8u * (uint32_t)nkb;
-    uint4 ring_codes[DLW_PREF];
-    float ring_a[DLW_PREF][2];
-    uint32_t ring_q[DLW_PREF][2];
-    auto load_codes = [&](int kb, int r) {
-        if (kb >= kb1) return;
-        ring_codes[r] = dl4_load_stream16(tile_codes + (uint32_t)kb * 512u);
-        if (dq) {
-            ring_q[r][0] = __ldg(tile_q + (uint32_t)kb * 16u);
-            ring_q[r][1] = __ldg(tile_q + (uint32_t)kb * 16u + 8u);
-            ring_a[r][0] = __ldg(nf.nested_absmax + (block_row0 + kb) / NF4_NESTED_BLOCK);
-            ring_a[r][1] = __ldg(nf.nested_absmax + (block_row8 + kb) / NF4_NESTED_BLOCK);
-        } else {
-            ring_a[r][0] = __ldg(nf.absmax_f32 + block_row0 + kb);
-            ring_a[r][1] = __ldg(nf.absmax_f32 + block_row8 + kb);
-        }
-    };
-#pragma unroll
-    for (int r = 0; r < DLW_PREF; r++) load_codes(kb0 + r, r);
-    if (DL_CFG_WGMMA_TMA && t == 0) {
-        for (int i = 0; i < DLW_STAGES; i++) {
-            mbar_init((uint32_t)__cvta_generic_to_shared(&stage_full[i]), 1);   // thread 0's arrival + the bytes
-            mbar_init((uint32_t)__cvta_generic_to_shared(&stage_empty[i]), 4);  // one arrival a warp
-        }
-        mbar_fence_init();
-    }
-    if (DL_CFG_WGMMA_TMA) __syncthreads();  // the barriers, before the first bulk copy
-    grid_dependency_wait();  // x (and ax, and the workspace) belong to the kernels before
-    for (int i = 0; i < DLW_STAGES - 1; i++) stage_x(kb0 + i);
-    __syncthreads();  // the code tables
 
     float acc[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) acc[i] = 0.0f;
     uint32_t a[4][4];  // the block's 4 k-steps' A fragments
-    // block kb's codes (ring slot r) dequantized into w, rows gq and gq + 8: bf16 pairs 2s and 2s+1 feed k-step s;
-    // then the ring slot is refilled with block kb + DLW_PREF (refilled before, the slot was copied first: 12 register
-    // moves a k-block in session 12's counters)
-    auto dequantize = [&](int kb, int r, uint32_t (&w)[2][8]) {
-        const uint4 codes = ring_codes[r];
-        float scale[2];
-#pragma unroll
-        for (int h = 0; h < 2; h++)
-            scale[h] = dq ? dl_double_quant_scale(nf, nested_code[ring_q[r][h]], ring_a[r][h]) : ring_a[r][h];
-        dl_nf4_word(&w[0][0], codes.x, lin_bytes, table, scale[0]);
-        dl_nf4_word(&w[0][4], codes.y, lin_bytes, table, scale[0]);
-        dl_nf4_word(&w[1][0], codes.z, lin_bytes, table, scale[1]);
-        dl_nf4_word(&w[1][4], codes.w, lin_bytes, table, scale[1]);
-        load_codes(kb + DLW_PREF, r);
-    };
     // w into the A fragments, and once x of block kb has landed for every thread, its 4 wgmma as one group
     auto issue = [&](int kb, const uint32_t (&w)[2][8]) {
 #pragma unroll
@@ -1737,18 +1739,104 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
         if (DL_CFG_WGMMA_TMA && lane == 0) mbar_arrive(empty_bar(kb));  // this warp is done with block kb's stage
         stage_x(kb + DLW_STAGES - 1);
     };
-    for (int base = kb0; base < kb1; base += DLW_PREF) {
+    // The block's k range: load(kb, r) puts block kb's operands into ring slot r, `ahead` blocks ahead (the first
+    // ones before grid_dependency_wait: weights never change within a decode step, so they load while the kernel
+    // before ends); fragments(kb, r, w) makes block kb's A fragments from slot r and refills the slot.
+    auto run = [&](auto ahead, auto load, auto fragments) {
+        constexpr int PREF = decltype(ahead)::value;
 #pragma unroll
-        for (int r = 0; r < DLW_PREF; r++) {
-            const int kb = base + r;
-            if (kb >= kb1) break;  // the same for the whole block
-            uint32_t w[2][8];
-            dequantize(kb, r, w);
-            issue(kb, w);
-            retire(kb);
+        for (int r = 0; r < PREF; r++) load(kb0 + r, r);
+        if (DL_CFG_WGMMA_TMA && t == 0) {
+            for (int i = 0; i < DLW_STAGES; i++) {
+                mbar_init((uint32_t)__cvta_generic_to_shared(&stage_full[i]), 1);   // thread 0's arrival + the bytes
+                mbar_init((uint32_t)__cvta_generic_to_shared(&stage_empty[i]), 4);  // one arrival a warp
+            }
+            mbar_fence_init();
         }
+        if (DL_CFG_WGMMA_TMA) __syncthreads();  // the barriers, before the first bulk copy
+        grid_dependency_wait();  // x (and ax, and the workspace) belong to the kernels before
+        for (int i = 0; i < DLW_STAGES - 1; i++) stage_x(kb0 + i);
+        __syncthreads();  // the code tables
+        for (int base = kb0; base < kb1; base += PREF) {
+#pragma unroll
+            for (int r = 0; r < PREF; r++) {
+                const int kb = base + r;
+                if (kb >= kb1) break;  // the same for the whole block
+                uint32_t w[2][8];
+                fragments(kb, r, w);
+                issue(kb, w);
+                retire(kb);
+            }
+        }
+        if (!DL_CFG_WGMMA_TMA) dl_cp_async_wait_all_but<0>();
+    };
+
+    if (ax_block) {
+        // ax's 64 columns from 64 * slab are 64 adapter rows (bf16, row-major): this lane's two rows, 16 k of each a
+        // block, are 32 contiguous bytes at physical k 16c (the codes' permutation, which xw follows); past ax_cols
+        // zero. The block's whole range is prefetched into L2 first, while the kernel before ends (a ring of registers,
+        // as the codes have, spilled at 96 registers; prefetched 3 blocks ahead, the ax blocks were the launch's
+        // slowest: a step at batch 64 10.23 against 9.61 ms, session 15, call 2); loaded when used.
+        const bf16* a_rows[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int n = v + 16 * warp + gq + 8 * h;
+            a_rows[h] = n < p.ax_cols ? p.A[n / p.R] + (int64_t)(n % p.R) * p.K + 16 * c : nullptr;
+        }
+        auto prefetch_rows = [&](int kb) {
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                if (a_rows[h]) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(a_rows[h] + (uint32_t)kb * 64u));
+        };
+#pragma unroll 1
+        for (int kb = kb0; kb < kb1; kb++) prefetch_rows(kb);
+        run(std::integral_constant<int, 1>(), [&](int, int) {}, [&](int kb, int, uint32_t (&w)[2][8]) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const uint4* row = reinterpret_cast<const uint4*>(a_rows[h] + (uint32_t)kb * 64u);
+                const uint4 lo = a_rows[h] ? __ldg(row) : make_uint4(0u, 0u, 0u, 0u);
+                const uint4 hi = a_rows[h] ? __ldg(row + 1) : make_uint4(0u, 0u, 0u, 0u);
+                w[h][0] = lo.x, w[h][1] = lo.y, w[h][2] = lo.z, w[h][3] = lo.w;
+                w[h][4] = hi.x, w[h][5] = hi.y, w[h][6] = hi.z, w[h][7] = hi.w;
+            }
+        });
+    } else {
+        // this lane's 16 code bytes of block kb (rows gq and gq + 8) and the raw scales of its two rows
+        const uint8_t* tile_codes = nf.packed + (int64_t)tile * nkb * 512 + lane * 16;
+        const uint8_t* tile_q = dq ? nf.absmax_q + (int64_t)tile * nkb * 16 + gq : nullptr;
+        const uint32_t block_row0 = (uint32_t)((tile * 16 + gq) * nkb), block_row8 = block_row0 + 8u * (uint32_t)nkb;
+        uint4 ring_codes[DLW_PREF];
+        float ring_a[DLW_PREF][2];
+        uint32_t ring_q[DLW_PREF][2];
+        auto load_codes = [&](int kb, int r) {
+            if (kb >= kb1) return;
+            ring_codes[r] = dl4_load_stream16(tile_codes + (uint32_t)kb * 512u);
+            if (dq) {
+                ring_q[r][0] = __ldg(tile_q + (uint32_t)kb * 16u);
+                ring_q[r][1] = __ldg(tile_q + (uint32_t)kb * 16u + 8u);
+                ring_a[r][0] = __ldg(nf.nested_absmax + (block_row0 + kb) / NF4_NESTED_BLOCK);
+                ring_a[r][1] = __ldg(nf.nested_absmax + (block_row8 + kb) / NF4_NESTED_BLOCK);
+            } else {
+                ring_a[r][0] = __ldg(nf.absmax_f32 + block_row0 + kb);
+                ring_a[r][1] = __ldg(nf.absmax_f32 + block_row8 + kb);
+            }
+        };
+        // block kb's codes (ring slot r) dequantized into w, rows gq and gq + 8: bf16 pairs 2s and 2s+1 feed k-step
+        // s; then the ring slot is refilled with block kb + DLW_PREF (refilled before, the slot was copied first: 12
+        // register moves a k-block in session 12's counters)
+        run(std::integral_constant<int, DLW_PREF>(), load_codes, [&](int kb, int r, uint32_t (&w)[2][8]) {
+            const uint4 codes = ring_codes[r];
+            float scale[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                scale[h] = dq ? dl_double_quant_scale(nf, nested_code[ring_q[r][h]], ring_a[r][h]) : ring_a[r][h];
+            dl_nf4_word(&w[0][0], codes.x, lin_bytes, table, scale[0]);
+            dl_nf4_word(&w[0][4], codes.y, lin_bytes, table, scale[0]);
+            dl_nf4_word(&w[1][0], codes.z, lin_bytes, table, scale[1]);
+            dl_nf4_word(&w[1][4], codes.w, lin_bytes, table, scale[1]);
+            load_codes(kb + DLW_PREF, r);
+        });
     }
-    if (!DL_CFG_WGMMA_TMA) dl_cp_async_wait_all_but<0>();
 
     // acc[4j + e] is (weight row 16 warp + gq + 8 (e / 2), x row 8j + 2c + e % 2): dl_tile_epilogue's acc[j][e].
     // With k split, each block writes its fp32 partial ([m][r] of the slab) and the last of the slab adds them all in
@@ -1760,14 +1848,14 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
         for (int e = 0; e < 4; e++) sum[j][e] = acc[4 * j + e];
     if (p.splits > 1) {
         auto at = [&](int sp, int j, int e) {
-            return p.partials + ((int64_t)slab * p.splits + sp) * 64 * 64 + (8 * j + 2 * c + e % 2) * 64 + 16 * warp +
+            return p.partials + ((int64_t)slot * p.splits + sp) * 64 * 64 + (8 * j + 2 * c + e % 2) * 64 + 16 * warp +
                    gq + 8 * (e / 2);
         };
 #pragma unroll
         for (int j = 0; j < 8; j++)
 #pragma unroll
             for (int e = 0; e < 4; e++) __stcg(at(split, j, e), acc[4 * j + e]);
-        if (!dl_last_block_of(&p.counters[slab], p.splits)) return;
+        if (!dl_last_block_of(&p.counters[slot], p.splits)) return;
 #pragma unroll
         for (int j = 0; j < 8; j++)
 #pragma unroll
@@ -1781,7 +1869,31 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
 #pragma unroll
                 for (int e = 0; e < 4; e++) sum[j][e] += __ldcg(at(sp, j, e));
     }
-    // the adapter term on the tensor cores, bias and the two roundings, as the streaming kernel ends a tile
+    // ax's counters after the slabs': one a slab of ax, then the ax slabs done, then the NF4 slabs ended
+    int* ax_done = p.counters + slabs + p.ax_slabs;
+    if (ax_block) {  // ax in bf16, one rounding of the fp32 sum as cuBLASLt's GEMM rounds it; then counted as done
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int m = 8 * j + 2 * c + e % 2, n = v + 16 * warp + gq + 8 * (e / 2);
+                if (m < p.M && n < p.ax_cols) p.ax_out[(int64_t)m * p.ld_ax + n] = __float2bfloat16_rn(sum[j][e]);
+            }
+        __threadfence();
+        __syncthreads();
+        if (t == 0) atomicAdd(ax_done, 1);
+        return;
+    }
+    if (p.ax_slabs > 0) {  // every ax slab written (a release by their fence and count, an acquire here)
+        if (t == 0)
+            while (ld_acquire_gpu(ax_done) < p.ax_slabs) __nanosleep(100);
+        __syncthreads();
+        // the adapter term on the tensor cores, bias and the two roundings, as the streaming kernel ends a tile
+        dl_tile_epilogue<8, true>(p, sum, g, local + 16 * warp, gq, c);
+        // the last slab to end sets ax's count back to zero for the next launch (every slab has waited on it)
+        if (dl_last_block_of(ax_done + 1, slabs) && t == 0) *ax_done = 0;
+        return;
+    }
     dl_tile_epilogue<8>(p, sum, g, local + 16 * warp, gq, c);
 }
 #endif  // DL_CFG_WGMMA
@@ -1840,8 +1952,9 @@ static int dlw_splits(int total_rows, int K) {
     }
     return best;
 }
-static size_t dlw_partial_floats(int total_rows, int K) {
-    return (size_t)(total_rows / 64) * dlw_splits(total_rows, K) * 64 * 64;
+static int dlw_ax_slabs(int ax_cols) { return DL_CFG_WGMMA_AX ? (ax_cols + 63) / 64 : 0; }
+static size_t dlw_partial_floats(int total_rows, int K, int ax_cols) {
+    return (size_t)(total_rows / 64 + dlw_ax_slabs(ax_cols)) * dlw_splits(total_rows, K) * 64 * 64;
 }
 static size_t dlw_xw_bytes(int K) { return dl_align((size_t)64 * K * sizeof(bf16)); }
 
@@ -1912,7 +2025,7 @@ static void dlw_launch(DecodeParams p, const DlWorkspace& ws, cudaStream_t strea
     p.splits = dlw_splits(p.total_rows, p.K);
     p.partials = ws.partials;
     p.counters = ws.counters;
-    launch_dependent(kernel, dim3((unsigned)(p.total_rows / 64 * p.splits)), dim3(DLW_THREADS),
+    launch_dependent(kernel, dim3((unsigned)((p.total_rows / 64 + p.ax_slabs) * p.splits)), dim3(DLW_THREADS),
                      DLW_STAGES * DLW_XBLOCK_BYTES, stream, p);
 }
 #endif
@@ -1931,7 +2044,7 @@ static size_t dl_partial_floats(const LoraLinearGpu* linears, int G, int R, int 
     if (main_plan.splits > 1 && (size_t)main_plan.tiles > DL_MAX_COUNTERS) dl_fail("too many row tiles to split");
     if (adapted > 0) partials = std::max(partials, dl_plan(false, adapted * R, in, M).partial_floats);
     if (dlw_shapes_ok(linears, G) && dlw_rows_ok(M)) {
-        partials = std::max(partials, dlw_partial_floats(dl_total_rows(linears, G), in));
+        partials = std::max(partials, dlw_partial_floats(dl_total_rows(linears, G), in, adapted * R));
         partials = std::max(partials, dlw_x_partial_floats(in, DL_CFG_WGMMA_X_AX ? adapted * R : 0));
     }
     return partials;
@@ -2127,9 +2240,23 @@ static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, 
         params.B[g] = linears[g].B;
     }
     ax.row_start[ax.G] = ax.total_rows = adapted * R;
-    bool ax_with_x = wgmma && DL_CFG_WGMMA_X_AX && adapted > 0;  // dlw_x_kernel computes it (16-byte copies of A)
-    for (int a = 0; a < ax.G; a++) ax_with_x &= (uintptr_t)ax.w[a] % 16 == 0;
-    if (adapted > 0 && !ax_with_x) {
+    // the wgmma kernel or dlw_x_kernel computes ax (their 16-byte loads of A's rows)
+    bool A_aligned = true;
+    for (int a = 0; a < ax.G; a++) A_aligned &= (uintptr_t)ax.w[a] % 16 == 0;
+#if DL_CFG_WGMMA
+    const bool ax_in_kernel = wgmma && DL_CFG_WGMMA_AX && adapted > 0 && A_aligned &&
+                              (size_t)(params.total_rows / 64 + dlw_ax_slabs(adapted * R) + 2) <= DL_MAX_COUNTERS;
+#else
+    const bool ax_in_kernel = false;
+#endif
+    const bool ax_with_x = wgmma && !ax_in_kernel && DL_CFG_WGMMA_X_AX && adapted > 0 && A_aligned;
+    if (ax_in_kernel) {
+        for (int a = 0; a < ax.G; a++) params.A[a] = ax.w[a];
+        params.ax_cols = adapted * R;
+        params.ax_slabs = dlw_ax_slabs(params.ax_cols);
+        params.ax_out = ws.ax;
+    }
+    if (adapted > 0 && !ax_with_x && !ax_in_kernel) {
         if (!simple && dl_ax_ok(ax)) {  // few rows: the latency-bound GEMM in one programmatic dependent launch
             dl_with_ax_rows(M, [&](auto mr) {
                 dl_launch_dependent(decode_lora_ax_kernel<mr()>, dim3((unsigned)ax.total_rows), DL_AX_WARPS * 32, 0,

@@ -30,6 +30,8 @@ int decode_linear_n_tiles(int M);
 // at its start whatever the group, so one workspace of the largest size over a model's groups serves them all. One
 // stream at a time may use a workspace. Nothing is allocated.
 size_t decode_linear_workspace_bytes(const LoraLinearGpu* linears, int G, int R, int max_M);
+// The counters at the workspace's start: DECODE_LINEAR_COUNTERS ints (zero between calls).
+constexpr int DECODE_LINEAR_COUNTERS = 4096;
 // Whether a call of M rows runs some of its rows through the wgmma path (NF4 in decode-tile order, every linear a
 // multiple of 64 rows, in % 64 == 0, a pass of 17 to 64 rows; built for sm_90a): its sums are then in another order
 // than the streaming kernel's, so its bits differ from the row-major codes' in the last place (tests).

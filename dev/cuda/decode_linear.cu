@@ -27,7 +27,8 @@
 //   applied once per block: not bitsandbytes' rounding). NF4 groups at 48 < M <= 64 go to the wgmma path (one warpgroup a
 //   64-row slab, x shared in shared memory by bulk copies; variant wgmma0: the streaming kernel instead; wgleast:
 //   other k splits; wgbar: x by cp.async and a block barrier; wgxax: x A^T in the kernel that writes x in wgmma's
-//   order).
+//   order; wgaxin: x A^T in the wgmma kernel's first blocks; wgxearly: the x kernel lets the next kernel start at
+//   its start, not once its x is staged).
 // The adapters' x A^T: at most 8 rows, decode_lora_ax_kernel (A read into registers before the dependency wait, one
 //   programmatic dependent launch a group); more rows, cuBLASLt. Variant axgemm: cuBLASLt at every M.
 // bf16 weights (the GPU model's bf16 base copy of the NF4 linears, GpuOptions::bf16_base_copy): the layer through
@@ -105,6 +106,11 @@ DL_DECLARE_VARIANT(wgbar, "wgmma path, x by cp.async and a block barrier a k-blo
 // the adapters' x A^T in the kernel that writes x in wgmma's order, dlw_x_kernel (production: cuBLASLt's GEMM and its
 // split-K reduction beside it)
 DL_DECLARE_VARIANT(wgxax, "wgmma path, x A^T in dlw_x_kernel, not by cuBLASLt")
+// x A^T in the wgmma kernel's first blocks, whose ax the slabs' ends wait for (production: cuBLASLt's GEMM and its
+// split-K reduction before the kernel)
+DL_DECLARE_VARIANT(wgaxin, "wgmma path, x A^T in the wgmma kernel's first blocks")
+// dlw_x_kernel lets the next kernel start at its own start (production: once its x is staged)
+DL_DECLARE_VARIANT(wgxearly, "wgmma path, dlw_x_kernel triggers the next launch at its start")
 
 // ---- version 0: no arithmetic, only the NF4 code bytes streamed once -------------------------------------------
 // What reading the same bytes costs with a plain grid-stride loop of 16-byte loads: the ceiling this kernel can
@@ -555,7 +561,9 @@ int main(int argc, char** argv) {
                                                                  {"wgmma0", wgmma0::decode_linear_forward},
                                                                  {"wgleast", wgleast::decode_linear_forward},
                                                                  {"wgbar", wgbar::decode_linear_forward},
-                                                                 {"wgxax", wgxax::decode_linear_forward}};
+                                                                 {"wgxax", wgxax::decode_linear_forward},
+                                                                 {"wgaxin", wgaxin::decode_linear_forward},
+                                                                 {"wgxearly", wgxearly::decode_linear_forward}};
     for (auto& variant : checked_variants)
         for (int M : {1, 6, 48, 64})
             for (size_t i = 0; i + 1 < lin.size(); i++) {
@@ -618,7 +626,7 @@ int main(int argc, char** argv) {
         DL_TUNED(v3), DL_TUNED(fold), DL_TUNED(pairs), DL_TUNED(defer), DL_TUNED(full), DL_TUNED(deferfull),
         DL_TUNED(wch2), DL_TUNED(pairs5), DL_TUNED(narrow0), DL_TUNED(tm1), DL_TUNED(tm2b2), DL_TUNED(tm2w4b3),
         DL_TUNED(tm2all), DL_TUNED(tm2allfull), DL_TUNED(wgmma0), DL_TUNED(wgleast), DL_TUNED(wgbar),
-        DL_TUNED(wgxax)};
+        DL_TUNED(wgxax), DL_TUNED(wgaxin), DL_TUNED(wgxearly)};
 #undef DL_TUNED
     for (const auto& v : tuned) printf("  %s\n", v.knobs);
     printf("  %s (in the layer graphs only)\n", axgemm::knobs);

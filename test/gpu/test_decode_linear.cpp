@@ -114,6 +114,13 @@ struct DecodeGroup {
             decode_linear_forward(gl.data(), G, (const __nv_bfloat16*)x_dev.ptr, M, R, scale, y_ptrs.data(),
                                   workspace.ptr, workspace.n, 0, ctx);
         cudaCheck(cudaGetLastError());
+        // every call leaves the counters zero (the next call, or a graph's next replay, counts from there): the split-K
+        // slabs' and tiles', and on the wgmma path ax's slabs and the count of ax slabs done
+        std::vector<int> counters(DECODE_LINEAR_COUNTERS);
+        cudaCheck(cudaMemcpy(counters.data(), workspace.ptr, counters.size() * sizeof(int), cudaMemcpyDeviceToHost));
+        size_t nonzero = 0;
+        for (int v : counters) nonzero += v != 0;
+        CHECK(nonzero == 0);
         std::vector<std::vector<float>> out(G);
         for (int g = 0; g < G; g++) out[g] = download_floats(*y[g]);
         return out;
@@ -379,6 +386,20 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
     check_random_rows(rank8, {49, 64}, rng);
     if (wgmma_gpu()) {
         const std::vector<LoraLinearGpu> lins = rank8.gpu_linears();
+        CHECK(decode_linear_wgmma_path(lins.data(), 3, 64));
+    }
+
+    // q/k/v-like, an adapter of rank 32 on each: ax's 96 columns are two 64-row slabs of A rows for the wgmma kernel
+    // (DL_CFG_WGMMA_AX), the second half empty
+    DecodeGroup qkv;
+    qkv.R = 32;
+    qkv.scale = 2.0f;
+    add_linear(qkv, 512, 3584, LinearFormat::NF4, true, true, false, rng);
+    add_linear(qkv, 128, 3584, LinearFormat::NF4, true, true, false, rng);
+    add_linear(qkv, 128, 3584, LinearFormat::NF4, true, true, false, rng);
+    check_random_rows(qkv, {50, 64}, rng);
+    if (wgmma_gpu()) {
+        const std::vector<LoraLinearGpu> lins = qkv.gpu_linears();
         CHECK(decode_linear_wgmma_path(lins.data(), 3, 64));
     }
 
