@@ -1503,7 +1503,8 @@ static size_t dl_ax_bytes(int R, int M) {
 // cuBLASLt's x A^T GEMM): 1 at its start, 0 once its x is staged (lab variant wgxearly). A step at batch 64 took
 // 9.42-9.48 ms with 0, against 9.67-9.69 with 1 and 9.62-9.67 for main's kernel (which triggers at the start),
 // three runs each alternated in one call (session 15, call 4; 9.44-9.47 against 9.63 in call 3). Why the later
-// trigger is faster was not profiled.
+// trigger is faster was not profiled. The same move elsewhere changed nothing (call 5, 9.42-9.45 against 9.43-9.44
+// ms): the norms, SwiGLU and attention triggering at their end, or dlw_kernel after its main loop.
 #ifndef DL_CFG_WGMMA_X_TRIGGER
 #define DL_CFG_WGMMA_X_TRIGGER 0
 #endif
