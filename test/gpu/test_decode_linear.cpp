@@ -389,8 +389,8 @@ TEST_CASE("decode_linear: random rows match the CPU reference at Qwen2.5-7B k/v 
         CHECK(decode_linear_wgmma_path(lins.data(), 3, 64));
     }
 
-    // q/k/v-like, an adapter of rank 32 on each: ax's 96 columns are two 64-row slabs of A rows for the wgmma kernel
-    // (DL_CFG_WGMMA_AX), the second half empty
+    // q/k/v-like, an adapter of rank 32 on each: ax's 96 columns (in production x A^T is computed before the wgmma
+    // kernel; in its lab variant wgaxin, DL_CFG_WGMMA_AX, they are two 64-row slabs of A rows, the second half empty)
     DecodeGroup qkv;
     qkv.R = 32;
     qkv.scale = 2.0f;
