@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # profile_decode_step.sh: every kernel of one whole decode step (7B shape) timed by Nsight Compute, summed by kernel, to see where a token step's time goes beyond the linears.
-# Usage (GPU machine, repo root): [BENCH=path] bash dev/profile_decode_step.sh [M [COPY_MIN_ROWS]]
+# Usage (GPU machine, repo root): [BENCH=path] [CACHE=none] bash dev/profile_decode_step.sh [M [COPY_MIN_ROWS]]
 #   M: the batch (default 6); COPY_MIN_ROWS: bench_generate's fifth argument (0: NF4 base; 32: the bf16 copy at
 #   M >= 32). Generates 8 tokens after a 256-token prompt and reports the last whole decode step: the kernels
 #   between the last two launches of the embedding gather that starts each step. Writes the raw CSV to $OUT.
@@ -23,7 +23,9 @@ csv="$out/decode_step_M${M}.csv"
 # set COUNT=2000. ncu takes about 13 ms a profiled kernel. (Skipping by a count from the program's start, session
 # 8, missed: bench_generate's own prefill runs one prompt at a time, 1,100 kernels a prompt, so where the decode
 # steps start grew with M.)
-BENCH_GENERATE_PROFILE=1 ncu --clock-control none --profile-from-start off \
+# CACHE=none: caches kept between kernels (ncu flushes them by default), nearer to a step in a graph, where a kernel
+# finds what the kernel before left in L2
+BENCH_GENERATE_PROFILE=1 ncu --clock-control none --cache-control "${CACHE:-all}" --profile-from-start off \
     --launch-skip 2000 --launch-count "${COUNT:-1300}" --metrics gpu__time_duration.sum --csv --print-units base \
     "$bench" 7B 256 8 "$M" "$copy" > "$csv" 2> "$out/profile_ncu.log" ||
     { tail -20 "$out/profile_ncu.log"; echo "profile_decode_step: ncu failed"; exit 1; }

@@ -1544,7 +1544,9 @@ constexpr uint32_t DLW_LEADING = 128, DLW_STRIDE = 256;  // descriptor: bytes be
 // writing xw alone, beside the GEMM, made the step 9.63 ms against 9.68 with the permute kernel (calls 3 and 2). With
 // x A^T in it too (lab variant wgxax) the step's kernel time fell from 8.11 to 7.72 ms, yet the step took longer:
 // 9.77 ms against 9.63 in call 3, and 9.79 against 9.62-9.64 with the last block's sum unrolled (calls 4 and 5). This
-// kernel took 10.5 us a launch there (call 3, before the unroll); why the step is slower was not profiled.
+// kernel took 10.5 us a launch there (call 3, before the unroll); why the step is slower was not profiled. With the
+// late trigger (session 16, call 1: it lets dlw_kernel start before the x A^T tiles) still slower: 9.94-9.98 ms
+// against 9.47-9.50 for production, three runs each alternated.
 struct DlwXParams {
     const bf16* x = nullptr;  // [M, K]
     int M = 0, K = 0;
@@ -1655,6 +1657,9 @@ __global__ void __launch_bounds__(DLW_THREADS, DL_CFG_WGMMA_BLOCKS_SM) dlw_kerne
     // The first ax_slabs x splits blocks compute ax (ax blocks), the rest the NF4 slabs. A slab's end waits for ax, so
     // the ax blocks come first: blocks start in the order of their index (as CUTLASS's stream-K fixup also relies on),
     // and an ax block waits for nothing but its own copies.
+    // (p.ax_slabs is 0 unless DL_CFG_WGMMA_AX. Compiled out of production by DL_CFG_WGMMA_AX in each test of ax_block
+    // and ax_slabs, the kernel made a step at batch 64 slower, not faster: 9.506-9.517 ms against 9.470-9.495, three
+    // runs each alternated, session 16, call 1; so the tests stay at run time.)
     const int ax_blocks = p.ax_slabs * p.splits, slabs = p.total_rows / 64;
     const bool ax_block = (int)blockIdx.x < ax_blocks;
     const int unit = ax_block ? (int)blockIdx.x : (int)blockIdx.x - ax_blocks;
@@ -2264,6 +2269,9 @@ static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, 
                                     ax, stream);
             });
         } else if (ctx) {  // cuBLASLt, as the training forward computes x A^T: one GEMM when the A copies are consecutive
+            // (On the wgmma path, forked onto a second stream and joined before dlw_kernel, so that the GEMM and its
+            // reduction ran beside dlw_x_kernel, a step at batch 64 took 9.552-9.573 ms against 9.506-9.517 on the one
+            // stream, three runs each alternated; session 16, call 1. Not kept.)
             bool consecutive = true;
             for (int a = 1; a < ax.G; a++) consecutive &= ax.w[a] == ax.w[0] + (size_t)a * R * in;
             if (consecutive)
