@@ -1438,7 +1438,7 @@ static size_t dl_ax_bytes(int R, int M) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// The wgmma path (DL_CFG_WGMMA): NF4 groups in decode-tile order at 48 < M <= 64 rows of x.
+// The wgmma path (DL_CFG_WGMMA): NF4 groups in decode-tile order at 32 < M <= 64 rows of x (DL_CFG_WGMMA_MIN_M).
 //
 // Why (README, "What bounds batch 64"): the streaming kernel multiplies with mma.sync one warp at a time, and every
 // warp reads x for itself (8x the code bytes at two m-tiles a step). Here a warpgroup (one block of 4 warps) owns a
@@ -1470,16 +1470,20 @@ static size_t dl_ax_bytes(int R, int M) {
 #define DL_SM90A 0  // 1 where the Makefile builds this file for sm_90a (wgmma is an sm_90a feature)
 #endif
 #ifndef DL_CFG_WGMMA
-#define DL_CFG_WGMMA DL_SM90A  // route NF4 groups at 48 < M <= 64 to the wgmma kernel (lab variant wgmma0: off)
+#define DL_CFG_WGMMA DL_SM90A  // route NF4 groups at 32 < M <= 64 to the wgmma kernel (lab variant wgmma0: off)
 #endif
-// Which launches take it: every NF4 group above 48 rows of x. At 48 the streaming kernel is as fast (9.66 against
-// 9.81 ms a step, session 11, call 3): it needs three m-tiles there, the wgmma kernel always computes 64 columns.
+// Which launches take it: every NF4 group above 32 rows of x. Until session 16 it started above 48, because at 48 the
+// streaming kernel was as fast (9.66 against 9.81 ms a step, session 11, call 3: it needs three m-tiles there, the
+// wgmma kernel always computes 64 columns). The wgmma kernel has since gained more than that: a decode step alone
+// (bench_generate's decode_step_ms, 8 prompts x 6 and 6 x 6) took 7.138-7.151 ms at 48 rows against 8.152-8.188 on
+// the streaming kernel, and 6.954-6.962 at 36 rows against 7.798-7.800 (session 16, call 5, two runs each alternated;
+// all 55 GPU cases passed with the path from 33 rows, call 7). Below 33 rows not measured.
 // Alone, q and k were slower on the path (0.030-0.033 against 0.018-0.025 ms a linear, session 11: too few slabs to
 // fill the GPU without many k splits), yet the whole step at batch 64 is faster with q/k/v, o and down on it too:
 // 10.55 ms against 10.85-10.86 with gate/up alone (DL_CFG_WGMMA_MIN_ROWS=8192, lab variant wgwide) and 11.76 without
 // the path, the three built from one tree in one call (session 12, call 1).
 #ifndef DL_CFG_WGMMA_MIN_M
-#define DL_CFG_WGMMA_MIN_M 48  // rows of x the path needs more than
+#define DL_CFG_WGMMA_MIN_M 32  // rows of x the path needs more than
 #endif
 #ifndef DL_CFG_WGMMA_MIN_ROWS
 #define DL_CFG_WGMMA_MIN_ROWS 0  // weight rows a group needs at least (7B: gate/up 37,888; q/k/v 4,608; o, down 3,584)
@@ -2203,7 +2207,7 @@ static void dl_launch(const DecodeParams& p, bool nf4, bool simple, const DlWork
 }
 
 // One pass of at most 64 rows: ax = x A^T for the adapted linears (bf16 weights, no adapter), then the group. On the
-// wgmma path (48 < M <= 64) dlw_x_kernel computes ax with x in wgmma's order.
+// wgmma path (32 < M <= 64) dlw_x_kernel computes ax with x in wgmma's order.
 static void dl_forward_pass(const LoraLinearGpu* linears, int G, const bf16* x, int M, int R, float scale,
                             bf16* const* y, const DlWorkspace& ws, bool simple, MatmulContext* ctx,
                             cudaStream_t stream) {

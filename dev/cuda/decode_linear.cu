@@ -24,7 +24,7 @@
 //   steps (variant narrow0: as the wider launches). The wide launches (more than 16 rows, many pairs: gate/up, down)
 //   take two m-tiles a step, so each x load feeds 32 weight rows (variant tm1: one m-tile; tm2b2, tm2w4b3, tm2all,
 //   tm2allfull: other shapes of it). Variant: fold (bf16 codes from a pair table, the block scale
-//   applied once per block: not bitsandbytes' rounding). NF4 groups at 48 < M <= 64 go to the wgmma path (one warpgroup a
+//   applied once per block: not bitsandbytes' rounding). NF4 groups at 32 < M <= 64 go to the wgmma path (one warpgroup a
 //   64-row slab, x shared in shared memory by bulk copies; variant wgmma0: the streaming kernel instead; wgleast:
 //   other k splits; wgbar: x by cp.async and a block barrier; wgxax: x A^T in the kernel that writes x in wgmma's
 //   order; wgaxin: x A^T in the wgmma kernel's first blocks; wgxearly: the x kernel lets the next kernel start at
@@ -96,7 +96,7 @@ DL_DECLARE_VARIANT(tm2w4b3, "v4 exact, 4 warps a block, two m-tiles a step at 3 
 // and the same with ranges of whole steps
 DL_DECLARE_VARIANT(tm2all, "v4 exact, every launch above 16 rows wide (two m-tiles a step)")
 DL_DECLARE_VARIANT(tm2allfull, "v4 exact, every launch above 16 rows wide, ranges of whole steps")
-// no wgmma path: the streaming kernel at every M (production: NF4 groups at 48 < M <= 64 on the wgmma path)
+// no wgmma path: the streaming kernel at every M (production: NF4 groups at 32 < M <= 64 on the wgmma path)
 DL_DECLARE_VARIANT(wgmma0, "v4 exact, no wgmma path (the streaming kernel at every M)")
 // the fewest k splits for a wave of blocks (production: the splits of least time by the cost model of dlw_splits)
 DL_DECLARE_VARIANT(wgleast, "wgmma path, the fewest k splits for a wave")
