@@ -5,10 +5,11 @@
 #   VARIANT: NAME:KNOBS (kernels/decode_linear.cu built with those -D flags) or NAME@FILE (that decode_linear.cu, e.g.
 #   a copy of main's; keep it outside kernels/, which the Makefile compiles whole), each linked into bench_generate
 #   with this tree's other objects.
-#   e.g. bash dev/ab_generate.sh 8x6,6x6 2 "from49:-DDL_CFG_WGMMA_MIN_M=48"   (session 16, call 5's comparison)
+#   e.g. bash dev/ab_generate.sh 8x6,6x6 2 "from49:-DDL_CFG_WGMMA_MIN_M=48"   (session 16, call 5's comparison,
+#   which ran as a script outside the repository; this one was written after it and has not run on the GPU yet)
 # Prints one line a build and batch: the decode step alone (decode_step_ms) and tokens/s with the prefill.
 set -uo pipefail
-[ $# -ge 3 ] || { sed -n 3,8p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 3,10p "$0"; exit 2; }
 shapes="$1"; rounds="$2"; shift 2
 out="${OUT:-/tmp}"; T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 make -j16 build/bench_generate > "$out/ab_build.log" 2>&1 || { grep -E "error" "$out/ab_build.log" | head -20; exit 1; }
