@@ -13,7 +13,9 @@ set -uo pipefail
 shapes="$1"; rounds="$2"; shift 2
 out="${OUT:-/tmp}"; T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*"; }
 make -j16 build/bench_generate > "$out/ab_build.log" 2>&1 || { grep -E "error" "$out/ab_build.log" | head -20; exit 1; }
-objs=$(ls build/kernels/*.o build/model/*.o | grep -v "kernels/decode_linear.o")
+# the GPU objects bench_generate links, but decode_linear's, from the Makefile (build/model/ also holds the CPU tools'
+# objects, each with a main, once they are built)
+objs=$(make -s -f Makefile -f - gpu-objs <<<'gpu-objs: ; @echo $(filter-out $(BUILD)/kernels/decode_linear.o,$(KERNEL_OBJS))')
 names=()
 for spec in "$@"; do
     if [[ "$spec" == *@* ]]; then name="${spec%%@*}"; src="${spec#*@}"; knobs=""
@@ -27,9 +29,12 @@ done
 wait
 el built
 row() {  # name, binary
-    timeout 120 "$2" 7B 256 512 "$shapes" 2>&1 | grep RESULT | python3 -c '
+    timeout 120 "$2" 7B 256 512 "$shapes" 2>&1 | grep -E "RESULT|error" | python3 -c '
 import json, sys
 for line in sys.stdin:
+    if not line.startswith("RESULT "):
+        print(f"{sys.argv[1]:>12s} {line.strip()}")
+        continue
     r = json.loads(line[7:])
     n, g, ms, tps = r["prompts"], r["G"], r["decode_step_ms"], r["tokens_per_s"]
     print(f"{sys.argv[1]:>12s} {n:3d}x{g:<2d} decode_step_ms={ms:.3f} tokens_per_s={tps:.0f}")

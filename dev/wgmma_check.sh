@@ -7,19 +7,10 @@ out="${OUT:-/tmp}"; T0=$(date +%s); el() { echo "[t+$(( $(date +%s) - T0 ))s] $*
 make -j16 CATCH_INC=dev/carry build/lab_wgmma_probe build/test_gpu build/bench_generate build/lab_decode_linear train_grpo \
     > "$out/wgmma_build.log" 2>&1 || { grep -E "error" "$out/wgmma_build.log" | head -20; exit 1; }
 el built
-# bench_generate with each variant's decode_linear.o (the knobs as in the Makefile's DL_KNOBS_*), built beside the tests
-objs=$(ls build/kernels/*.o build/model/*.o | grep -v "kernels/decode_linear.o")
 variants="${VARIANTS:-wgmma0 wgbar wgleast wgxax}"
-for n in $variants; do
-    knobs=$(make -s -f Makefile -f - print-knobs <<<"print-knobs: ; @echo \$(DL_KNOBS_$n)" 2>/dev/null)
-    ( nvcc -O2 -std=c++17 -gencode arch=compute_90a,code=sm_90a -DDL_SM90A=1 $knobs -I. -c kernels/decode_linear.cu \
-          -o /tmp/dl_$n.o && nvcc -O2 -std=c++17 -arch=sm_90 -I. dev/bench_generate.cu $objs /tmp/dl_$n.o build/libgrpo.a \
-          -o /tmp/bench_generate_$n -lcublasLt ) > "$out/bench_build_$n.log" 2>&1 &
-done
 [ "${PROBE:-0}" = 1 ] && { timeout 120 ./build/lab_wgmma_probe; echo "lab_wgmma_probe rc $?"; }
 timeout 200 ./build/test_gpu "[decode_linear],[gpu_generate],[gpu_model]" > "$out/wgmma_tests.log" 2>&1
 echo "GPU tests rc $?"; grep -E "FAILED|failed" -A3 "$out/wgmma_tests.log" | head -20; tail -2 "$out/wgmma_tests.log"; el tests
-wait; el variants built
 timeout 240 ./build/lab_decode_linear > "$out/lab_decode_linear.txt" 2>&1; echo "lab_decode_linear rc $?"
 grep -E "validation|FAIL" "$out/lab_decode_linear.txt" | head -5
 grep -E "layer M=(48|64) graph(, wg[a-z0-9]+)? " "$out/lab_decode_linear.txt"; el lab
@@ -31,15 +22,17 @@ timeout 120 ncu --clock-control none --kernel-name regex:dlw_kernel --launch-ski
     tail -5 "$name.run.log"
 ncu -i "$name.ncu-rep" --page details > "$name.txt" 2>&1
 grep -E "Duration|DRAM Throughput|Issued Warp|Active Warps Per|Registers Per|Waves Per" "$name.txt" | head -8; el ncu
-row() { timeout 60 "$2" 7B 256 512 48,64 2>&1 | grep RESULT | sed -E \
-    "s/.*\"M\": ([0-9]+).*\"tokens_per_s\": ([0-9]+), \"step_ms\": ([0-9.]+).*/$1 M=\1 tokens_per_s=\2 step_ms=\3/"; }
-row prod ./build/bench_generate
-for n in $variants; do [ -x /tmp/bench_generate_$n ] && row $n /tmp/bench_generate_$n || echo "$n: not built"; done
-row prod ./build/bench_generate; el benches
+# generation at 48 and 64 rows (8 x 6, 8 x 8): production against bench_generate built with each variant's knobs (as
+# in the Makefile's DL_KNOBS_*), alternated twice (dev/ab_generate.sh, which leaves the builds in $out/ab_bench_NAME)
+specs=()
+for n in $variants; do
+    specs+=("$n:$(make -s -f Makefile -f - print-knobs <<<"print-knobs: ; @echo \$(DL_KNOBS_$n)" 2>/dev/null)")
+done
+bash dev/ab_generate.sh 8x6,8x8 2 "${specs[@]}"; el benches
 # PROFILE=1: where a decode step at batch 64 spends its kernel time, production and each variant (about 30 s each)
 if [ "${PROFILE:-0}" = 1 ]; then
     for n in prod $variants; do
-        b=/tmp/bench_generate_$n; [ $n = prod ] && b=./build/bench_generate
+        b="$out/ab_bench_$n"; [ $n = prod ] && b=./build/bench_generate
         echo "== $n"; BENCH=$b timeout 100 bash dev/profile_decode_step.sh 64 2>&1 | head -8
     done
 fi
