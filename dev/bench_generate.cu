@@ -60,13 +60,13 @@ int main(int argc, char** argv) {
         Qwen2Weights weights = weights_random(cfg, LinearFormat::NF4, 1234);
         GpuOptions options;
         // BENCH_GENERATE_PROFILE=1 (dev/profile_decode_step.sh): Nsight Compute sees only the timed generation
-        // (cudaProfilerStart/Stop), whose prefill is then one micro-batch, so that its decode steps come after a
-        // fixed count of kernels whatever M
+        // (cudaProfilerStart/Stop), whose prefill is one micro-batch, so that its decode steps come after a fixed count
+        // of kernels whatever M
         const bool profile = getenv("BENCH_GENERATE_PROFILE") != nullptr;
         // The prefill takes every prompt of a batch in one micro-batch, as train_grpo's does (its micro-batch, planned
         // from the free memory, holds thousands of tokens). Until session 16 it took one prompt at a time: 64 prompts
         // of 256 tokens took 1.04 s, 2.03 ms of each of 512 steps (each prompt dequantizes every NF4 linear again).
-        options.max_tokens = P * (profile ? max_M : max_prompts);
+        options.max_tokens = P * max_prompts;
         options.max_rollouts = max_M;
         options.max_sequence_length = P + new_tokens;
         options.bf16_base_copy = copy_min_rows > 0;

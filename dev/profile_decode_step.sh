@@ -21,7 +21,7 @@ csv="$out/decode_step_M${M}.csv"
 # micro-batch, about 1,200 kernels at 7B): skipping 2,000 kernels of it passes the prefill, and 1,300 more hold two
 # whole decode steps of the NF4 base (370 kernels at M 6, 482 at M 64); on the bf16 copy a step has over 650, so
 # set COUNT=2000. ncu takes about 13 ms a profiled kernel. (Skipping by a count from the program's start, session
-# 8, missed: bench_generate's own prefill runs one prompt at a time, 1,100 kernels a prompt, so where the decode
+# 8, missed: bench_generate's own prefill then ran one prompt at a time, 1,100 kernels a prompt, so where the decode
 # steps start grew with M.)
 # CACHE=none: caches kept between kernels (ncu flushes them by default), nearer to a step in a graph, where a kernel
 # finds what the kernel before left in L2

@@ -33,7 +33,7 @@ size_t decode_linear_workspace_bytes(const LoraLinearGpu* linears, int G, int R,
 // The counters at the workspace's start: DECODE_LINEAR_COUNTERS ints (zero between calls).
 constexpr int DECODE_LINEAR_COUNTERS = 4096;
 // Whether a call of M rows runs some of its rows through the wgmma path (NF4 in decode-tile order, every linear a
-// multiple of 64 rows, in % 64 == 0, a pass of 17 to 64 rows; built for sm_90a): its sums are then in another order
+// multiple of 64 rows, in % 64 == 0, a pass of 33 to 64 rows; built for sm_90a): its sums are then in another order
 // than the streaming kernel's, so its bits differ from the row-major codes' in the last place (tests).
 bool decode_linear_wgmma_path(const LoraLinearGpu* linears, int G, int M);
 // ctx: with a cuBLASLt context, the adapters' x A^T (a GEMM of only G*R columns over a long k, which the decode
